@@ -1,0 +1,36 @@
+# sheepdog-backend: `make test` and `make demo` work on a fresh machine with Python 3.10+.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test lint demo bench genconfig clean
+
+$(STAMP): setup.cfg setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,lint]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# pytest exit code 5 means "no tests collected": that must fail, never pass.
+test: $(STAMP)
+	$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sheepdog_backend
+	$(VENV)/bin/mypy --strict sheepdog_backend
+
+demo: $(STAMP)
+	$(PY) -m sheepdog_backend.demo --config etc/sheepdog-backend-demo.conf
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+genconfig: $(STAMP)
+	$(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/sheepdog-backend.conf
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,98 @@
+"""VDI names, tags and the name-to-vid hash (sheepdog-protocol.md §8.1, §9.7).
+
+Names and tags travel as NUL-padded 256-byte fields.  A name may hold any byte
+except NUL and at most 255 bytes (so a terminator always fits); a tag may use
+all 256 bytes (sheep compares the whole field).
+"""
+
+from __future__ import annotations
+
+from sheepdog_backend.exception import InvalidInput
+from sheepdog_backend.protocol.constants import SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN, SD_NR_VDIS
+
+FNV1A_64_INIT = 0xCBF29CE484222325
+FNV_64_PRIME = 0x100000001B3
+_U64 = (1 << 64) - 1
+NAME_FIELD = SD_MAX_VDI_LEN
+TAG_FIELD = SD_MAX_VDI_TAG_LEN
+
+
+def fnv1a_64(data: bytes, h: int = FNV1A_64_INIT) -> int:
+    for byte in data:
+        h ^= byte
+        h = (h * FNV_64_PRIME) & _U64
+    return h
+
+
+def sd_hash_vdi(name: bytes) -> int:
+    """Starting vid of a name's probe chain: FNV-1a-64 low 24 bits, 0 -> 1."""
+    name = name.split(b"\0", 1)[0]
+    vid = fnv1a_64(name) & (SD_NR_VDIS - 1)
+    return vid or 1
+
+
+def to_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+def validate_name(name: str | bytes) -> bytes:
+    """A VDI name as bytes; InvalidInput when empty, too long or holding NUL."""
+    raw = to_bytes(name)
+    if not raw:
+        raise InvalidInput("a VDI name must not be empty")
+    if b"\0" in raw:
+        raise InvalidInput("a VDI name must not contain NUL bytes")
+    if len(raw) > SD_MAX_VDI_LEN - 1:
+        raise InvalidInput(
+            f"a VDI name is at most {SD_MAX_VDI_LEN - 1} bytes, got {len(raw)}")
+    return raw
+
+
+def validate_tag(tag: str | bytes) -> bytes:
+    """A snapshot tag as bytes (may be empty: no tag)."""
+    raw = to_bytes(tag)
+    if b"\0" in raw:
+        raise InvalidInput("a snapshot tag must not contain NUL bytes")
+    if len(raw) > SD_MAX_VDI_TAG_LEN - 1:
+        raise InvalidInput(
+            f"a snapshot tag is at most {SD_MAX_VDI_TAG_LEN - 1} bytes, got {len(raw)}")
+    return raw
+
+
+def pad_field(value: bytes, size: int) -> bytes:
+    if len(value) > size:
+        raise InvalidInput(f"value of {len(value)} bytes does not fit a {size}-byte field")
+    return value + bytes(size - len(value))
+
+
+def encode_name(name: str | bytes) -> bytes:
+    """256-byte payload of NEW_VDI / GET_VDI_INFO by name."""
+    return pad_field(validate_name(name), NAME_FIELD)
+
+
+def encode_name_tag(name: str | bytes, tag: str | bytes = b"") -> bytes:
+    """512-byte payload: name field then tag field."""
+    return encode_name(name) + pad_field(validate_tag(tag), TAG_FIELD)
+
+
+def decode_field(field: bytes) -> bytes:
+    """Bytes before the first NUL of a fixed-size string field."""
+    return bytes(field).split(b"\0", 1)[0]
+
+
+def decode_lookup_payload(payload: bytes) -> tuple[bytes, bytes]:
+    """(name, tag) from a 256- or 512-byte lookup payload; raises ValueError."""
+    if len(payload) not in (NAME_FIELD, NAME_FIELD + TAG_FIELD):
+        raise ValueError("lookup payload must be 256 or 512 bytes")
+    name = decode_field(payload[:NAME_FIELD])
+    tag = decode_field(payload[NAME_FIELD:]) if len(payload) > NAME_FIELD else b""
+    return name, tag
+
+
+def attr_id(name_field: bytes, tag_field: bytes, snap_id: int, key_field: bytes) -> int:
+    """Attribute id (§9.7): FNV-1a-64 over name, tag, snap_id LE32, key; low 32 bits."""
+    h = fnv1a_64(pad_field(name_field, NAME_FIELD))
+    h = fnv1a_64(pad_field(tag_field, TAG_FIELD), h)
+    h = fnv1a_64(snap_id.to_bytes(4, "little"), h)
+    h = fnv1a_64(pad_field(key_field, 256), h)
+    return h & 0xFFFFFFFF
