@@ -1,0 +1,3 @@
+"""Embedded single-node Sheepdog-compatible server: a pure request handler
+(``handler``) over a durable object store (``store``), and a thin TCP loop
+(``server``)."""

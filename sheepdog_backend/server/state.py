@@ -1,0 +1,107 @@
+"""Shared state of one embedded server: store, registry, cluster config, clock,
+and the inode helpers the op modules share (slot/gref access, reference GC).
+
+How it works: one re-entrant ``meta_lock`` serialises everything that reads
+and then changes VDI metadata (cluster ops, VDI ops, inode writes, garbage
+collection), like sheep's cluster-op serialisation; plain data-object reads
+and writes do not take it and run concurrently.
+
+Garbage collection: sheep keeps generational reference counts (gref + ledger
+objects).  We keep the ``gref`` bytes in inodes exactly as sheep writes them
+(so inode reads match a real node byte for byte) but decide removal with an
+exact reference check instead of ledgers: when a slot stops pointing at
+``(vid, idx)``, the data object ``vid_to_data_oid(vid, idx)`` is removed only if
+no inode at all (working, snapshot or deleted) still has ``vid`` in slot
+``idx``.  That can only remove an object nobody can reach.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from array import array
+from collections.abc import Callable, Iterable
+
+from sheepdog_backend.protocol.constants import (
+    SD_INODE_DATA_INDEX,
+    SD_INODE_GREF_OFFSET,
+    SD_INODE_INDEX_OFFSET,
+)
+from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
+from sheepdog_backend.protocol.structs import NodeId, SdNode
+from sheepdog_backend.server.registry import Registry
+from sheepdog_backend.server.store import ClusterConfig, ObjectStore
+
+
+def to_ctime(seconds: float) -> int:
+    """Sheepdog time format (§7.2): seconds << 32 | nanoseconds (µs precision)."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    return (whole << 32) | (micros * 1000)
+
+
+class ServerState:
+    def __init__(self, data_dir: str | os.PathLike[str], *, sync: bool = True,
+                 node: NodeId | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.data_dir = os.fspath(data_dir)
+        self.store = ObjectStore(data_dir, sync=sync)
+        self.registry = Registry(self.store)
+        self.meta_lock = threading.RLock()
+        self.clock = clock
+        self.node_id = node or NodeId("127.0.0.1", 7000)
+        self.config: ClusterConfig = self.store.load_config()
+        self.registry.rebuild()
+
+    # -- cluster ---------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return self.config.epoch
+
+    def now(self) -> int:
+        return to_ctime(self.clock())
+
+    def capacity(self) -> tuple[int, int]:
+        """(total, free) bytes of the filesystem holding the data directory."""
+        st = os.statvfs(self.data_dir)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def node(self) -> SdNode:
+        return SdNode(nid=self.node_id, nr_vnodes=128, zone=0, space=self.capacity()[0])
+
+    # -- inode slot / gref access ------------------------------------------------
+
+    def read_slots(self, vid: int, first: int, count: int) -> array[int]:
+        count = max(0, min(count, SD_INODE_DATA_INDEX - first))
+        raw = self.store.read(vid_to_vdi_oid(vid), SD_INODE_INDEX_OFFSET + 4 * first, 4 * count)
+        out = array("I")
+        out.frombytes(raw or bytes(4 * count))
+        return out
+
+    def read_grefs(self, vid: int, first: int, count: int) -> array[int]:
+        """Flat (generation, count) pairs for slots first .. first+count-1."""
+        count = max(0, min(count, SD_INODE_DATA_INDEX - first))
+        raw = self.store.read(vid_to_vdi_oid(vid), SD_INODE_GREF_OFFSET + 8 * first, 8 * count)
+        out = array("i")
+        out.frombytes(raw or bytes(8 * count))
+        return out
+
+    def references(self, vid: int, idx: int) -> bool:
+        """True if any inode's slot ``idx`` holds ``vid``."""
+        want = vid.to_bytes(4, "little")
+        offset = SD_INODE_INDEX_OFFSET + 4 * idx
+        for other in list(self.registry.records):
+            if self.store.read(vid_to_vdi_oid(other), offset, 4) == want:
+                return True
+        return False
+
+    def collect(self, dropped: Iterable[tuple[int, int]]) -> int:
+        """Remove the data objects of dropped references nobody holds any more."""
+        removed = 0
+        with self.meta_lock:
+            for vid, idx in set(dropped):
+                if not self.references(vid, idx) and self.store.remove(
+                        vid_to_data_oid(vid, idx)):
+                    removed += 1
+        return removed

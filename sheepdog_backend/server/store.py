@@ -1,0 +1,378 @@
+"""Durable object store for the embedded server: one sparse file per object.
+
+How it works
+------------
+``<data_dir>/obj/<16 hex digits>`` holds one object, created at its full
+nominal size with ``ftruncate`` so that a 12.5 MB inode or a 4 MiB data object
+only uses disk blocks for the bytes ever written (sparse file).  Reads use
+``pread`` of just the requested range and zero-fill past the end of the file.
+
+Crash safety (``sync=True``; ``sync=False`` skips every fsync, for tests):
+
+* **Create** (CREATE_AND_WRITE_OBJ, new inodes): the whole object is written to
+  ``obj/.tmp-*``, fsynced, renamed over the final name, then the directory is
+  fsynced.  A crash leaves either the old object or the new one, never a mix.
+* **Data writes** (WRITE_OBJ to data/vmstate/attr objects, and inode writes
+  that lie entirely in the slot array without touching the header): ``pwrite``
+  then ``fsync`` before the caller replies.  A torn write here is an
+  unacknowledged write, which the protocol allows to be lost or partial.
+* **Transactions** (anything touching an inode header, or several regions
+  that must change together: a slot write plus the ``gref`` reset, a snapshot
+  that freezes the old inode and creates the new one, DEL_VDI): a redo record
+  listing renames, writes and unlinks is written to ``<data_dir>/journal``
+  and fsynced; then the operations are applied and fsynced; then the journal
+  is truncated to zero and fsynced.  On start a complete record (its SHA-256
+  checks) is replayed: every step is idempotent (rename only if the temp file
+  still exists, rewrite the same bytes, unlink if present) and nothing written
+  after the transaction can be reverted, because the next transaction only
+  starts after the journal has been emptied and non-journalled writes never
+  touch regions a transaction wrote before they are acknowledged.  A torn
+  record (crash while writing it) fails its checksum and is discarded: that
+  transaction was never acknowledged.  So an inode header is never torn:
+  a pwrite of 4,664 bytes is not atomic on any filesystem we know of, but the
+  journal makes it redoable.
+* Left-over ``.tmp-*`` files not named by a valid journal record are removed on
+  start.
+
+The cluster configuration lives in ``cluster.json``, replaced atomically
+(temp file, fsync, rename, directory fsync).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+OBJ_DIR = "obj"
+JOURNAL = "journal"
+CONFIG = "cluster.json"
+_TMP_PREFIX = ".tmp-"
+_JOURNAL_MAGIC = b"SDJ1"
+_COPY_CHUNK = 1 << 20
+
+
+def oid_name(oid: int) -> str:
+    return f"{oid:016x}"
+
+
+@dataclass
+class ClusterConfig:
+    """What MAKE_FS sets; ctime 0 means never formatted."""
+
+    ctime: int = 0
+    epoch: int = 0
+    epoch_time: int = 0
+    nr_copies: int = 0
+    copy_policy: int = 0
+    block_size_shift: int = 0
+    flags: int = 0x0004  # AUTO_VNODES, what an unformatted sheep reports
+    store: str = ""
+
+    @property
+    def formatted(self) -> bool:
+        return self.ctime != 0
+
+
+@dataclass
+class Transaction:
+    """Operations that must happen all together or not at all."""
+
+    renames: list[tuple[str, int]]  # (temp file name in obj/, target oid)
+    writes: list[tuple[int, int, bytes]]  # (oid, offset, data)
+    unlinks: list[int]
+
+    def __init__(self) -> None:
+        self.renames = []
+        self.writes = []
+        self.unlinks = []
+
+    def encode(self) -> bytes:
+        meta = {
+            "renames": [[name, oid_name(oid)] for name, oid in self.renames],
+            "writes": [[oid_name(oid), off, len(data)] for oid, off, data in self.writes],
+            "unlinks": [oid_name(oid) for oid in self.unlinks],
+        }
+        head = json.dumps(meta).encode()
+        body = _JOURNAL_MAGIC + struct.pack("<I", len(head)) + head
+        body += b"".join(data for _, _, data in self.writes)
+        return body + hashlib.sha256(body).digest()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Transaction | None:
+        """The transaction in a journal, or None when empty or torn."""
+        if len(raw) < 40 or raw[:4] != _JOURNAL_MAGIC:
+            return None
+        body, digest = raw[:-32], raw[-32:]
+        if hashlib.sha256(body).digest() != digest:
+            return None
+        (hlen,) = struct.unpack_from("<I", body, 4)
+        meta = json.loads(body[8:8 + hlen])
+        txn = cls()
+        pos = 8 + hlen
+        txn.renames = [(name, int(oid, 16)) for name, oid in meta["renames"]]
+        for oid, off, length in meta["writes"]:
+            txn.writes.append((int(oid, 16), off, body[pos:pos + length]))
+            pos += length
+        txn.unlinks = [int(oid, 16) for oid in meta["unlinks"]]
+        return txn
+
+
+class ObjectStore:
+    """Objects on disk, keyed by oid.  Thread-safe; transactions are serialised."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, sync: bool = True) -> None:
+        self.root = os.fspath(data_dir)
+        self.sync = sync
+        self.obj_dir = os.path.join(self.root, OBJ_DIR)
+        self._journal_path = os.path.join(self.root, JOURNAL)
+        self._txn_lock = threading.Lock()
+        os.makedirs(self.obj_dir, exist_ok=True)
+        self.recover()
+
+    # -- paths and fsync helpers -------------------------------------------
+
+    def path(self, oid: int) -> str:
+        return os.path.join(self.obj_dir, oid_name(oid))
+
+    def _fsync_fd(self, fd: int) -> None:
+        if self.sync:
+            os.fsync(fd)
+
+    def _fsync_dir(self, path: str) -> None:
+        if not self.sync:
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- start-up ------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Replay a complete journal record and drop stray temp files."""
+        keep: set[str] = set()
+        if os.path.exists(self._journal_path):
+            with open(self._journal_path, "rb") as f:
+                txn = Transaction.decode(f.read())
+            if txn is not None:
+                keep = {name for name, _ in txn.renames}
+                self._apply(txn)
+            self._clear_journal()
+        for name in os.listdir(self.obj_dir):
+            if name.startswith(_TMP_PREFIX) and name not in keep:
+                os.unlink(os.path.join(self.obj_dir, name))
+
+    # -- config --------------------------------------------------------------
+
+    def load_config(self) -> ClusterConfig:
+        path = os.path.join(self.root, CONFIG)
+        if not os.path.exists(path):
+            return ClusterConfig()
+        with open(path, encoding="utf-8") as f:
+            return ClusterConfig(**json.load(f))
+
+    def save_config(self, config: ClusterConfig) -> None:
+        path = os.path.join(self.root, CONFIG)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(asdict(config), f)
+            f.flush()
+            self._fsync_fd(f.fileno())
+        os.replace(tmp, path)
+        self._fsync_dir(self.root)
+
+    # -- reads ---------------------------------------------------------------
+
+    def exists(self, oid: int) -> bool:
+        return os.path.exists(self.path(oid))
+
+    def size(self, oid: int) -> int | None:
+        try:
+            return os.stat(self.path(oid)).st_size
+        except FileNotFoundError:
+            return None
+
+    def read(self, oid: int, offset: int, length: int) -> bytes | None:
+        """``length`` bytes from ``offset`` (zeros past the end), None if absent."""
+        try:
+            fd = os.open(self.path(oid), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.pread(fd, length, offset) if length else b""
+        finally:
+            os.close(fd)
+        if len(data) < length:
+            data += bytes(length - len(data))
+        return data
+
+    def oids(self) -> Iterator[int]:
+        for name in os.listdir(self.obj_dir):
+            if len(name) == 16 and not name.startswith("."):
+                try:
+                    yield int(name, 16)
+                except ValueError:
+                    continue
+
+    # -- creates ---------------------------------------------------------------
+
+    def stage(self, oid: int, size: int, extents: list[tuple[int, bytes]],
+              cow_from: int | None = None) -> str:
+        """Write a complete new object to a temp file; return its name.
+
+        The object is ``size`` bytes (sparse), optionally initialised from the
+        object ``cow_from`` (only its non-zero chunks are copied, so holes stay
+        holes), then each (offset, bytes) extent is laid over it."""
+        name = f"{_TMP_PREFIX}{oid_name(oid)}-{uuid.uuid4().hex}"
+        path = os.path.join(self.obj_dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.ftruncate(fd, size)
+            if cow_from is not None:
+                self._copy_into(fd, cow_from, size)
+            for offset, data in extents:
+                if data:
+                    _pwrite_all(fd, data, offset)
+            self._fsync_fd(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        return name
+
+    def _copy_into(self, fd: int, src_oid: int, size: int) -> None:
+        src = os.open(self.path(src_oid), os.O_RDONLY)
+        try:
+            pos = 0
+            while pos < size:
+                chunk = os.pread(src, min(_COPY_CHUNK, size - pos), pos)
+                if not chunk:
+                    break
+                if chunk.count(0) != len(chunk):
+                    _pwrite_all(fd, chunk, pos)
+                pos += len(chunk)
+        finally:
+            os.close(src)
+
+    def discard_staged(self, name: str) -> None:
+        try:
+            os.unlink(os.path.join(self.obj_dir, name))
+        except FileNotFoundError:
+            pass
+
+    def create(self, oid: int, size: int, extents: list[tuple[int, bytes]],
+               cow_from: int | None = None) -> None:
+        """Create or replace an object atomically (temp file + rename)."""
+        name = self.stage(oid, size, extents, cow_from)
+        os.replace(os.path.join(self.obj_dir, name), self.path(oid))
+        self._fsync_dir(self.obj_dir)
+
+    # -- in-place writes -------------------------------------------------------
+
+    def write(self, oid: int, offset: int, data: bytes) -> bool:
+        """pwrite + fsync into an existing object; False if it does not exist."""
+        try:
+            fd = os.open(self.path(oid), os.O_WRONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            _pwrite_all(fd, data, offset)
+            self._fsync_fd(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def remove(self, oid: int) -> bool:
+        try:
+            os.unlink(self.path(oid))
+        except FileNotFoundError:
+            return False
+        self._fsync_dir(self.obj_dir)
+        return True
+
+    def zero_range(self, oid: int, offset: int, length: int) -> None:
+        """Make a range read as zeros, freeing its blocks where possible."""
+        fd = os.open(self.path(oid), os.O_WRONLY)
+        try:
+            size = os.fstat(fd).st_size
+            end = min(size, offset + length)
+            if end == size:
+                os.ftruncate(fd, offset)
+                os.ftruncate(fd, size)
+            else:
+                pos = offset
+                while pos < end:
+                    n = min(_COPY_CHUNK, end - pos)
+                    _pwrite_all(fd, bytes(n), pos)
+                    pos += n
+            self._fsync_fd(fd)
+        finally:
+            os.close(fd)
+
+    # -- transactions ----------------------------------------------------------
+
+    def commit(self, txn: Transaction) -> None:
+        """Apply a transaction atomically with respect to crashes."""
+        with self._txn_lock:
+            record = txn.encode()
+            fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _pwrite_all(fd, record, 0)
+                self._fsync_fd(fd)
+            finally:
+                os.close(fd)
+            self._fsync_dir(self.root)
+            self._apply(txn)
+            self._clear_journal()
+
+    def _apply(self, txn: Transaction) -> None:
+        touched_dir = False
+        for name, oid in txn.renames:
+            src = os.path.join(self.obj_dir, name)
+            if os.path.exists(src):
+                os.replace(src, self.path(oid))
+                touched_dir = True
+        if touched_dir:
+            self._fsync_dir(self.obj_dir)
+        for oid, offset, data in txn.writes:
+            self.write(oid, offset, data)
+        for oid in txn.unlinks:
+            try:
+                os.unlink(self.path(oid))
+                touched_dir = True
+            except FileNotFoundError:
+                pass
+        if txn.unlinks:
+            self._fsync_dir(self.obj_dir)
+
+    def _clear_journal(self) -> None:
+        fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, 0)
+            self._fsync_fd(fd)
+        finally:
+            os.close(fd)
+
+    # -- format ----------------------------------------------------------------
+
+    def wipe(self) -> None:
+        """Remove every object (MAKE_FS)."""
+        for name in os.listdir(self.obj_dir):
+            os.unlink(os.path.join(self.obj_dir, name))
+        self._fsync_dir(self.obj_dir)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
