@@ -298,25 +298,6 @@ class ObjectStore:
         self._fsync_dir(self.obj_dir)
         return True
 
-    def zero_range(self, oid: int, offset: int, length: int) -> None:
-        """Make a range read as zeros, freeing its blocks where possible."""
-        fd = os.open(self.path(oid), os.O_WRONLY)
-        try:
-            size = os.fstat(fd).st_size
-            end = min(size, offset + length)
-            if end == size:
-                os.ftruncate(fd, offset)
-                os.ftruncate(fd, size)
-            else:
-                pos = offset
-                while pos < end:
-                    n = min(_COPY_CHUNK, end - pos)
-                    _pwrite_all(fd, bytes(n), pos)
-                    pos += n
-            self._fsync_fd(fd)
-        finally:
-            os.close(fd)
-
     # -- transactions ----------------------------------------------------------
 
     def commit(self, txn: Transaction) -> None:
