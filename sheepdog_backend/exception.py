@@ -44,6 +44,15 @@ class MessageTooLarge(ProtocolError):
     """
 
 
+class InvalidPayload(ProtocolError, ValueError):
+    """A payload has the wrong size or layout for its message, e.g. a
+    GET_VDI_INFO name field that is neither 256 nor 512 bytes.
+
+    Also a ValueError, so callers written against the older ValueError
+    contract of ``decode_lookup_payload`` keep working.
+    """
+
+
 class TransportError(SheepdogError):
     """The connection to a gateway failed; the outcome of an in-flight request
     is unknown.

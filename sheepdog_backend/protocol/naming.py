@@ -7,7 +7,7 @@ all 256 bytes (sheep compares the whole field).
 
 from __future__ import annotations
 
-from sheepdog_backend.exception import InvalidInput
+from sheepdog_backend.exception import InvalidInput, InvalidPayload
 from sheepdog_backend.protocol.constants import SD_MAX_VDI_LEN, SD_MAX_VDI_TAG_LEN, SD_NR_VDIS
 
 FNV1A_64_INIT = 0xCBF29CE484222325
@@ -81,9 +81,11 @@ def decode_field(field: bytes) -> bytes:
 
 
 def decode_lookup_payload(payload: bytes) -> tuple[bytes, bytes]:
-    """(name, tag) from a 256- or 512-byte lookup payload; raises ValueError."""
+    """(name, tag) from a 256- or 512-byte lookup payload.
+
+    Raises InvalidPayload (a ProtocolError and a ValueError) for other sizes."""
     if len(payload) not in (NAME_FIELD, NAME_FIELD + TAG_FIELD):
-        raise ValueError("lookup payload must be 256 or 512 bytes")
+        raise InvalidPayload(f"lookup payload must be 256 or 512 bytes, got {len(payload)}")
     name = decode_field(payload[:NAME_FIELD])
     tag = decode_field(payload[NAME_FIELD:]) if len(payload) > NAME_FIELD else b""
     return name, tag

@@ -141,6 +141,7 @@ class EpochLog:
 
     @classmethod
     def decode(cls, data: bytes | memoryview, nodes_nr: int) -> EpochLog:
+        _check_nodes_nr(nodes_nr)
         _need(data, EPOCH_LOG_HEADER_SIZE + nodes_nr * SD_NODE_SIZE, "epoch_log")
         (ctime, time, epoch, nr_nodes, disable_recovery, nr_copies, copy_policy, pad, flags,
          drv) = EPOCH_LOG.unpack_from(data, 0)
@@ -150,7 +151,13 @@ class EpochLog:
                    pad, flags, decode_field(drv), nodes)
 
 
+def _check_nodes_nr(nodes_nr: int) -> None:
+    if nodes_nr < 0:
+        raise ProtocolError(f"epoch log node slots must not be negative, got {nodes_nr}")
+
+
 def decode_epoch_logs(data: bytes | memoryview, nodes_nr: int) -> list[EpochLog]:
+    _check_nodes_nr(nodes_nr)
     stride = EPOCH_LOG_HEADER_SIZE + nodes_nr * SD_NODE_SIZE
     if len(data) % stride:
         raise ProtocolError(f"epoch log payload {len(data)} is not a multiple of {stride}")
