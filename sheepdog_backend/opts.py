@@ -1,0 +1,213 @@
+"""Every configuration option of sheepdog-backend, and ``list_opts()`` for
+``oslo-config-generator`` (entry point ``oslo.config.opts``).
+
+The ini file is Cinder-shaped: ``[DEFAULT] enabled_backends = a,b`` and one
+section per backend holding ``volume_driver`` and that backend's options
+(``BACKEND_OPTS``).  A ``[backend_defaults]`` section may give values that every
+backend section inherits unless it sets its own.  Options keep Cinder's names
+where Cinder's Sheepdog driver had them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oslo_config import cfg, types
+
+from sheepdog_backend.driver.addresses import format_gateway, parse_gateway
+from sheepdog_backend.exception import InvalidInput
+
+DEFAULT_GROUP = "DEFAULT"
+BACKEND_DEFAULTS_GROUP = "backend_defaults"
+
+
+class GatewayAddress(types.String):
+    """``host:port``, ``[v6]:port`` or ``host`` (port 7000), normalised to
+    ``host:port`` with IPv6 in brackets."""
+
+    def __init__(self) -> None:
+        super().__init__(type_name="gateway address (host:port)")
+
+    def __call__(self, value: Any) -> str:
+        text = super().__call__(value)
+        try:
+            return format_gateway(*parse_gateway(text))
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, GatewayAddress)
+
+    def __hash__(self) -> int:
+        return hash(GatewayAddress)
+
+
+class ErasureCode(types.String):
+    """``D:P``: D data strips (2, 4, 8 or 16) and P parity strips (1-15)."""
+
+    def __init__(self) -> None:
+        super().__init__(type_name="erasure code (D:P)")
+
+    def __call__(self, value: Any) -> str:
+        text = super().__call__(value).strip()
+        try:
+            parse_erasure_code(text)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ErasureCode)
+
+    def __hash__(self) -> int:
+        return hash(ErasureCode)
+
+
+def parse_erasure_code(text: str) -> tuple[int, int]:
+    """``"4:2"`` -> (4, 2); InvalidInput for anything Sheepdog cannot store."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InvalidInput(f"erasure code {text!r} must look like D:P, e.g. 4:2")
+    data, parity = int(parts[0]), int(parts[1])
+    if data not in (2, 4, 8, 16):
+        raise InvalidInput(f"erasure code {text!r}: data strips must be 2, 4, 8 or 16")
+    if not 1 <= parity <= 15:
+        raise InvalidInput(f"erasure code {text!r}: parity strips must be 1-15")
+    return data, parity
+
+
+def _object_size(shift: int) -> str:
+    size = 1 << shift
+    return f"{size >> 30} GiB objects" if size >= 1 << 30 else f"{size >> 20} MiB objects"
+
+
+_SHIFT_CHOICES = [(0, "the cluster's default"),
+                  *((shift, _object_size(shift)) for shift in range(20, 32))]
+
+DEFAULT_OPTS = [
+    cfg.ListOpt(
+        "enabled_backends", default=[],
+        help="Names of the backend sections to load, in order, e.g. 'fast,bulk'. Each name "
+        "needs a section of that name holding volume_driver and the backend's options. "
+        "Tools that take --backend use the first one when none is named."),
+]
+
+DRIVER_OPTS = [
+    cfg.StrOpt(
+        "volume_driver", default="sheepdog",
+        help="Driver of this backend: a name registered in the "
+        "'sheepdog_backend.volume_drivers' entry-point namespace (built in: 'sheepdog') or "
+        "a dotted path 'package.module.ClassName' to a VolumeDriver subclass."),
+    cfg.StrOpt(
+        "volume_backend_name",
+        help="Name the backend reports in its stats (volume_backend_name). Defaults to the "
+        "section name."),
+]
+
+SHEEPDOG_OPTS = [
+    cfg.HostAddressOpt(
+        "sheepdog_store_address", default="127.0.0.1",
+        help="IP address or host name of the Sheepdog gateway (a sheep daemon). Used only "
+        "when sheepdog_gateways is empty (Cinder's option)."),
+    cfg.PortOpt(
+        "sheepdog_store_port", default=7000, min=1,
+        help="Port of the gateway named by sheepdog_store_address. Used only when "
+        "sheepdog_gateways is empty (Cinder's option)."),
+    cfg.ListOpt(
+        "sheepdog_gateways", item_type=GatewayAddress(), default=[],
+        help="Gateways of one Sheepdog cluster as host:port ([v6]:port for IPv6), tried in "
+        "order with failover. When set it replaces sheepdog_store_address/port. Every "
+        "gateway must belong to the same cluster: a backing image is accepted only from "
+        "these addresses (or nodes the cluster lists)."),
+    cfg.IntOpt(
+        "sheepdog_copies", default=0, min=0, max=31,
+        help="Replicas of each new volume's objects. 0 uses the cluster's default (set by "
+        "'dog cluster format --copies'). Cannot be combined with sheepdog_erasure_code. "
+        "More copies than the cluster has zones makes writes fail."),
+    cfg.Opt(
+        "sheepdog_erasure_code", type=ErasureCode(), default=None,
+        help="Store new volumes with erasure code D:P (D data strips: 2, 4, 8 or 16; P parity "
+        "strips: 1-15) instead of replicas. Needs at least D+P zones. Unset uses "
+        "replication (sheepdog_copies). Cannot be combined with sheepdog_copies > 0."),
+    cfg.IntOpt(
+        "sheepdog_block_size_shift", default=0, choices=_SHIFT_CHOICES,
+        help="Object size of new volumes as a power of two: 22 means 4 MiB objects (the "
+        "Sheepdog default), 20..31 allowed. 0 uses the cluster's default. Larger objects "
+        "allow larger volumes (max size = 2^20 objects) but copy-on-write copies whole "
+        "objects."),
+    cfg.FloatOpt(
+        "sheepdog_connect_timeout", default=5.0, min=0.1, max=300.0,
+        help="Seconds to wait for a TCP connection to one gateway before trying the next."),
+    cfg.FloatOpt(
+        "sheepdog_request_timeout", default=30.0, min=0.1, max=3600.0,
+        help="Seconds to wait for the reply to one request. A request that times out is "
+        "retried only when repeating it is safe (reads, lookups, deletes, reconciled "
+        "creates), within sheepdog_retry_deadline."),
+    cfg.IntOpt(
+        "sheepdog_retry_attempts", default=5, min=1, max=100,
+        help="Attempts per operation (1 = no retry) when a gateway is down or the cluster "
+        "is in a transient state (starting up, waiting for nodes, halted). Each retry "
+        "moves to the next healthy gateway, with exponential backoff and jitter."),
+    cfg.FloatOpt(
+        "sheepdog_retry_deadline", default=60.0, min=0.0, max=3600.0,
+        help="Total seconds one operation may spend retrying, whatever is left of "
+        "sheepdog_retry_attempts. 0 means no deadline beyond the attempts."),
+    cfg.IntOpt(
+        "sheepdog_io_window", default=16, min=1, max=256,
+        help="Object requests kept in flight per connection during image import/export "
+        "and volume copies. Higher helps on high-latency links; each in-flight request "
+        "holds up to one object (block_size_shift) in memory."),
+    cfg.IntOpt(
+        "sheepdog_pool_size", default=4, min=1, max=64,
+        help="Connections kept open per gateway."),
+    cfg.StrOpt(
+        "volume_name_template", default="volume-%s",
+        help="VDI name of a volume that has no explicit name: '%%s' is the volume id. "
+        "Must contain exactly one '%%s'. Changing it hides existing volumes from the "
+        "driver (their VDIs keep the old names)."),
+    cfg.StrOpt(
+        "snapshot_name_template", default="snapshot-%s",
+        help="Snapshot tag of a snapshot that has no explicit name: '%%s' is the snapshot "
+        "id. Must contain exactly one '%%s'."),
+    cfg.FloatOpt(
+        "max_over_subscription_ratio", default=20.0, min=1.0, max=1000.0,
+        help="Reported in stats: how far provisioned (thin) capacity may exceed the real "
+        "capacity. Volumes are always thin in Sheepdog; the scheduler enforces the ratio."),
+    cfg.IntOpt(
+        "reserved_percentage", default=0, min=0, max=100,
+        help="Reported in stats: percentage of capacity the scheduler keeps free."),
+    cfg.StrOpt(
+        "image_conversion_dir",
+        help="Directory for temporary raw files when a qcow2 image is converted before "
+        "import. Defaults to the system temporary directory. Needs room for the image's "
+        "virtual size (the file is sparse)."),
+    cfg.StrOpt(
+        "qemu_img_path", default="qemu-img",
+        help="qemu-img executable used only to convert qcow2 images that passed "
+        "inspection to raw. When it is not found, only raw images are accepted."),
+]
+
+BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS
+
+
+def validate_template(name: str, template: str) -> None:
+    """InvalidInput unless ``template % 'x'`` works with exactly one ``%s``."""
+    if template.replace("%%", "").count("%s") != 1 or template.replace(
+            "%%", "").replace("%s", "").count("%"):
+        raise InvalidInput(f"{name} {template!r} must contain exactly one %s and no "
+                           "other % directive")
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Options per sample-file section. Backend sections are named by the user; the
+    sample shows their options under [backend_defaults], which every backend
+    section inherits from."""
+    return [
+        (DEFAULT_GROUP, list(DEFAULT_OPTS)),
+        (BACKEND_DEFAULTS_GROUP, list(BACKEND_OPTS)),
+    ]
+
+
+def default_values() -> dict[str, Any]:
+    """Every backend option at its default value."""
+    return {opt.dest: opt.default for opt in BACKEND_OPTS}
