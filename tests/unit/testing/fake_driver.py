@@ -36,7 +36,7 @@ from sheepdog_backend.exception import (
 from sheepdog_backend.protocol.naming import validate_name, validate_tag
 
 GIB = 1 << 30
-BLOCK = 4 << 20
+BLOCK = 256 << 10  # small blocks keep the fake fast; not an object size
 ZERO_BLOCK = bytes(BLOCK)
 HOST, PORT = "127.0.0.1", "7000"
 _URL = re.compile(r"^sheepdog://(?P<host>[^/:]+):(?P<port>\d+)/(?P<vdi>[^#]+)#(?P<tag>.+)$")
