@@ -1,8 +1,9 @@
 """VDI names, tags and the name-to-vid hash (sheepdog-protocol.md §8.1, §9.7).
 
 Names and tags travel as NUL-padded 256-byte fields.  A name may hold any byte
-except NUL and at most 255 bytes (so a terminator always fits); a tag may use
-all 256 bytes (sheep compares the whole field).
+except NUL and at most 255 bytes (so a terminator always fits).  Sheep would
+accept a 256-byte tag without NUL (it compares the whole field), but dog and
+QEMU print tags as C strings, so we hold tags to 255 bytes as well.
 """
 
 from __future__ import annotations
