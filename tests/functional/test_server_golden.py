@@ -132,7 +132,10 @@ def _compare_payload(where: str, request: Request, got: bytes, frame: dict[str, 
         assert _mask_times(got, mask) == _mask_times(full, mask), where
         return
     head = bytes.fromhex(frame["data_head"])
-    assert _mask_times(got[:len(head)], mask) == _mask_times(head, mask), where
+    mine_head, real_head = _mask_times(got[:len(head)], mask), _mask_times(head, mask)
+    diff = [i for i in range(len(head)) if mine_head[i] != real_head[i]]
+    assert not diff, f"{where}: bytes differ at {diff[:16]}"
+
     assert _nonzero_pages(got) == frame["nonzero_4k_pages"], where
 
 
