@@ -1,0 +1,217 @@
+"""``sheepdog-backend check``: the driver conformance suite from the command line.
+
+How it works: runs ``pytest.main`` on the shipped module
+``sheepdog_backend.testing.test_conformance`` with ``--sheepdog-config`` /
+``--sheepdog-backend`` and a small plugin (``ResultCollector``) that records
+one outcome per test: PASS, FAIL (a failed call, setup or teardown, e.g. a
+cleanup that leaked), GAP (a capability the driver declares unsupported) or
+SKIP.  pytest's own output is kept out of the way (shown with ``--verbose``
+or when pytest itself could not run); then a table is printed.  Exit status:
+0 only when no test failed and at least one passed; 1 otherwise; 2 for a bad
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+SUITE_MODULE = "sheepdog_backend.testing.test_conformance"
+ORDER = {"FAIL": 0, "GAP": 1, "SKIP": 2, "PASS": 3}
+
+
+@dataclass
+class TestResult:
+    name: str
+    outcome: str
+    detail: str = ""
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line[2:].strip() if line.startswith("E ") else line
+    return ""
+
+
+def _failure_detail(report: Any) -> str:
+    crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+    message = getattr(crash, "message", None)
+    if message:
+        return _first_line(str(message)).removeprefix("Failed: ")
+    text = getattr(report, "longreprtext", "") or ""
+    lines = [ln for ln in text.splitlines() if ln.startswith("E ")]
+    return _first_line(lines[0] if lines else text)
+
+
+class ResultCollector:
+    """pytest plugin: one TestResult per test, in run order."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, TestResult] = {}
+        self.collect_errors: list[str] = []
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.collect_errors.append(f"{report.nodeid or 'collection'}: "
+                                       f"{_failure_detail(report)}")
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        name = report.nodeid.split("::")[-1]
+        current = self.results.get(name)
+        if report.failed:
+            phase = "" if report.when == "call" else f"[{report.when}] "
+            detail = phase + _failure_detail(report)
+            if current is not None and current.outcome == "FAIL":
+                current.detail += f"; {detail}"
+            else:
+                self.results[name] = TestResult(name, "FAIL", detail)
+        elif current is not None and current.outcome == "FAIL":
+            return
+        elif report.skipped:
+            gap = next((v for k, v in report.user_properties if k == "sheepdog_gap"), None)
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            reason = str(reason).removeprefix("Skipped: ")
+            if gap is not None:
+                self.results[name] = TestResult(name, "GAP", f"declared unsupported: {gap}")
+            else:
+                self.results[name] = TestResult(name, "SKIP", reason)
+        elif report.when == "call":
+            self.results[name] = TestResult(name, "PASS")
+
+    def counts(self) -> dict[str, int]:
+        out = {key: 0 for key in ORDER}
+        for result in self.results.values():
+            out[result.outcome] += 1
+        return out
+
+
+def print_table(collector: ResultCollector, out: TextIO, *, width: int = 220) -> None:
+    rows = list(collector.results.values())
+    name_width = max([len("TEST"), *(len(r.name) for r in rows)])
+    out.write(f"{'RESULT':<6}  {'TEST':<{name_width}}  DETAIL\n")
+    out.write(f"{'-' * 6}  {'-' * name_width}  {'-' * 6}\n")
+    for row in rows:
+        detail = row.detail
+        room = max(20, width - name_width - 10)
+        if len(detail) > room:
+            detail = detail[:room - 3] + "..."
+        out.write(f"{row.outcome:<6}  {row.name:<{name_width}}  {detail}\n".rstrip() + "\n")
+    for error in collector.collect_errors:
+        out.write(f"ERROR   {error}\n")
+    counts = collector.counts()
+    failed = counts["FAIL"] + len(collector.collect_errors)
+    line = f"{counts['PASS']} passed, {failed} failed"
+    if counts["GAP"]:
+        line += f", {counts['GAP']} gap"
+    if counts["SKIP"]:
+        line += f", {counts['SKIP']} skipped"
+    out.write(line + "\n")
+
+
+def pytest_args(config_file: str | None, backend: str | None, keyword: str | None,
+                ini_file: str, verbose: bool) -> list[str]:
+    args = ["--pyargs", SUITE_MODULE, "-c", ini_file, "--rootdir", os.path.dirname(ini_file),
+            "-p", "no:cacheprovider", "--tb=short" if verbose else "--tb=no",
+            "-v" if verbose else "-q"]
+    if config_file:
+        args += ["--sheepdog-config", config_file]
+    if backend:
+        args += ["--sheepdog-backend", backend]
+    if keyword:
+        args += ["-k", keyword]
+    return args
+
+
+def run_suite(config_file: str | None, backend: str | None = None, *,
+              keyword: str | None = None, verbose: bool = False,
+              out: TextIO | None = None) -> tuple[int, ResultCollector]:
+    """Run the suite; returns (pytest exit code, collector)."""
+    import pytest
+
+    out = out or sys.stdout
+    collector = ResultCollector()
+    with tempfile.TemporaryDirectory(prefix="sheepdog-check-") as tmp:
+        ini = os.path.join(tmp, "pytest.ini")
+        with open(ini, "w", encoding="utf-8") as fh:
+            fh.write("[pytest]\n")
+        args = pytest_args(config_file, backend, keyword, ini, verbose)
+        captured = io.StringIO()
+        target: TextIO = out if verbose else captured
+        plugins: list[object] = [collector]
+        if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+            from sheepdog_backend.testing import plugin  # not loaded by entry point then
+
+            plugins.append(plugin)
+        with contextlib.redirect_stdout(target):
+            code = int(pytest.main(args, plugins=plugins))
+    if not verbose and (code not in (0, 1) or collector.collect_errors):
+        out.write(captured.getvalue())
+    return code, collector
+
+
+def validate_config(config_file: str, backend: str | None) -> str | None:
+    """None when the file names the backend, else the error to show."""
+    from sheepdog_backend.driver.loader import enabled_backends
+    from sheepdog_backend.exception import ConfigError, DriverLoadError
+
+    try:
+        names = enabled_backends(config_file)
+    except (ConfigError, DriverLoadError) as exc:
+        return str(exc)
+    if backend is not None and backend not in names:
+        return (f"{config_file}: backend {backend!r} is not in [DEFAULT] enabled_backends "
+                f"({', '.join(names)})")
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    config = args.config_file
+    if config is not None:
+        config = os.path.abspath(config)
+        problem = validate_config(config, args.backend)
+        if problem:
+            print(f"sheepdog-backend check: {problem}", file=sys.stderr)
+            return 2
+        target = f"backend {args.backend or '(first enabled)'} of {config}"
+    else:
+        if args.backend:
+            print("sheepdog-backend check: --backend needs --config-file", file=sys.stderr)
+            return 2
+        target = "the built-in driver on an embedded server (no --config-file)"
+    print(f"sheepdog-backend conformance suite: {target}", flush=True)
+    code, collector = run_suite(config, args.backend, keyword=args.keyword,
+                                verbose=args.verbose)
+    print_table(collector, sys.stdout)
+    counts = collector.counts()
+    if code == 5 or not collector.results:
+        print("no conformance test ran", file=sys.stderr)
+        return 1
+    ok = code == 0 and counts["FAIL"] == 0 and not collector.collect_errors \
+        and counts["PASS"] > 0
+    return 0 if ok else 1
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "check", help="run the driver conformance suite against a backend",
+        description="Run the driver conformance suite against one backend of an ini file "
+        "(or, without --config-file, the built-in driver on an embedded server) and print "
+        "a PASS/FAIL/GAP table. Exit status 0 only when nothing failed.")
+    parser.add_argument("--config-file", metavar="FILE", default=None,
+                        help="ini file with [DEFAULT] enabled_backends and the backend "
+                        "sections (default: start an embedded server)")
+    parser.add_argument("--backend", metavar="NAME", default=None,
+                        help="backend section to test (default: the first enabled)")
+    parser.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
+                        help="run only tests matching this pytest -k expression")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show pytest's own output, with short tracebacks")
+    parser.set_defaults(func=run)
