@@ -40,6 +40,13 @@ def write_backend_ini(path: str | os.PathLike[str], gateways: Sequence[str], *,
     return target
 
 
+def leftover_volumes(driver: VolumeDriver, prefix: str = "") -> list[str]:
+    """Names of the working VDIs the driver can see (starting with ``prefix``):
+    after a suite run on a cluster of its own, anything here leaked."""
+    names = [str(v["reference"]["source-name"]) for v in driver.get_manageable_volumes()]
+    return sorted(n for n in names if n.startswith(prefix))
+
+
 @contextmanager
 def driver_from_config(config_file: str | os.PathLike[str],
                        backend: str | None = None) -> Iterator[VolumeDriver]:
