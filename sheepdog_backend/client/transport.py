@@ -1,0 +1,273 @@
+"""One TCP connection to a Sheepdog gateway, with several requests in flight.
+
+How it works: ``send()`` gives each request a fresh 32-bit id, writes it and
+remembers the id with the time it was sent.  ``wait(id)`` / ``wait_any()`` read
+the socket through the codec's ``ResponseReader`` until a response arrives;
+responses may come back in any order, so ones nobody asked for yet are parked
+in ``_ready``.  A response whose id is not in flight, or bytes that do not
+decode, poison the stream: the connection closes itself and raises
+``ProtocolError``.  Any socket error or timeout also closes it; a closed
+connection is never used again (``usable`` is False) and the pool drops it.
+
+Each request has its own deadline (``request_timeout`` after it was sent);
+a wait gives up with ``ReadTimeout`` when the awaited request's deadline
+passes.  Every transport error carries ``request_sent``: False means nothing
+reached the peer (safe to send elsewhere), True means the outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sheepdog_backend.exception import (
+    ConnectionClosed,
+    ConnectTimeout,
+    InvalidInput,
+    ProtocolError,
+    ReadTimeout,
+    TransportError,
+)
+from sheepdog_backend.protocol.constants import SD_LISTEN_PORT
+from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD, ResponseReader
+from sheepdog_backend.protocol.header import Request, Response
+
+_RECV_SIZE = 1 << 20
+_SMALL_PAYLOAD = 1 << 16
+E = TypeVar("E", bound=Exception)
+
+
+class ConnectFailed(TransportError):
+    """The TCP connection could not be established (refused, unreachable)."""
+
+
+def mark(exc: TransportError, sent: bool) -> TransportError:
+    """Record on a transport error whether its request may have reached the peer."""
+    exc.request_sent = sent  # type: ignore[attr-defined]
+    return exc
+
+
+def request_was_sent(exc: BaseException) -> bool:
+    """True unless the error certainly happened before anything was sent."""
+    return bool(getattr(exc, "request_sent", True))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Address:
+    """A gateway address; ``str()`` gives the canonical ``host:port`` form."""
+
+    host: str
+    port: int = SD_LISTEN_PORT
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _check_host(host: str, original: str) -> str:
+    if not host:
+        raise InvalidInput(f"gateway {original!r}: empty host")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    ok = all(
+        0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
+        and not label.startswith("-") and not label.endswith("-")
+        for label in labels)
+    if not ok or len(host) > 253:
+        raise InvalidInput(f"gateway {original!r}: {host!r} is not an IP address or host name")
+    return host.lower()
+
+
+def parse_address(text: str, default_port: int = SD_LISTEN_PORT) -> Address:
+    """Parse ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"gateway must be a string, got {type(text).__name__}")
+    raw = text.strip()
+    port_text: str | None = None
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise InvalidInput(f"gateway {text!r}: missing ']'")
+        host, rest = raw[1:end], raw[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise InvalidInput(f"gateway {text!r}: junk after ']'")
+            port_text = rest[1:]
+        try:
+            if ipaddress.ip_address(host).version != 6:
+                raise ValueError
+        except ValueError:
+            raise InvalidInput(f"gateway {text!r}: brackets need an IPv6 address") from None
+    elif raw.count(":") > 1:
+        host = raw  # bare IPv6 without port
+    elif ":" in raw:
+        host, port_text = raw.split(":", 1)
+    else:
+        host = raw
+    port = default_port
+    if port_text is not None:
+        if not port_text.isdigit() or not port_text.isascii():
+            raise InvalidInput(f"gateway {text!r}: port {port_text!r} is not a number")
+        port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"gateway {text!r}: port {port} is outside 1..65535")
+    return Address(_check_host(host, text), port)
+
+
+class Connection:
+    """A connected socket speaking the Sheepdog protocol (not thread-safe:
+    one user at a time, the pool guarantees it)."""
+
+    def __init__(self, address: Address, *, connect_timeout: float = 5.0,
+                 request_timeout: float = 30.0, max_payload: int = DEFAULT_MAX_PAYLOAD
+                 ) -> None:
+        if connect_timeout <= 0 or request_timeout <= 0:
+            raise InvalidInput("timeouts must be positive")
+        self.address = address
+        self.request_timeout = request_timeout
+        self._reader = ResponseReader(max_payload)
+        self._inflight: dict[int, float] = {}  # id -> deadline
+        self._ready: dict[int, Response] = {}
+        self._next_id = 1
+        self._sock: socket.socket | None = None
+        self.requests_sent = 0
+        try:
+            sock = socket.create_connection((address.host, address.port), connect_timeout)
+        except TimeoutError:
+            raise mark(ConnectTimeout(f"connect to {address} timed out after "
+                                      f"{connect_timeout}s"), False) from None
+        except OSError as exc:
+            raise mark(ConnectFailed(f"cannot connect to {address}: {exc}"), False) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Open and with nothing in flight or parked: safe to hand to a new user."""
+        return self._sock is not None and not self._inflight and not self._ready
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight) + len(self._ready)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        self._inflight.clear()
+        self._ready.clear()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _fail(self, exc: E) -> E:
+        self.close()
+        return exc
+
+    # -- sending -----------------------------------------------------------
+
+    def send(self, request: Request) -> int:
+        """Send a request with a fresh id; return the id to wait for."""
+        sock = self._sock
+        if sock is None:
+            raise mark(ConnectionClosed(f"connection to {self.address} is closed"), False)
+        rid = self._next_id
+        self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
+        req = request.with_id(rid)
+        try:
+            header = req.encode_header()
+        except ProtocolError:
+            raise  # our own bad values: the stream is still fine
+        try:
+            sock.settimeout(self.request_timeout)
+            if len(req.payload) <= _SMALL_PAYLOAD:
+                sock.sendall(header + req.payload)
+            else:
+                sock.sendall(header)
+                sock.sendall(req.payload)
+        except TimeoutError:
+            raise mark(self._fail(ReadTimeout(
+                f"sending to {self.address} timed out")), True) from None
+        except OSError as exc:
+            raise mark(self._fail(ConnectionClosed(
+                f"send to {self.address} failed: {exc}")), True) from exc
+        self._inflight[rid] = time.monotonic() + self.request_timeout
+        self.requests_sent += 1
+        return rid
+
+    # -- receiving ---------------------------------------------------------
+
+    def _receive_one(self, deadline: float) -> Response:
+        """Read until one whole response is decoded (any id)."""
+        sock = self._sock
+        if sock is None:
+            raise mark(ConnectionClosed(f"connection to {self.address} is closed"), True)
+        try:
+            while True:
+                message = self._reader.next_message()
+                if message is not None:
+                    return message
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    raise mark(self._fail(ConnectionClosed(
+                        f"{self.address} closed the connection with "
+                        f"{len(self._inflight)} request(s) in flight")), True)
+                self._reader.feed(data)
+        except ProtocolError as exc:
+            self.close()
+            raise ProtocolError(f"bad response from {self.address}: {exc}") from exc
+        except TimeoutError:
+            raise mark(self._fail(ReadTimeout(
+                f"{self.address} did not answer within {self.request_timeout}s")),
+                True) from None
+        except OSError as exc:
+            raise mark(self._fail(ConnectionClosed(
+                f"receive from {self.address} failed: {exc}")), True) from exc
+
+    def _accept(self, response: Response) -> int:
+        rid = response.id
+        if rid not in self._inflight:
+            self.close()
+            raise ProtocolError(
+                f"{self.address} answered request id {rid}, which is not in flight")
+        del self._inflight[rid]
+        self._ready[rid] = response
+        return rid
+
+    def wait(self, rid: int) -> Response:
+        """The response to request ``rid`` (parking others that arrive first)."""
+        while rid not in self._ready:
+            deadline = self._inflight.get(rid)
+            if deadline is None:
+                raise ValueError(f"request id {rid} was never sent on this connection")
+            self._accept(self._receive_one(deadline))
+        return self._ready.pop(rid)
+
+    def wait_any(self) -> Response:
+        """The next response of any in-flight request."""
+        if self._ready:
+            return self._ready.pop(next(iter(self._ready)))
+        if not self._inflight:
+            raise ValueError("no request in flight")
+        deadline = min(self._inflight.values())
+        rid = self._accept(self._receive_one(deadline))
+        return self._ready.pop(rid)
+
+    def call(self, request: Request) -> Response:
+        """Send one request and wait for its response."""
+        return self.wait(self.send(request))

@@ -1,0 +1,275 @@
+"""VDI control operations: one attempt each, on one connection.
+
+Every function here sends the fewest requests the protocol allows and reads
+inode metadata as the first 568 bytes of the inode (name, tag, times, size,
+policies, ids: everything up to ``btree_counter``), or the slot range a VDI's
+size covers (``4 * count_data_objs`` bytes at 4664) - never the whole
+12.5 MB inode.  Independent requests (two lookups, two bitmaps, many header
+reads, disjoint slot-range writes) are pipelined on the connection.
+
+Retrying and reconciling after a lost reply is the caller's job
+(``client.py``); these functions raise the server's error as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sheepdog_backend.client import requests as rq
+from sheepdog_backend.client.models import VdiInfo
+from sheepdog_backend.client.transport import Connection
+from sheepdog_backend.exception import InvalidInput, NoObject, ProtocolError, error_for_code
+from sheepdog_backend.protocol.bitmap import VidBitmap
+from sheepdog_backend.protocol.constants import (
+    SD_INODE_HEADER_SIZE,
+    SD_INODE_LOOKUP_SIZE,
+    Flag,
+    Opcode,
+    Result,
+)
+from sheepdog_backend.protocol.header import (
+    ClusterDefaultResponse,
+    Request,
+    Response,
+    VdiResponse,
+)
+from sheepdog_backend.protocol.inode import (
+    OFFSET_TAG,
+    OFFSET_VDI_SIZE,
+    InodeHeader,
+    decode_slots,
+    slot_offset,
+)
+from sheepdog_backend.protocol.oid import vid_to_attr_oid, vid_to_vdi_oid
+from sheepdog_backend.protocol.structs import VdiAttr
+
+HEADER_READ = SD_INODE_LOOKUP_SIZE  # 568 bytes cover every field a client needs
+SLOT_BATCH = 1 << 16  # slots per slot-range request (256 KiB)
+GAP_MERGE = 12  # zero slots (48 bytes) cost less than another request header
+
+
+def check(rsp: Response) -> Response:
+    if rsp.result != Result.SUCCESS:
+        raise error_for_code(rsp.result)
+    return rsp
+
+
+def pipeline(conn: Connection, requests: Iterable[Request], window: int = 16,
+             *, raise_errors: bool = True) -> list[Response]:
+    """Send requests with at most ``window`` in flight; responses in request order."""
+    results: dict[int, Response] = {}
+    order: list[int] = []
+    pending: list[int] = []
+    for req in requests:
+        if len(pending) >= window:
+            rid = pending.pop(0)
+            results[rid] = conn.wait(rid)
+        rid = conn.send(req)
+        order.append(rid)
+        pending.append(rid)
+    for rid in pending:
+        results[rid] = conn.wait(rid)
+    out = [results[rid] for rid in order]
+    if raise_errors:
+        for rsp in out:
+            check(rsp)
+    return out
+
+
+def vdi_body(rsp: Response) -> VdiResponse:
+    body = rsp.body
+    if not isinstance(body, VdiResponse):
+        raise TypeError("not a VDI response")
+    return body
+
+
+# -- lookups and inode reads -------------------------------------------------
+
+
+def lookup(conn: Connection, name: str | bytes, tag: str | bytes = b"",
+           snapid: int = 0) -> VdiResponse:
+    return vdi_body(check(conn.call(rq.get_vdi_info(name, tag, snapid))))
+
+
+def header_request(vid: int) -> Request:
+    return rq.read_obj(vid_to_vdi_oid(vid), 0, HEADER_READ, flags=Flag.DIRECT)
+
+
+def decode_header(rsp: Response) -> InodeHeader:
+    check(rsp)
+    data = rsp.payload
+    if len(data) < HEADER_READ:
+        raise ProtocolError(f"inode header read returned {len(data)} bytes")
+    return InodeHeader.decode(data + bytes(SD_INODE_HEADER_SIZE - len(data)))
+
+
+def read_header(conn: Connection, vid: int) -> InodeHeader:
+    return decode_header(conn.call(header_request(vid)))
+
+
+def resolve(conn: Connection, name: str | bytes, tag: str | bytes = b"",
+            snapid: int = 0) -> InodeHeader:
+    """Lookup + header read (2 round trips)."""
+    return read_header(conn, lookup(conn, name, tag, snapid).vdi_id)
+
+
+def slot_requests(vid: int, first: int, count: int) -> list[Request]:
+    oid = vid_to_vdi_oid(vid)
+    reqs = []
+    for start in range(first, first + count, SLOT_BATCH):
+        n = min(SLOT_BATCH, first + count - start)
+        reqs.append(rq.read_obj(oid, slot_offset(start), 4 * n, flags=Flag.DIRECT))
+    return reqs
+
+
+def read_slots(conn: Connection, vid: int, first: int, count: int,
+               window: int = 16) -> list[int]:
+    """data_vdi_id[first:first+count] (no request when count is 0)."""
+    slots: list[int] = []
+    for rsp in pipeline(conn, slot_requests(vid, first, count), window):
+        slots.extend(decode_slots(rsp.payload))
+    return slots
+
+
+def cluster_default_shift(conn: Connection) -> int:
+    rsp = check(conn.call(Request(Opcode.GET_CLUSTER_DEFAULT)))
+    body = rsp.body
+    assert isinstance(body, ClusterDefaultResponse)
+    return body.block_size_shift
+
+
+# -- create / snapshot / clone / resize / delete -----------------------------
+
+
+def new_vdi(conn: Connection, request: Request) -> int:
+    return vdi_body(check(conn.call(request))).vdi_id
+
+
+def write_tag(conn: Connection, hdr: InodeHeader, tag: bytes) -> None:
+    """dog's snapshot preparation: the 256-byte tag field of the working inode."""
+    field = tag + bytes(256 - len(tag))
+    check(conn.call(rq.write_obj(vid_to_vdi_oid(hdr.vdi_id), OFFSET_TAG, field,
+                                 copies=hdr.nr_copies, copy_policy=hdr.copy_policy)))
+
+
+def write_size(conn: Connection, hdr: InodeHeader, new_size: int) -> None:
+    """Resize: rewrite only the 8-byte vdi_size field (dog rewrites 4664 bytes)."""
+    check(conn.call(rq.write_obj(vid_to_vdi_oid(hdr.vdi_id), OFFSET_VDI_SIZE,
+                                 new_size.to_bytes(8, "little"), copies=hdr.nr_copies,
+                                 copy_policy=hdr.copy_policy, flags=Flag.DIRECT)))
+
+
+def slot_runs(slots: Sequence[int], *, changed: Sequence[bool] | None = None,
+              gap: int = GAP_MERGE) -> list[tuple[int, int]]:
+    """(start, end) index runs covering the selected slots; runs separated by at
+    most ``gap`` unselected *zero* slots are merged (rewriting a zero slot with
+    zero changes nothing on the server).  Default selection: non-zero slots."""
+    chosen = [bool(s) for s in slots] if changed is None else list(changed)
+    runs: list[tuple[int, int]] = []
+    i, n = 0, len(slots)
+    while i < n:
+        if not chosen[i]:
+            i += 1
+            continue
+        start = end = i
+        j = i + 1
+        while j < n:
+            if chosen[j]:
+                end = j
+                j += 1
+                continue
+            k = j
+            while k < n and not chosen[k] and slots[k] == 0 and k - end <= gap:
+                k += 1
+            if k < n and chosen[k] and k - end <= gap + 1:
+                j = k
+                continue
+            break
+        runs.append((start, end + 1))
+        i = end + 1
+    return runs
+
+
+def slot_write_requests(hdr: InodeHeader, base_idx: int, values: Sequence[int],
+                        runs: Iterable[tuple[int, int]], flags: int = 0) -> list[Request]:
+    oid = vid_to_vdi_oid(hdr.vdi_id)
+    reqs = []
+    for start, end in runs:
+        for s in range(start, end, SLOT_BATCH):
+            e = min(end, s + SLOT_BATCH)
+            payload = b"".join(v.to_bytes(4, "little") for v in values[s:e])
+            reqs.append(rq.write_obj(oid, slot_offset(base_idx + s), payload,
+                                     copies=hdr.nr_copies, copy_policy=hdr.copy_policy,
+                                     flags=flags))
+    return reqs
+
+
+def clear_slots(conn: Connection, hdr: InodeHeader, window: int = 16) -> int:
+    """Zero every non-zero slot the VDI's size covers (owned and shared), so
+    DEL_VDI really deletes it and the references are dropped (§12.9)."""
+    count = hdr.count_data_objs
+    slots = read_slots(conn, hdr.vdi_id, 0, count, window)
+    runs = slot_runs(slots)
+    zeros = [0] * count
+    pipeline(conn, slot_write_requests(hdr, 0, zeros, runs, flags=Flag.DIRECT), window)
+    return sum(1 for s in slots if s)
+
+
+def del_vdi(conn: Connection, name: str | bytes, tag: str | bytes = b"",
+            snapid: int = 0) -> int:
+    return vdi_body(check(conn.call(rq.del_vdi(name, tag, snapid)))).vdi_id
+
+
+# -- listing -----------------------------------------------------------------
+
+
+def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
+              ) -> list[VdiInfo]:
+    in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
+    in_use = VidBitmap(in_use_rsp.payload)
+    deleted = VidBitmap(deleted_rsp.payload)
+    vids = [vid for vid in in_use if vid not in deleted]
+    rsps = pipeline(conn, (header_request(vid) for vid in vids), window,
+                    raise_errors=False)
+    headers: list[InodeHeader] = []
+    for rsp in rsps:
+        if rsp.result == Result.NO_OBJ:
+            continue  # bit set but inode gone (recycled family): skip like dog does
+        hdr = decode_header(rsp)
+        if not hdr.is_deleted:
+            headers.append(hdr)
+    if not with_usage:
+        return [VdiInfo.from_header(h) for h in headers]
+    out = []
+    for hdr in headers:
+        slots = read_slots(conn, hdr.vdi_id, 0, hdr.count_data_objs, window)
+        own = sum(1 for s in slots if s == hdr.vdi_id)
+        other = sum(1 for s in slots if s and s != hdr.vdi_id)
+        out.append(VdiInfo.from_header(hdr, used=own * hdr.object_size,
+                                       shared=other * hdr.object_size))
+    return out
+
+
+# -- attributes --------------------------------------------------------------
+
+
+def attr_request(name: bytes, key: bytes, value: bytes = b"", *, flags: int = 0
+                 ) -> Request:
+    if not key or len(key) > 255 or b"\0" in key:
+        raise InvalidInput("an attribute key is 1..255 bytes without NUL")
+    if len(value) > 65536:
+        raise InvalidInput(f"an attribute value is at most 65536 bytes, got {len(value)}")
+    attr = VdiAttr(name=name, key=key, value=value, value_len=len(value))
+    return rq.get_vdi_attr(attr, flags=flags)
+
+
+def get_attr(conn: Connection, name: bytes, key: bytes) -> bytes | None:
+    try:
+        body = vdi_body(check(conn.call(attr_request(name, key))))
+    except NoObject:
+        return None
+    rsp = conn.call(rq.read_obj(vid_to_attr_oid(body.vdi_id, body.attr_id), 0,
+                                VdiAttr.SIZE, flags=Flag.DIRECT))
+    if rsp.result == Result.NO_OBJ:
+        return None
+    return VdiAttr.decode(check(rsp).payload).value
