@@ -105,7 +105,7 @@ class ScriptedPeer:
                 self.requests.append(req)
                 try:
                     self.handler(req, conn)
-                except BaseException as exc:  # noqa: BLE001 - reported to the test
+                except BaseException as exc:
                     self.errors.append(exc)
                     conn.close()
                     return
