@@ -1,0 +1,85 @@
+"""Moving bytes in and out of volumes: the test data hook and image transfer.
+
+Image import inspects the file first (``images.inspect_fileobj``): nothing
+unsafe or unsupported reaches a converter or the volume.  Raw images stream
+straight from the file; qcow2 is converted to a temporary raw file first (see
+``images.raw_view``).  Export always writes raw, through a temporary file in
+the target directory renamed into place, so a failed export leaves no
+half-written image under the requested name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+from sheepdog_backend.driver import images
+from sheepdog_backend.driver.base import Snapshot, Volume
+from sheepdog_backend.exception import InvalidInput
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sheepdog_backend.driver.sheepdog import SheepdogDriver
+
+
+class ClientDataAccess:
+    """``VolumeDataAccess`` over the driver's client."""
+
+    def __init__(self, driver: SheepdogDriver) -> None:
+        self._driver = driver
+
+    def read(self, volume: Volume, offset: int, length: int) -> bytes:
+        name = self._driver.vdi_name(volume)
+        return bytes(self._driver.client.read(name, offset, length))
+
+    def write(self, volume: Volume, offset: int, data: bytes) -> None:
+        name = self._driver.vdi_name(volume)
+        self._driver.client.write(name, offset, data)
+
+    def exists(self, volume: Volume) -> bool:
+        info = self._driver.client.find_vdi(self._driver.vdi_name(volume))
+        return info is not None and not info.is_snapshot
+
+    def snapshot_exists(self, snapshot: Snapshot) -> bool:
+        name = self._driver.vdi_name(snapshot.volume)
+        info = self._driver.client.find_vdi(name, self._driver.snapshot_tag(snapshot))
+        return info is not None and bool(info.is_snapshot)
+
+    def size_bytes(self, volume: Volume) -> int:
+        return int(self._driver._existing(self._driver.vdi_name(volume)).size)
+
+
+def copy_image_to_volume(client: Any, name: str, volume_size: int, image_path: str, *,
+                         qemu_img: str | None, work_dir: str | None = None) -> int:
+    """Inspect ``image_path`` and write its raw contents to VDI ``name`` from
+    offset 0. Returns the bytes written."""
+    with images.open_image(image_path) as f:
+        inspection = images.inspect_fileobj(f, image_path)
+        if inspection.virtual_size > volume_size:
+            raise InvalidInput(f"image {image_path} needs {inspection.virtual_size} bytes; "
+                               f"volume {name!r} has {volume_size}")
+        with images.raw_view(f, inspection, qemu_img=qemu_img, work_dir=work_dir) as raw:
+            return int(client.write_from_file(name, raw, offset=0))
+
+
+def copy_volume_to_image(client: Any, name: str, volume_size: int, image_path: str) -> None:
+    """Write VDI ``name`` to ``image_path`` as a raw file of the volume's size."""
+    target_dir = os.path.dirname(os.path.abspath(image_path))
+    if not os.path.isdir(target_dir):
+        raise InvalidInput(f"directory {target_dir} does not exist")
+    if os.path.isdir(image_path):
+        raise InvalidInput(f"{image_path} is a directory")
+    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".raw", dir=target_dir)
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            client.read_to_file(name, out, length=volume_size)
+            out.truncate(volume_size)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, image_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

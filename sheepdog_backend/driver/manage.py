@@ -1,0 +1,91 @@
+"""Adopting existing VDIs (Cinder's manage/unmanage) for SheepdogDriver.
+
+Sheepdog cannot rename a VDI, so an adopted volume keeps its VDI name: the
+model update returns ``{"name": <vdi>, "size": <GiB>}`` and the control plane
+stores it on the volume.  A VDI whose size is not a whole number of GiB is
+grown to the next GiB when adopted (thin: it costs no space), so the size the
+control plane records is the real one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from sheepdog_backend.driver.base import GiB, Volume
+from sheepdog_backend.exception import InvalidInput, VolumeNotFound
+from sheepdog_backend.protocol.naming import validate_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sheepdog_backend.driver.sheepdog import SheepdogDriver
+
+
+def _source_name(existing_ref: Any) -> str:
+    if not isinstance(existing_ref, dict):
+        raise InvalidInput(f"existing_ref must be a dict, got {type(existing_ref).__name__}")
+    name = existing_ref.get("source-name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("existing_ref needs 'source-name': the VDI name to adopt "
+                           f"(got keys {sorted(existing_ref)})")
+    validate_name(name)
+    return name
+
+
+def _working(driver: SheepdogDriver, name: str) -> Any:
+    info = driver.client.find_vdi(name)
+    if info is None or info.is_snapshot:
+        raise VolumeNotFound(f"no VDI named {name!r} to manage")
+    return info
+
+
+def _gib_ceil(size: int) -> int:
+    return max(1, -(-size // GiB))
+
+
+def manage_existing_get_size(driver: SheepdogDriver, volume: Volume,
+                             existing_ref: dict[str, Any]) -> int:
+    return _gib_ceil(_working(driver, _source_name(existing_ref)).size)
+
+
+def manage_existing(driver: SheepdogDriver, volume: Volume,
+                    existing_ref: dict[str, Any]) -> dict[str, Any]:
+    name = _source_name(existing_ref)
+    info = _working(driver, name)
+    size = _gib_ceil(info.size)
+    if info.size != size * GiB:
+        driver.client.resize_vdi(name, size * GiB)
+    driver._invalidate_stats()
+    return {"name": name, "size": size}
+
+
+def unmanage(driver: SheepdogDriver, volume: Volume) -> None:
+    """Nothing to undo: the VDI stays exactly as it is."""
+    driver.vdi_name(volume)
+
+
+def template_pattern(template: str) -> re.Pattern[str]:
+    prefix, _, suffix = template.partition("%s")
+    return re.compile(re.escape(prefix.replace("%%", "%")) + "(.+)"
+                      + re.escape(suffix.replace("%%", "%")) + r"\Z", re.DOTALL)
+
+
+def get_manageable_volumes(driver: SheepdogDriver) -> list[dict[str, Any]]:
+    """Every working VDI, Cinder's keys. One already named by the volume template
+    is reported as managed (not safe), with the id it encodes."""
+    pattern = template_pattern(driver.configuration.volume_name_template)
+    out: list[dict[str, Any]] = []
+    for info in sorted(driver.client.list_vdis(), key=lambda v: v.name):
+        if info.is_snapshot:
+            continue
+        match = pattern.match(info.name)
+        out.append({
+            "reference": {"source-name": info.name},
+            "size": _gib_ceil(info.size),
+            "safe_to_manage": match is None,
+            "reason_not_safe": "already managed" if match else None,
+            "cinder_id": match.group(1) if match else None,
+            "extra_info": {"vid": info.vid, "copies": info.nr_copies,
+                           "block_size_shift": info.block_size_shift},
+        })
+    return out
+
