@@ -416,15 +416,24 @@ class SheepdogDriver(VolumeDriver):
 
     def _collect_stats(self) -> dict[str, Any]:
         conf = self.configuration
-        total, free = self.client.capacity()
+        total_gb: float | str
+        free_gb: float | str
+        try:
+            total, free = self.client.capacity()
+            total_gb, free_gb = round(total / GiB, 2), round(free / GiB, 2)
+        except (TransportError, RetryExhausted) as exc:
+            # A listed node that cannot be reached (down, or not yet dropped from the
+            # node list) leaves the capacity unknown; Cinder's scheduler accepts that.
+            LOG.warning("backend %s: capacity unknown: %s", self.backend_name, exc)
+            total_gb = free_gb = "unknown"
         working = [v for v in self.client.list_vdis() if not v.is_snapshot]
         return {
             "volume_backend_name": conf.volume_backend_name or self.backend_name,
             "vendor_name": "Open Source",
             "driver_version": self.VERSION,
             "storage_protocol": "sheepdog",
-            "total_capacity_gb": round(total / GiB, 2),
-            "free_capacity_gb": round(free / GiB, 2),
+            "total_capacity_gb": total_gb,
+            "free_capacity_gb": free_gb,
             "provisioned_capacity_gb": round(sum(v.size for v in working) / GiB, 2),
             "thin_provisioning_support": True,
             "thick_provisioning_support": False,

@@ -430,7 +430,9 @@ def test_connection_info(driver: SheepdogDriver, server: EmbeddedServer) -> None
     driver.delete_volume(v)
 
 
-def test_connection_info_puts_healthy_gateway_first(tmp_path: pathlib.Path) -> None:
+def test_one_gateway_down(tmp_path: pathlib.Path) -> None:
+    """The healthy gateway comes first in connection info, and stats still answer
+    (capacity 'unknown' while a listed node cannot be reached)."""
     with EmbeddedServer(tmp_path / "d", ports=(0, 0)) as srv:
         drv = load_backend(write_ini(tmp_path / "x.conf", ",".join(srv.gateways)))
         try:
@@ -441,6 +443,10 @@ def test_connection_info_puts_healthy_gateway_first(tmp_path: pathlib.Path) -> N
                 drv.data_access().exists(v)
             info = drv.initialize_connection(v, CONNECTOR)
             assert info["data"]["ports"][0] == str(srv.addresses[1][1])
+            stats = drv.get_volume_stats(refresh=True)
+            assert stats["total_volumes"] == 1
+            for key in ("total_capacity_gb", "free_capacity_gb"):
+                assert stats[key] == "unknown" or stats[key] > 0, stats[key]
         finally:
             drv.close()
 
