@@ -83,6 +83,11 @@ def _gib(text: str) -> int:
     return value
 
 
+EXIT_HELP = ("exit codes: 0 ok, 2 usage, 3 configuration/driver load, 4 not found, "
+             "5 invalid input or backing image, 6 busy or exists, 7 cluster unreachable, "
+             "8 other storage error, 9 not supported by the driver")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", default=None, metavar="FILE",
                         help=f"ini file (default ${CONFIG_ENV} or {DEFAULT_CONFIG})")
@@ -93,7 +98,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _add(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str,
          func: Callable[[VolumeDriver, argparse.Namespace], Any]) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help_, description=help_)
+    parser = sub.add_parser(name, help=help_, description=help_, epilog=EXIT_HELP)
     _common(parser)
     parser.set_defaults(func=lambda args: run(args, func))
     return parser

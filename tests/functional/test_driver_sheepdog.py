@@ -579,3 +579,23 @@ def test_qcow2_image_is_converted(driver: SheepdogDriver, tmp_path: pathlib.Path
     assert_marks(driver, v, marks)
     assert driver.data_access().read(v, 1 * MiB, 4096) == bytes(4096)
     driver.delete_volume(v)
+
+
+@pytest.mark.parametrize("extra,copies,policy,shift", [
+    ("sheepdog_copies = 2\nsheepdog_block_size_shift = 23\n", 2, 0, 23),
+    ("sheepdog_erasure_code = 2:1\n", 3, 0x11, 22),
+    ("", 1, 0, 22),  # the cluster's defaults (formatted with 1 copy)
+])
+def test_redundancy_and_object_size_options(server: EmbeddedServer, tmp_path: pathlib.Path,
+                                            extra: str, copies: int, policy: int,
+                                            shift: int) -> None:
+    drv = load_backend(write_ini(tmp_path / "r.conf", server.gateways[0], extra))
+    try:
+        v = vol()
+        drv.create_volume(v)
+        info = drv.describe_volume(v)
+        assert (info["copies"], info["copy_policy"], info["block_size_shift"]) == (
+            copies, policy, shift)
+        drv.delete_volume(v)
+    finally:
+        drv.close()
