@@ -149,9 +149,9 @@ SHEEPDOG_OPTS = [
         "is in a transient state (starting up, waiting for nodes, halted). Each retry "
         "moves to the next healthy gateway, with exponential backoff and jitter."),
     cfg.FloatOpt(
-        "sheepdog_retry_deadline", default=60.0, min=0.0, max=3600.0,
+        "sheepdog_retry_deadline", default=60.0, min=0.1, max=3600.0,
         help="Total seconds one operation may spend retrying, whatever is left of "
-        "sheepdog_retry_attempts. 0 means no deadline beyond the attempts."),
+        "sheepdog_retry_attempts; whichever runs out first ends the retries."),
     cfg.IntOpt(
         "sheepdog_io_window", default=16, min=1, max=256,
         help="Object requests kept in flight per connection during image import/export "
