@@ -7,8 +7,8 @@ one outcome per test: PASS, FAIL (a failed call, setup or teardown, e.g. a
 cleanup that leaked), GAP (a capability the driver declares unsupported) or
 SKIP.  pytest's own output is kept out of the way (shown with ``--verbose``
 or when pytest itself could not run); then a table is printed.  Exit status:
-0 only when no test failed and at least one passed; 1 otherwise; 2 for a bad
-configuration.
+0 only when no test failed and at least one passed; 1 otherwise; 2 for a usage
+error; 3 for an unusable configuration file (as the other subcommands).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         problem = validate_config(config, args.backend)
         if problem:
             print(f"sheepdog-backend check: {problem}", file=sys.stderr)
-            return 2
+            return 3
         target = f"backend {args.backend or '(first enabled)'} of {config}"
     else:
         if args.backend:

@@ -63,16 +63,16 @@ def test_declared_gap_is_a_gap_not_a_failure(tmp_path: Path,
     assert re.search(r"^1 passed, 0 failed, \d+ gap$", out, re.M), out
 
 
-def test_missing_config_file_is_a_usage_error(tmp_path: Path,
+def test_missing_config_file_is_a_config_error(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "--config-file", str(tmp_path / "nope.ini")]) == 2
+    assert main(["check", "--config-file", str(tmp_path / "nope.ini")]) == 3
     assert "nope.ini" in capsys.readouterr().err
 
 
-def test_backend_not_enabled_is_a_usage_error(tmp_path: Path,
+def test_backend_not_enabled_is_a_config_error(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     ini = ini_for(tmp_path, f"{FAKES}.fake_driver.FakeDriver")
-    assert main(["check", "--config-file", ini, "--backend", "other"]) == 2
+    assert main(["check", "--config-file", ini, "--backend", "other"]) == 3
     assert "'other' is not in" in capsys.readouterr().err
 
 
@@ -81,3 +81,9 @@ def test_no_matching_test_is_a_failure(tmp_path: Path,
     ini = ini_for(tmp_path, f"{FAKES}.fake_driver.FakeDriver")
     assert main(["check", "--config-file", ini, "-k", "no_such_test_anywhere"]) == 1
     assert "no conformance test ran" in capsys.readouterr().err
+
+
+def test_backend_without_config_file_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--backend", "x"]) == 2
+    assert "--backend needs --config-file" in capsys.readouterr().err
