@@ -91,6 +91,10 @@ class SnapshotTests:
         second = resources.volume()
         driver.create_volume_from_snapshot(second, snap)
         expect_ok(check_pattern(data, second, at_snap))  # the snapshot is untouched
+        driver.delete_snapshot(snap)  # clones made from it keep their data
+        assert not data.snapshot_exists(snap)
+        expect_ok(check_pattern(data, second, at_snap))
+        expect_ok(check_pattern(data, clone, clone_now))
 
     @requires("snapshots", "clone")
     def test_clone_from_snapshot_to_larger_size(
@@ -106,6 +110,17 @@ class SnapshotTests:
         expect_ok(check_zeros(data, clone, GIB, 64 * KIB))
         tail = write_pattern(data, clone, "tail", [(2 * GIB - 64 * KIB, 64 * KIB)])
         expect_ok(check_pattern(data, clone, tail))
+
+    @requires("snapshots", "clone")
+    def test_clone_from_snapshot_to_smaller_size_rejected(
+            self, driver: VolumeDriver, data: VolumeDataAccess,
+            resources: ResourceTracker) -> None:
+        src = resources.create_volume(2)
+        snap = resources.create_snapshot(src)
+        clone = resources.volume(size=1)
+        with refused(InvalidInput, "create_volume_from_snapshot of a 2 GiB snapshot at 1 GiB"):
+            driver.create_volume_from_snapshot(clone, snap)
+        assert not data.exists(clone)
 
     @requires("snapshots", "clone")
     def test_clone_from_missing_snapshot_fails(

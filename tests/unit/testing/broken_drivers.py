@@ -46,6 +46,8 @@ class CloneSharesBlocks(FakeDriver):
     """Clones share the source's blocks instead of copying on write."""
 
     def _share(self, volume: Volume, image: FakeImage) -> dict[str, Any]:
+        if volume.size * GIB < image.size:
+            raise InvalidInput("a volume cannot be smaller than its source")
         self.cluster.vdis[self.name(volume)] = FakeVdi(FakeImage(volume.size * GIB,
                                                                  image.blocks))
         return {}
