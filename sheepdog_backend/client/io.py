@@ -43,7 +43,6 @@ from sheepdog_backend.protocol.oid import vid_to_data_oid
 
 READ_PIECE = 4 << 20
 SLOT_FLUSH = 64  # created slots accumulated before a slot-range write
-SEGMENT_OBJECTS = 1024  # objects whose slots are fetched at once when streaming
 READONLY_REDOS = 3
 K = TypeVar("K")
 
