@@ -8,7 +8,9 @@ cleanup that leaked), GAP (a capability the driver declares unsupported) or
 SKIP.  pytest's own output is kept out of the way (shown with ``--verbose``
 or when pytest itself could not run); then a table is printed.  Exit status:
 0 only when no test failed and at least one passed; 1 otherwise; 2 for a usage
-error; 3 for an unusable configuration file (as the other subcommands).
+error; 3 for an unusable configuration file; 7 when the backend loads but
+cannot serve (its set-up check fails, e.g. no gateway answers), as the other
+subcommands.
 """
 
 from __future__ import annotations
@@ -157,18 +159,25 @@ def run_suite(config_file: str | None, backend: str | None = None, *,
     return code, collector
 
 
-def validate_config(config_file: str, backend: str | None) -> str | None:
-    """None when the file names the backend, else the error to show."""
+def preflight(config_file: str, backend: str | None) -> tuple[int, str] | None:
+    """None when the backend loads and says it can serve; else (exit code, why):
+    3 for the ini file or driver class, 7 when set-up or its check fails."""
     from sheepdog_backend.driver.loader import enabled_backends
     from sheepdog_backend.exception import ConfigError, DriverLoadError
+    from sheepdog_backend.testing.backends import driver_from_config
 
     try:
         names = enabled_backends(config_file)
+        if backend is not None and backend not in names:
+            return 3, (f"{config_file}: backend {backend!r} is not in [DEFAULT] "
+                       f"enabled_backends ({', '.join(names)})")
+        with driver_from_config(config_file, backend):
+            pass
     except (ConfigError, DriverLoadError) as exc:
-        return str(exc)
-    if backend is not None and backend not in names:
-        return (f"{config_file}: backend {backend!r} is not in [DEFAULT] enabled_backends "
-                f"({', '.join(names)})")
+        return 3, str(exc)
+    except Exception as exc:
+        return 7, (f"backend {backend or names[0]!r} of {config_file} cannot serve: "
+                   f"{type(exc).__name__}: {exc}")
     return None
 
 
@@ -176,10 +185,10 @@ def run(args: argparse.Namespace) -> int:
     config = args.config_file
     if config is not None:
         config = os.path.abspath(config)
-        problem = validate_config(config, args.backend)
+        problem = preflight(config, args.backend)
         if problem:
-            print(f"sheepdog-backend check: {problem}", file=sys.stderr)
-            return 3
+            print(f"sheepdog-backend check: {problem[1]}", file=sys.stderr)
+            return problem[0]
         target = f"backend {args.backend or '(first enabled)'} of {config}"
     else:
         if args.backend:

@@ -170,3 +170,8 @@ class NoDataAccess(FakeDriver):
 
 class UnknownCapability(FakeDriver):
     capabilities = ALL_CAPABILITIES | {"teleport"}
+
+
+class SetupFails(FakeDriver):
+    def check_for_setup_error(self) -> None:
+        raise ConnectionRefusedError("no gateway")

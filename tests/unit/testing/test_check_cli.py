@@ -87,3 +87,12 @@ def test_backend_without_config_file_is_a_usage_error(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--backend", "x"]) == 2
     assert "--backend needs --config-file" in capsys.readouterr().err
+
+
+def test_backend_that_cannot_serve_is_reported_once(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ini = ini_for(tmp_path, f"{FAKES}.broken_drivers.SetupFails")
+    assert main(["check", "--config-file", ini]) == 7
+    captured = capsys.readouterr()
+    assert "cannot serve: ConnectionRefusedError: no gateway" in captured.err
+    assert "PASS" not in captured.out and "FAIL" not in captured.out
