@@ -62,13 +62,23 @@ class SheepServer:
                 listener.sock.close()
             self.listeners = []
             raise
-        host, port = self.listeners[0].address
-        self.handler.state.node_id = NodeId(host, port)
+        self._advertise()
         for index, listener in enumerate(self.listeners):
             thread = threading.Thread(target=self._accept_loop, args=(listener,),
                                       name=f"sheep-accept-{index}", daemon=True)
             listener.thread = thread
             thread.start()
+
+    def _advertise(self) -> None:
+        """Advertise the first live listener as this node's address.
+
+        dog and the client talk to the addresses GET_NODE_LIST reports (e.g.
+        STAT_SHEEP per node), so a stopped listener must not stay advertised
+        while another one still serves the same store."""
+        live = [listener for listener in self.listeners if not listener.stopped.is_set()]
+        if live:
+            host, port = live[0].address
+            self.handler.state.node_id = NodeId(host, port)
 
     def _bind(self, port: int) -> _Listener:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -131,6 +141,7 @@ class SheepServer:
         listener = self.listeners[index]
         with self._lock:
             listener.stopped.set()
+        self._advertise()
         if listener.thread is not None:
             listener.thread.join(timeout=5)
         listener.sock.close()

@@ -158,3 +158,19 @@ def test_bad_input_is_refused_and_changes_nothing(embedded_server: EmbeddedServe
     assert _snapshot_dir(embedded_server.data_dir) == before
 
 
+
+
+def test_killed_gateway_is_no_longer_advertised(tmp_path: Path) -> None:
+    """dog and the client send STAT_SHEEP to the address GET_NODE_LIST names;
+    after the advertised gateway dies, a live one must be named instead."""
+    with EmbeddedServer(tmp_path / "s", ports=(0, 0)) as server:
+        (_h0, p0), (h1, p1) = server.addresses
+        server.stop_listener(0)
+        with RawConnection(h1, p1) as conn:
+            nodes = conn.call(Request(Opcode.GET_NODE_LIST, data_length=80 * 10))
+            assert nodes.body.nr_nodes == 1  # type: ignore[union-attr]
+            advertised = struct.unpack_from("<H", nodes.payload, 40)[0]
+        assert advertised == p1 != p0
+        with RawConnection(h1, advertised) as conn:
+            stat = conn.call(Request(Opcode.STAT_SHEEP))
+            assert stat.ok and stat.body.store_size > 0  # type: ignore[union-attr]
