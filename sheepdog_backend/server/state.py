@@ -12,7 +12,9 @@ objects).  We keep the ``gref`` bytes in inodes exactly as sheep writes them
 exact reference check instead of ledgers: when a slot stops pointing at
 ``(vid, idx)``, the data object ``vid_to_data_oid(vid, idx)`` is removed only if
 no inode at all (working, snapshot or deleted) still has ``vid`` in slot
-``idx``.  That can only remove an object nobody can reach.
+``idx``.  That can only remove an object nobody can reach.  The store's slot
+index (slots.py) names the inodes that may hold ``vid`` anywhere, so the check
+reads only those inodes' slot ``idx`` instead of every inode's.
 """
 
 from __future__ import annotations
@@ -88,10 +90,14 @@ class ServerState:
         return out
 
     def references(self, vid: int, idx: int) -> bool:
-        """True if any inode's slot ``idx`` holds ``vid``."""
+        """True if any inode's slot ``idx`` holds ``vid``.
+
+        Only inodes the slot index names as possible holders are read (the
+        index is a superset of the real holders, see slots.py); the answer
+        comes from the slot bytes on disk."""
         want = vid.to_bytes(4, "little")
         offset = SD_INODE_INDEX_OFFSET + 4 * idx
-        for other in list(self.registry.records):
+        for other in sorted(self.store.slots.holders(vid)):
             if self.store.read(vid_to_vdi_oid(other), offset, 4) == want:
                 return True
         return False

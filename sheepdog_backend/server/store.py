@@ -49,6 +49,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from sheepdog_backend.server.slots import SlotIndex, inode_vid
+
 OBJ_DIR = "obj"
 JOURNAL = "journal"
 CONFIG = "cluster.json"
@@ -132,8 +134,10 @@ class ObjectStore:
         self.obj_dir = os.path.join(self.root, OBJ_DIR)
         self._journal_path = os.path.join(self.root, JOURNAL)
         self._txn_lock = threading.Lock()
+        self.slots = SlotIndex()  # which inodes may hold a vid in a slot (GC)
         os.makedirs(self.obj_dir, exist_ok=True)
         self.recover()
+        self.rebuild_slot_index()
 
     # -- paths and fsync helpers -------------------------------------------
 
@@ -168,6 +172,22 @@ class ObjectStore:
         for name in os.listdir(self.obj_dir):
             if name.startswith(_TMP_PREFIX) and name not in keep:
                 os.unlink(os.path.join(self.obj_dir, name))
+
+    def rebuild_slot_index(self) -> None:
+        """Index the slot arrays of every inode on disk (see slots.py)."""
+        self.slots.reset()
+        for oid in self.oids():
+            vid = inode_vid(oid)
+            if vid is None:
+                continue
+            try:
+                fd = os.open(self.path(oid), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                self.slots.scan_fd(vid, fd)
+            finally:
+                os.close(fd)
 
     # -- config --------------------------------------------------------------
 
@@ -232,7 +252,7 @@ class ObjectStore:
         holes), then each (offset, bytes) extent is laid over it."""
         name = f"{_TMP_PREFIX}{oid_name(oid)}-{uuid.uuid4().hex}"
         path = os.path.join(self.obj_dir, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.ftruncate(fd, size)
             if cow_from is not None:
@@ -240,6 +260,7 @@ class ObjectStore:
             for offset, data in extents:
                 if data:
                     _pwrite_all(fd, data, offset)
+            self._index_slots(oid, fd, extents, cow_from)
             self._fsync_fd(fd)
         except BaseException:
             os.close(fd)
@@ -262,6 +283,21 @@ class ObjectStore:
         finally:
             os.close(src)
 
+    def _index_slots(self, oid: int, fd: int, extents: list[tuple[int, bytes]],
+                     cow_from: int | None) -> None:
+        """Report the slots a new inode will hold (before it can become visible)."""
+        vid = inode_vid(oid)
+        if vid is None:
+            return
+        if cow_from is not None:
+            source = inode_vid(cow_from)
+            if source is not None:
+                self.slots.inherit(vid, source)
+            else:  # a data object copied into an inode: look at what landed
+                self.slots.scan_fd(vid, fd)
+        for offset, data in extents:
+            self.slots.note_fd(vid, fd, offset, len(data))
+
     def discard_staged(self, name: str) -> None:
         try:
             os.unlink(os.path.join(self.obj_dir, name))
@@ -279,12 +315,15 @@ class ObjectStore:
 
     def write(self, oid: int, offset: int, data: bytes) -> bool:
         """pwrite + fsync into an existing object; False if it does not exist."""
+        vid = inode_vid(oid)
         try:
-            fd = os.open(self.path(oid), os.O_WRONLY)
+            fd = os.open(self.path(oid), os.O_WRONLY if vid is None else os.O_RDWR)
         except FileNotFoundError:
             return False
         try:
             _pwrite_all(fd, data, offset)
+            if vid is not None:
+                self.slots.note_fd(vid, fd, offset, len(data))
             self._fsync_fd(fd)
         finally:
             os.close(fd)
@@ -348,6 +387,7 @@ class ObjectStore:
         """Remove every object (MAKE_FS)."""
         for name in os.listdir(self.obj_dir):
             os.unlink(os.path.join(self.obj_dir, name))
+        self.slots.reset()
         self._fsync_dir(self.obj_dir)
 
 
