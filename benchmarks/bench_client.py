@@ -1,21 +1,31 @@
-"""Client cost next to the protocol floor, and data throughput by I/O window.
+"""Client cost next to the protocol floor, data throughput by I/O window and
+sync mode, and the cost of deleting a VDI as the number of VDIs grows.
 
 Control operations: the time per call of each SheepdogClient operation against
-the embedded server, next to the time of the minimal raw request sequence for
-the same job sent on one raw connection (the floor: only the decisive requests,
-no validation, no header reads).  Data: write and read throughput of one VDI
-with io_window=1 next to the default window.  Everything is measured side by
-side in one run against the same in-process server (sync off).
+the server, next to the time of the minimal raw request sequence for the same
+job sent on one raw connection (the floor: only the decisive requests, no
+validation, no header reads).  Data: write (allocating, then overwriting) and
+read throughput of one VDI with io_window=1 next to the default window, with
+the server's fsync on and off.  Delete: time to delete a VDI with K allocated
+objects on a server holding N other VDIs, for several N.
+
+The server always runs as a separate `sheepdog-backend serve` process (see
+_serve.py), so client and server do not share a GIL.  Every table is measured
+side by side in one run.
 
 Run: .venv/bin/python benchmarks/bench_client.py [--rounds N] [--data-mib M]
+     [--objects K] [--others 10,100,1000] [--skip control,data,delete]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
+
+from _serve import serve  # type: ignore[import-not-found]  # benchmarks/ is not a package
 
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.client import requests as rq
@@ -23,9 +33,9 @@ from sheepdog_backend.client.transport import Connection, parse_address
 from sheepdog_backend.client.vdi import check, vdi_body
 from sheepdog_backend.protocol.inode import OFFSET_TAG, OFFSET_VDI_SIZE
 from sheepdog_backend.protocol.oid import vid_to_vdi_oid
-from sheepdog_backend.testing.fixtures import EmbeddedServer
 
 MiB = 1 << 20
+DEFAULT_WINDOW = SheepdogClient.__init__.__kwdefaults__["io_window"]  # type: ignore[index]
 
 
 def timed(fn: Callable[[int], object], rounds: int) -> float:
@@ -43,9 +53,9 @@ def raw_lookup(conn: Connection, name: str, tag: str = "") -> int:
     return vdi_body(check(conn.call(rq.get_vdi_info(name, tag)))).vdi_id
 
 
-def control(server: EmbeddedServer, rounds: int) -> list[tuple[str, float, float]]:
-    client = SheepdogClient(server.gateways)
-    raw = Connection(parse_address(server.gateways[0]))
+def control(gateway: str, rounds: int) -> list[tuple[str, float, float]]:
+    client = SheepdogClient([gateway])
+    raw = Connection(parse_address(gateway))
     size = 64 * MiB
     rows = []
 
@@ -104,12 +114,13 @@ def control(server: EmbeddedServer, rounds: int) -> list[tuple[str, float, float
     return rows
 
 
-def data(server: EmbeddedServer, mib: int) -> list[tuple[str, int, float, float]]:
-    out = []
+def data(gateway: str, mib: int, tag: str) -> dict[tuple[str, int], float]:
+    """MiB/s per (transfer, window) on one server."""
+    out = {}
     payload = bytes(i % 251 for i in range(mib * MiB))
-    for window in (1, 16):
-        with SheepdogClient(server.gateways, io_window=window) as client:
-            name = f"data-w{window}"
+    for window in (1, DEFAULT_WINDOW):
+        with SheepdogClient([gateway], io_window=window) as client:
+            name = f"data-{tag}-w{window}"
             client.create_vdi(name, mib * MiB)
             start = time.perf_counter()
             client.write(name, 0, payload)  # first write: creates + slot updates
@@ -121,31 +132,78 @@ def data(server: EmbeddedServer, mib: int) -> list[tuple[str, int, float, float]
             back = client.read(name, 0, mib * MiB)
             read = time.perf_counter() - start
             assert back == payload
-            out.append(("write (allocate)", window, first, mib / first))
-            out.append(("write (overwrite)", window, again, mib / again))
-            out.append(("read", window, read, mib / read))
+            out[("write (allocate)", window)] = mib / first
+            out[("write (overwrite)", window)] = mib / again
+            out[("read", window)] = mib / read
     return out
 
 
+def delete_cost(gateway: str, others: int, objects: int) -> tuple[float, float]:
+    """(seconds to delete a VDI with ``objects`` allocated 1 MiB objects,
+    seconds to delete an empty one) on a server holding ``others`` VDIs."""
+    with SheepdogClient([gateway]) as client:
+        for i in range(others):
+            client.create_vdi(f"other-{i}", 64 * MiB)
+        client.create_vdi("victim", objects * MiB, block_size_shift=20)
+        client.create_vdi("empty", objects * MiB, block_size_shift=20)
+        block = b"x" * 4096
+        for idx in range(objects):
+            client.write("victim", idx * MiB, block)
+        start = time.perf_counter()
+        assert client.delete_vdi("victim")
+        full = time.perf_counter() - start
+        start = time.perf_counter()
+        assert client.delete_vdi("empty")
+        empty = time.perf_counter() - start
+        return full, empty
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--data-mib", type=int, default=128)
+    parser.add_argument("--objects", type=int, default=128,
+                        help="allocated objects of the deleted VDI")
+    parser.add_argument("--others", default="10,100,1000",
+                        help="numbers of other VDIs on the server")
+    parser.add_argument("--skip", default="", help="comma list of: control,data,delete")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as root, \
-            EmbeddedServer(root, sync=False) as server:
-        rows = control(server, args.rounds)
-        print(f"control operations, {args.rounds} rounds each (ms per call)")
-        print(f"{'operation':10} {'client':>9} {'floor':>9} {'ratio':>7}")
-        for name, ours, floor in rows:
-            print(f"{name:10} {ours * 1e3:9.2f} {floor * 1e3:9.2f} {ours / floor:7.2f}")
-        print(f"\ndata: {args.data_mib} MiB, 4 MiB objects (MiB/s)")
-        results = data(server, args.data_mib)
-        by = {(kind, w): rate for kind, w, _t, rate in results}
-        print(f"{'transfer':18} {'window 1':>9} {'window 16':>10} {'ratio':>7}")
-        for kind in ("write (allocate)", "write (overwrite)", "read"):
-            one, many = by[(kind, 1)], by[(kind, 16)]
-            print(f"{kind:18} {one:9.1f} {many:10.1f} {many / one:7.2f}")
+    skip = set(filter(None, args.skip.split(",")))
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as root:
+        if "control" not in skip:
+            with serve(os.path.join(root, "control"), sync=False) as gateway:
+                rows = control(gateway, args.rounds)
+            print(f"control operations, server sync off, {args.rounds} rounds each "
+                  "(ms per call)")
+            print(f"{'operation':10} {'client':>9} {'floor':>9} {'ratio':>7}")
+            for name, ours, floor in rows:
+                print(f"{name:10} {ours * 1e3:9.2f} {floor * 1e3:9.2f} {ours / floor:7.2f}")
+        if "data" not in skip:
+            by: dict[bool, dict[tuple[str, int], float]] = {}
+            for sync in (False, True):
+                with serve(os.path.join(root, f"data-{sync}"), sync=sync) as gateway:
+                    by[sync] = data(gateway, args.data_mib, "on" if sync else "off")
+            w = DEFAULT_WINDOW
+            print(f"\ndata: {args.data_mib} MiB, 4 MiB objects (MiB/s)")
+            print(f"{'transfer':18} {'sync':>4} {'window 1':>9} {f'window {w}':>10} "
+                  f"{'ratio':>7}")
+            for kind in ("write (allocate)", "write (overwrite)", "read"):
+                for sync in (False, True):
+                    one, many = by[sync][(kind, 1)], by[sync][(kind, w)]
+                    print(f"{kind:18} {'on' if sync else 'off':>4} {one:9.1f} {many:10.1f} "
+                          f"{many / one:7.2f}")
+            print(f"sync on / sync off, window {w}: " + ", ".join(
+                f"{kind} {by[True][(kind, w)] / by[False][(kind, w)]:.2f}"
+                for kind in ("write (allocate)", "write (overwrite)")))
+        if "delete" not in skip:
+            print(f"\ndelete a VDI with {args.objects} allocated objects, "
+                  "server sync off (ms)")
+            print(f"{'other VDIs':>10} {'full VDI':>9} {'empty VDI':>10} {'per object':>11}")
+            for n in (int(x) for x in args.others.split(",")):
+                with serve(os.path.join(root, f"delete-{n}"), sync=False) as gateway:
+                    full, empty = delete_cost(gateway, n, args.objects)
+                per = (full - empty) / args.objects
+                print(f"{n:10d} {full * 1e3:9.1f} {empty * 1e3:10.1f} {per * 1e3:11.3f}")
 
 
 if __name__ == "__main__":
