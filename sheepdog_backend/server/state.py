@@ -104,10 +104,7 @@ class ServerState:
 
     def collect(self, dropped: Iterable[tuple[int, int]]) -> int:
         """Remove the data objects of dropped references nobody holds any more."""
-        removed = 0
         with self.meta_lock:
-            for vid, idx in set(dropped):
-                if not self.references(vid, idx) and self.store.remove(
-                        vid_to_data_oid(vid, idx)):
-                    removed += 1
-        return removed
+            garbage = [vid_to_data_oid(vid, idx) for vid, idx in sorted(set(dropped))
+                       if not self.references(vid, idx)]
+            return self.store.remove_many(garbage)
