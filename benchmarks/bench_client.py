@@ -122,12 +122,15 @@ def data(gateway: str, mib: int, tag: str) -> dict[tuple[str, int], float]:
         with SheepdogClient([gateway], io_window=window) as client:
             name = f"data-{tag}-w{window}"
             client.create_vdi(name, mib * MiB)
+            os.sync()  # no writeback of earlier phases during a measurement
             start = time.perf_counter()
             client.write(name, 0, payload)  # first write: creates + slot updates
             first = time.perf_counter() - start
+            os.sync()
             start = time.perf_counter()
             client.write(name, 0, payload)  # overwrite: plain WRITE_OBJ
             again = time.perf_counter() - start
+            os.sync()
             start = time.perf_counter()
             back = client.read(name, 0, mib * MiB)
             read = time.perf_counter() - start
