@@ -24,8 +24,9 @@ def _port(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"port must be a number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"port must be in 1..65535 (or 0 for any free port), got {value}")
     return value
 
 
@@ -47,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, action="append", dest="ports",
-                        help=f"port to listen on; repeat for several gateways "
+                        help=f"port to listen on; repeat for several gateways; 0 picks a "
+                        f"free port, and the start line names the ports really bound "
                         f"(default {SD_LISTEN_PORT})")
     parser.add_argument("--copies", type=_copies, default=1,
                         help="copies when formatting a new data directory (default 1)")
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ports = args.ports or [SD_LISTEN_PORT]
-    if len(set(ports)) != len(ports):
+    fixed = [port for port in ports if port]
+    if len(set(fixed)) != len(fixed):
         print("sheepdog-backend serve: error: a port is given twice", file=sys.stderr)
         return 2
     server = EmbeddedServer(args.data_dir, host=args.host, ports=ports, copies=args.copies,
