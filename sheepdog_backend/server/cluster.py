@@ -44,21 +44,15 @@ from sheepdog_backend.protocol.structs import (
     VdiState,
     encode_store_list,
 )
-from sheepdog_backend.server.state import ServerState
+from sheepdog_backend.server.state import ServerState, request_body
 from sheepdog_backend.server.store import ClusterConfig
 
 STORES = ("tree", "plain")
 
 
-def _cluster(request: Request) -> ClusterRequest:
-    body = request.body
-    if not isinstance(body, ClusterRequest):  # pragma: no cover - codec guarantees it
-        raise InvalidParameters("cluster request without a cluster header")
-    return body
-
 
 def make_fs(state: ServerState, request: Request) -> None:
-    body = _cluster(request)
+    body = request_body(request, ClusterRequest)
     store = decode_field(request.payload).decode("utf-8", "replace")
     if store not in STORES:
         raise NoStore()
@@ -87,7 +81,7 @@ def _require_formatted(state: ServerState) -> ClusterConfig:
 
 def stat_cluster(state: ServerState, request: Request, max_length: int) -> bytes:
     config = _require_formatted(state)
-    nodes_nr = _cluster(request).nodes_nr
+    nodes_nr = request_body(request, ClusterRequest).nodes_nr
     stride = EPOCH_LOG_HEADER_SIZE + nodes_nr * SD_NODE_SIZE
     if stride > max_length:
         raise InvalidParameters(f"nodes_nr {nodes_nr} asks for oversized records")

@@ -36,15 +36,8 @@ from sheepdog_backend.protocol.oid import (
     oid_to_vid,
     vid_to_vdi_oid,
 )
-from sheepdog_backend.server.state import ServerState
+from sheepdog_backend.server.state import ServerState, request_body
 from sheepdog_backend.server.store import Transaction
-
-
-def _obj(request: Request) -> ObjRequest:
-    body = request.body
-    if not isinstance(body, ObjRequest):  # pragma: no cover - codec guarantees it
-        raise InvalidParameters("object request without an object header")
-    return body
 
 
 def _valid_oid(oid: int) -> int:
@@ -81,7 +74,7 @@ def _refuse_snapshot_data(state: ServerState, oid: int) -> None:
 
 
 def read_obj(state: ServerState, request: Request, max_length: int) -> bytes:
-    body = _obj(request)
+    body = request_body(request, ObjRequest)
     oid = _valid_oid(body.oid)
     if request.data_length > max_length:
         raise InvalidParameters(f"read of {request.data_length} bytes exceeds the cap")
@@ -96,7 +89,7 @@ def read_obj(state: ServerState, request: Request, max_length: int) -> bytes:
 
 
 def create_and_write(state: ServerState, request: Request) -> None:
-    body = _obj(request)
+    body = request_body(request, ObjRequest)
     oid = _valid_oid(body.oid)
     _refuse_snapshot_data(state, oid)
     size = object_size(state, oid)
@@ -117,7 +110,7 @@ def create_and_write(state: ServerState, request: Request) -> None:
 
 
 def write_obj(state: ServerState, request: Request) -> None:
-    body = _obj(request)
+    body = request_body(request, ObjRequest)
     oid = _valid_oid(body.oid)
     _refuse_snapshot_data(state, oid)
     size = state.store.size(oid)
@@ -165,7 +158,7 @@ def write_inode(state: ServerState, vid: int, offset: int, data: bytes) -> None:
 
 
 def remove_obj(state: ServerState, request: Request) -> None:
-    oid = _valid_oid(_obj(request).oid)
+    oid = _valid_oid(request_body(request, ObjRequest).oid)
     with state.meta_lock:
         if not state.store.remove(oid):
             raise NoObject()
@@ -175,7 +168,7 @@ def remove_obj(state: ServerState, request: Request) -> None:
 
 def discard_obj(state: ServerState, request: Request) -> None:
     """Unmap one data object from its VDI and drop it (§10.5)."""
-    oid = _valid_oid(_obj(request).oid)
+    oid = _valid_oid(request_body(request, ObjRequest).oid)
     if not is_data_obj(oid):
         raise InvalidParameters("DISCARD_OBJ takes a data object id")
     vid, idx = oid_to_vid(oid), oid_to_index(oid)
@@ -190,6 +183,6 @@ def discard_obj(state: ServerState, request: Request) -> None:
 
 
 def exist(state: ServerState, request: Request) -> None:
-    if not state.store.exists(_valid_oid(_obj(request).oid)):
+    if not state.store.exists(_valid_oid(request_body(request, ObjRequest).oid)):
         raise NoObject()
 

@@ -24,16 +24,33 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
+from sheepdog_backend.exception import InvalidParameters
 from sheepdog_backend.protocol.constants import (
     SD_INODE_DATA_INDEX,
     SD_INODE_GREF_OFFSET,
     SD_INODE_INDEX_OFFSET,
 )
+from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import NodeId, SdNode
 from sheepdog_backend.server.registry import Registry
 from sheepdog_backend.server.store import ClusterConfig, ObjectStore
+
+_Body = TypeVar("_Body")
+
+
+def request_body(request: Request, kind: type[_Body]) -> _Body:
+    """The request's union variant as ``kind``; INVALID_PARMS if it is another.
+
+    The codec picks the variant from the opcode, so a mismatch means a
+    handler was routed the wrong opcode: answer as sheep would, not crash."""
+    body = request.body
+    if not isinstance(body, kind):  # pragma: no cover - codec guarantees it
+        raise InvalidParameters(
+            f"opcode {request.opcode:#x} carries {type(body).__name__}, not {kind.__name__}")
+    return body
 
 
 def to_ctime(seconds: float) -> int:

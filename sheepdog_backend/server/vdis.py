@@ -58,15 +58,8 @@ from sheepdog_backend.protocol.naming import (
 )
 from sheepdog_backend.protocol.oid import vid_to_attr_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import VDI_ATTR, ec_decode
-from sheepdog_backend.server.state import ServerState
+from sheepdog_backend.server.state import ServerState, request_body
 from sheepdog_backend.server.store import Transaction
-
-
-def _vdi(request: Request) -> VdiRequest:
-    body = request.body
-    if not isinstance(body, VdiRequest):  # pragma: no cover - codec guarantees it
-        raise InvalidParameters("VDI request without a VDI header")
-    return body
 
 
 def _fail(exc: ServerError, body: VdiResponse) -> ServerError:
@@ -79,7 +72,7 @@ def _lookup_args(request: Request) -> tuple[bytes, bytes, int]:
         name, tag = decode_lookup_payload(request.payload)
     except ValueError as exc:
         raise InvalidParameters(str(exc)) from None
-    return name, tag, _vdi(request).snapid
+    return name, tag, request_body(request, VdiRequest).snapid
 
 
 def _info(state: ServerState, vid: int) -> VdiResponse:
@@ -106,7 +99,7 @@ def lock_vdi(state: ServerState, request: Request) -> VdiResponse:
         record = state.registry.get(vid)
         assert record is not None
         me = 1  # the only node: its participant number
-        if _vdi(request).type == LockType.SHARED:
+        if request_body(request, VdiRequest).type == LockType.SHARED:
             if record.lock_state == LockState.LOCKED or me in record.participants:
                 raise _fail(VdiLocked(), info)
             record.participants.append(me)
@@ -120,9 +113,9 @@ def lock_vdi(state: ServerState, request: Request) -> VdiResponse:
 
 def release_vdi(state: ServerState, request: Request) -> VdiResponse:
     with state.meta_lock:
-        record = state.registry.get(_vdi(request).base_vdi_id)
+        record = state.registry.get(request_body(request, VdiRequest).base_vdi_id)
         if record is not None and state.config.flags & ClusterFlag.USE_LOCK:
-            if _vdi(request).type == LockType.SHARED:
+            if request_body(request, VdiRequest).type == LockType.SHARED:
                 record.participants.clear()
             record.lock_state = LockState.UNLOCKED
         return VdiResponse()
@@ -193,7 +186,7 @@ class _Derived:
 
 
 def new_vdi(state: ServerState, request: Request) -> VdiResponse:
-    body = _vdi(request)
+    body = request_body(request, VdiRequest)
     if len(request.payload) != 256:
         raise InvalidParameters("NEW_VDI takes a 256-byte name")
     name = decode_field(request.payload)
@@ -282,7 +275,7 @@ def del_vdi(state: ServerState, request: Request) -> VdiResponse:
 
 
 def get_vdi_attr(state: ServerState, request: Request) -> VdiResponse:
-    body = _vdi(request)
+    body = request_body(request, VdiRequest)
     payload = request.payload
     if len(payload) != SD_ATTR_OBJ_SIZE:
         raise InvalidParameters(f"GET_VDI_ATTR takes a {SD_ATTR_OBJ_SIZE}-byte attribute")
