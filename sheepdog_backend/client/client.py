@@ -206,6 +206,23 @@ class SheepdogClient:
         except (NoVdi, NoTag):
             return None
 
+    def get_vdi_by_vid(self, vid: int) -> VdiInfo:
+        """The inode header of VDI id ``vid`` (one READ_OBJ of its inode object).
+
+        Deleted inodes are returned too: DEL_VDI clears the name and size but
+        keeps tag, snap_id, parent and times (protocol §9.4), so a deleted one
+        has ``name == ""`` and ``size == 0``.  NoVdi when no inode object exists
+        for ``vid``; InvalidInput for a value that is not a 24-bit VDI id."""
+        if isinstance(vid, bool) or not isinstance(vid, int) or not 0 < vid < 1 << 24:
+            raise InvalidInput(f"{vid!r} is not a VDI id (1..0xffffff)")
+
+        def attempt(conn: Connection) -> VdiInfo:
+            try:
+                return VdiInfo.from_header(ops.read_header(conn, vid))
+            except NoObject:
+                raise NoVdi(f"no inode object exists for VDI id {vid:#x}") from None
+        return self._run(attempt, what=f"read inode {vid:#x}")
+
     def list_vdis(self, *, with_usage: bool = False) -> list[VdiInfo]:
         return self._run(lambda c: ops.list_vdis(c, self.io_window, with_usage=with_usage),
                          what="list VDIs")

@@ -335,3 +335,27 @@ def test_server_errors_map_to_exceptions(client: SheepdogClient,
         cluster.run(lambda c: check(c.call(rq.write_obj(vid_to_data_oid(snap.vid, 0), 0,
                                                         b"x"))))
     assert client.read("e", 0, 4, tag="s") == b"data"
+
+
+def test_get_vdi_by_vid_reads_live_and_deleted_inodes(client: SheepdogClient) -> None:
+    client.create_vdi("byvid", 8 * MiB)
+    snap = client.snapshot_vdi("byvid", "kept-tag")
+    working = client.get_vdi("byvid")
+    clone = client.clone_vdi("byvid", "kept-tag", "byvid-clone", size=12 * MiB)
+    assert client.get_vdi_by_vid(working.vid) == working
+    assert client.get_vdi_by_vid(snap.vid) == client.get_vdi("byvid", "kept-tag")
+    assert client.get_vdi_by_vid(clone.vid) == clone
+    assert client.delete_vdi("byvid", "kept-tag") is True
+    gone = client.get_vdi_by_vid(snap.vid)  # deleted: name and size cleared, the rest kept
+    assert (gone.name, gone.size) == ("", 0)
+    assert (gone.tag, gone.vid, gone.snap_id, gone.snap_ctime, gone.create_time) == \
+        (snap.tag, snap.vid, snap.snap_id, snap.snap_ctime, snap.create_time)
+    assert gone.is_snapshot and gone.parent_vid == snap.parent_vid
+    assert client.get_vdi_by_vid(clone.vid).parent_vid == snap.vid  # the link survives
+    unused = next(v for v in range(1, 1 << 24)
+                  if v not in {working.vid, snap.vid, clone.vid})
+    with pytest.raises(NoVdi, match=f"{unused:#x}"):
+        client.get_vdi_by_vid(unused)
+    for bad in (0, -1, 1 << 24, True, "1"):
+        with pytest.raises(InvalidInput):
+            client.get_vdi_by_vid(bad)  # type: ignore[arg-type]
