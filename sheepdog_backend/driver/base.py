@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from sheepdog_backend import opts
+from sheepdog_backend.exception import InvalidInput
 
 GiB = 1 << 30
 DEFAULT_VOLUME_NAME_TEMPLATE = "volume-%s"
@@ -21,6 +22,15 @@ DEFAULT_SNAPSHOT_NAME_TEMPLATE = "snapshot-%s"
 
 ALL_CAPABILITIES = frozenset({"snapshots", "clone", "extend", "revert", "manage",
                               "backing_images", "image_transfer", "data_access"})
+
+
+def gib(value: int, what: str = "size") -> int:
+    """A positive whole number of GiB, or InvalidInput."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be a whole number of GiB, got {value!r}")
+    if value < 1:
+        raise InvalidInput(f"{what} must be at least 1 GiB, got {value}")
+    return value
 
 
 @dataclass(frozen=True)

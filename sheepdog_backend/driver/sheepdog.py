@@ -6,8 +6,8 @@ or on first use) for the backend's gateways.  A volume is a working VDI named
 that VDI tagged ``snapshot.name`` or ``snapshot_name_template % id``.  Sizes
 arrive in GiB and go to the client in bytes.  Creates are idempotent by
 inspection: when the VDI already exists with the requested size (and, for a
-clone, the requested parent) the call succeeds; otherwise it fails and
-changes nothing.  Everything that takes a name validates it before the first
+clone, the requested parent; for a volume-to-volume clone see clones.py) the
+call succeeds; otherwise it fails and changes nothing.  Everything that takes a name validates it before the first
 request.  Stats are cached until ``get_volume_stats(refresh=True)``.
 """
 
@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from typing import Any, ClassVar
 
 from sheepdog_backend import __version__
-from sheepdog_backend.driver import images, manage
+from sheepdog_backend.driver import clones, images, manage
 from sheepdog_backend.driver.addresses import format_gateway, parse_gateway, same_endpoint
 from sheepdog_backend.driver.base import (
     BackendConfiguration,
@@ -29,6 +28,7 @@ from sheepdog_backend.driver.base import (
     Volume,
     VolumeDataAccess,
     VolumeDriver,
+    gib,
 )
 from sheepdog_backend.driver.connection import connection_info
 from sheepdog_backend.driver.data import (
@@ -58,15 +58,6 @@ from sheepdog_backend.protocol.naming import validate_name, validate_tag
 from sheepdog_backend.protocol.structs import ec_policy
 
 LOG = logging.getLogger(__name__)
-
-
-def gib(value: int, what: str = "size") -> int:
-    """A positive whole number of GiB, or InvalidInput."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what} must be a whole number of GiB, got {value!r}")
-    if value < 1:
-        raise InvalidInput(f"{what} must be at least 1 GiB, got {value}")
-    return value
 
 
 class SheepdogDriver(VolumeDriver):
@@ -245,10 +236,13 @@ class SheepdogDriver(VolumeDriver):
             LOG.info("volume %s is already gone", name)
             return
         snaps = self._snapshots_of(name)
+        temps = [s for s in snaps if clones.is_temp_tag_of(name, s.tag)]
+        snaps = [s for s in snaps if s not in temps]
         if snaps:
             tags = ", ".join(repr(s.tag or f"#{s.snap_id}") for s in snaps[:5])
             raise VolumeIsBusy(f"volume {name!r} has {len(snaps)} snapshot(s) ({tags}): "
                                "delete them first")
+        clones.drop_temps_of(self, temps)  # left by an interrupted create_cloned_volume
         if not self.client.delete_vdi(name):
             LOG.info("volume %s vanished while being deleted", name)
         self._invalidate_stats()
@@ -278,6 +272,10 @@ class SheepdogDriver(VolumeDriver):
             self.client.snapshot_vdi(name, tag)
         except NoVdi:
             raise VolumeNotFound(f"volume {name!r} does not exist") from None
+        except VdiExists:  # made meanwhile (a concurrent repeat of this call)?
+            made = self.client.find_vdi(name, tag)
+            if made is None or not made.is_snapshot:
+                raise
         return {}
 
     def delete_snapshot(self, snapshot: Snapshot) -> None:
@@ -299,52 +297,28 @@ class SheepdogDriver(VolumeDriver):
         src = self.vdi_name(snapshot.volume)
         tag = self.snapshot_tag(snapshot)
         snap = self._snapshot_info(src, tag)
-        return self._clone(snap, src, tag, name, size)
-
-    def _clone(self, snap: Any, src: str, tag: str, name: str, size: int) -> dict[str, Any]:
-        if size < snap.size:
-            raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than the "
-                               f"snapshot {tag!r} of {src!r} ({snap.size} bytes)")
-        if self._create_checked(name, size, parent_vid=snap.vid):
-            return {}
-        try:
-            self.client.clone_vdi(src, tag, name, size=size)
-        except VdiExists:
-            if not self._create_checked(name, size, parent_vid=snap.vid):
-                raise
-        self._invalidate_stats()
-        return {}
+        return clones.clone_snapshot(self, snap, src, tag, name, size)
 
     def create_cloned_volume(self, volume: Volume, src_vref: Volume) -> dict[str, Any]:
-        name = self.vdi_name(volume)
-        size = gib(volume.size) * GiB
-        src = self.vdi_name(src_vref)
-        info = self._existing(src)
-        if size < info.size:
-            raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than its "
-                               f"source {src!r} ({info.size} bytes)")
-        if self.client.find_vdi(name) is not None:
-            raise VdiExists(f"volume {name!r} already exists")
-        tag = f"tmp-clone-{uuid.uuid4().hex}"
-        try:
-            self.client.snapshot_vdi(src, tag)
-            self.client.clone_vdi(src, tag, name, size=size)
-        finally:
-            try:
-                self.client.delete_vdi(src, tag)
-            except SheepdogError as exc:  # pragma: no cover - reported, not raised
-                LOG.error("could not delete temporary snapshot %s of %s: %s", tag, src, exc)
-        self._invalidate_stats()
-        return {}
+        return clones.create_cloned_volume(self, volume, src_vref)
 
     def revert_to_snapshot(self, volume: Volume, snapshot: Snapshot) -> None:
         name = self.vdi_name(volume)
         tag = self.snapshot_tag(snapshot)
-        info = self._existing(name)
-        self._snapshot_info(name, tag)
+        want = gib(volume.size) * GiB
+        info = self.client.find_vdi(name)
+        snap = self.client.find_vdi(name, tag) if info is None else None
+        if info is None and (snap is None or not snap.is_snapshot):
+            raise VolumeNotFound(f"volume {name!r} does not exist")
+        if info is None:  # a revert that died after the old working VDI was deleted
+            LOG.warning("volume %s has snapshot %s but no working VDI: finishing an "
+                        "interrupted revert", name, tag)
+        else:
+            self._snapshot_info(name, tag)
+            want = max(want, info.size)
         reverted = self.client.rollback_vdi(name, tag)
-        if reverted.size < info.size:  # keep the size the volume had (it may have grown)
-            self.client.resize_vdi(name, info.size)
+        if reverted.size < want:  # keep the volume's (possibly grown) size
+            self.client.resize_vdi(name, want)
 
     # -- backing references --------------------------------------------------
 
@@ -393,7 +367,7 @@ class SheepdogDriver(VolumeDriver):
 
     def _create_from_backing(self, name: str, size: int, backing: str) -> dict[str, Any]:
         snap, tag = self.resolve_backing(backing)
-        return self._clone(snap, snap.name, tag, name, size)
+        return clones.clone_snapshot(self, snap, snap.name, tag, name, size)
 
     # -- attachment ----------------------------------------------------------
 
