@@ -8,7 +8,8 @@ arrive in GiB and go to the client in bytes.  Creates are idempotent by
 inspection: when the VDI already exists with the requested size (and, for a
 clone, the requested parent; for a volume-to-volume clone see clones.py) the
 call succeeds; otherwise it fails and changes nothing.  Everything that takes
-a name validates it before the first request.  Stats are cached until ``get_volume_stats(refresh=True)``.
+a name validates it before the first request.  Stats are cached until
+``get_volume_stats(refresh=True)``.
 """
 
 from __future__ import annotations
