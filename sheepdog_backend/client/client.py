@@ -540,9 +540,7 @@ class SheepdogClient:
 
         def attempt(conn: Connection) -> bytes:
             layout = dio.open_layout(conn, raw, rawtag, offset, length, self.io_window)
-            out = bytearray()
-            dio.read_stream(conn, layout, offset, length, self.io_window, out.extend)
-            return bytes(out)
+            return dio.read_bytes(conn, layout, offset, length, self.io_window)
         return self._run(attempt, what=f"read {name!r}")
 
     def read_to_file(self, name: str, fileobj: BinaryIO, *, tag: str = "",

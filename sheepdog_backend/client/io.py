@@ -28,6 +28,7 @@ memory.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import BinaryIO, TypeVar
@@ -67,11 +68,14 @@ class Layout:
         return self.slots[idx - self.first]
 
 
-def run_window(conn: Connection, jobs: Iterable[tuple[K, Request]], window: int
+def run_window(conn: Connection, jobs: Iterable[tuple[K, Request]], window: int,
+               into: Callable[[K], memoryview | None] | None = None
                ) -> Iterator[tuple[K, Response]]:
     """Send jobs keeping at most ``window`` in flight; yield (key, response) as
-    responses arrive.  Abandoning the iterator leaves requests in flight, which
-    makes the connection unusable: the pool then closes it."""
+    responses arrive.  ``into(key)`` may name the buffer a job's response
+    payload is received into (see ``Connection.send``).  Abandoning the
+    iterator leaves requests in flight, which makes the connection unusable:
+    the pool then closes it."""
     inflight: dict[int, K] = {}
     it = iter(jobs)
     exhausted = False
@@ -82,7 +86,7 @@ def run_window(conn: Connection, jobs: Iterable[tuple[K, Request]], window: int
             except StopIteration:
                 exhausted = True
                 break
-            inflight[conn.send(req)] = key
+            inflight[conn.send(req, into=into(key) if into else None)] = key
         if not inflight:
             return
         rsp = conn.wait_any()
@@ -143,18 +147,79 @@ def chunks(offset: int, length: int, shift: int, piece: int) -> Iterator[tuple[i
 # -- reads -------------------------------------------------------------------
 
 
-def read_stream(conn: Connection, layout: Layout, offset: int, length: int, window: int,
-                sink: Callable[[bytes | memoryview], object]) -> int:
-    """Read [offset, offset+length) and hand it to ``sink`` in order."""
-    hdr = layout.hdr
-    pieces = list(chunks(offset, length, layout.shift, READ_PIECE))
+def _read_jobs(layout: Layout, pieces: list[tuple[int, int, int]]
+               ) -> list[tuple[int, Request]]:
     jobs = []
     for i, (idx, in_off, n) in enumerate(pieces):
         slot = layout.slot(idx)
         if slot:
             jobs.append((i, rq.read_obj(vid_to_data_oid(slot, idx), in_off, n)))
-    done: dict[int, bytes] = {}
+    return jobs
+
+
+def _check_read(layout: Layout, rsp: Response, n: int) -> None:
+    if rsp.result != Result.SUCCESS:
+        raise error_for_code(rsp.result)
+    if rsp.effective_data_length != n:
+        raise InvalidInput(f"short read from {layout.hdr.name!r}")
+
+
+def read_into(conn: Connection, layout: Layout, offset: int, out: memoryview, window: int,
+              *, zeroed: bool = False) -> int:
+    """Read [offset, offset+len(out)) straight into ``out``: every READ_OBJ
+    payload is received in place, unallocated objects are zero-filled (not
+    even that when the caller says ``out`` is ``zeroed`` already)."""
+    length = len(out)
+    pieces = list(chunks(offset, length, layout.shift, READ_PIECE))
+    starts = []
+    pos = 0
+    for idx, _in_off, n in pieces:
+        starts.append(pos)
+        if not zeroed and layout.slot(idx) == 0:
+            out[pos:pos + n] = _zeros(n)
+        pos += n
+
+    def target(i: int) -> memoryview:
+        return out[starts[i]:starts[i] + pieces[i][2]]
+
+    for i, rsp in run_window(conn, _read_jobs(layout, pieces), max(1, window), target):
+        _check_read(layout, rsp, pieces[i][2])
+        if rsp.payload:  # not received in place (cannot happen with a full-size reply)
+            target(i)[:] = rsp.payload
+    return length
+
+
+def read_bytes(conn: Connection, layout: Layout, offset: int, length: int,
+               window: int) -> bytes:
+    """Read [offset, offset+length) as one bytes object.
+
+    The payloads are received straight into the result: a BytesIO made of
+    ``bytes(length)`` (zeros, so unallocated objects need no fill) lends its
+    buffer to ``recv_into``, and once that view is gone ``getvalue()`` hands
+    the same bytes object back (CPython does not copy an unshared, exactly
+    sized buffer; elsewhere it is one copy, still correct)."""
+    result = io.BytesIO(bytes(length))
+    view = result.getbuffer()
+    read_into(conn, layout, offset, view, window, zeroed=True)
+    del view  # every slice handed to the connection is gone by now
+    return result.getvalue()
+
+
+def read_stream(conn: Connection, layout: Layout, offset: int, length: int, window: int,
+                sink: Callable[[bytes | memoryview], object]) -> int:
+    """Read [offset, offset+length) and hand it to ``sink`` in order.  Payloads
+    are received into reused buffers: ``sink`` must consume what it is given
+    before returning (as ``write()`` of a file does)."""
+    pieces = list(chunks(offset, length, layout.shift, READ_PIECE))
+    free: list[memoryview] = []
+    held: dict[int, memoryview] = {}  # piece -> its buffer, received or in flight
+    done: set[int] = set()
     emitted = 0
+
+    def target(i: int) -> memoryview:
+        buf = free.pop() if free else memoryview(bytearray(READ_PIECE))
+        held[i] = buf
+        return buf[:pieces[i][2]]
 
     def flush() -> None:
         nonlocal emitted
@@ -163,17 +228,19 @@ def read_stream(conn: Connection, layout: Layout, offset: int, length: int, wind
             if layout.slot(idx) == 0:
                 sink(_zeros(n))
             elif emitted in done:
-                sink(done.pop(emitted))
+                done.discard(emitted)
+                buf = held.pop(emitted)
+                sink(buf[:n])
+                free.append(buf)
             else:
                 return
             emitted += 1
 
-    for i, rsp in run_window(conn, jobs, max(1, window)):
-        if rsp.result != Result.SUCCESS:
-            raise error_for_code(rsp.result)
-        if len(rsp.payload) != pieces[i][2]:
-            raise InvalidInput(f"short read from {hdr.name!r}")
-        done[i] = rsp.payload
+    for i, rsp in run_window(conn, _read_jobs(layout, pieces), max(1, window), target):
+        _check_read(layout, rsp, pieces[i][2])
+        if rsp.payload:
+            held[i][:len(rsp.payload)] = rsp.payload
+        done.add(i)
         flush()
     flush()
     return length

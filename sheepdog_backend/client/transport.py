@@ -9,6 +9,12 @@ decode, poison the stream: the connection closes itself and raises
 ``ProtocolError``.  Any socket error or timeout also closes it; a closed
 connection is never used again (``usable`` is False) and the pool drops it.
 
+A request may name a buffer (``send(req, into=view)``) for its response
+payload: when the response header announces exactly that many bytes, the
+payload is received straight into it (``recv_into``, no intermediate copy) and
+the response carries ``payload=b""``.  Headers and other payloads are read in
+modest chunks, so little of a following in-place payload is read ahead.
+
 Each request has its own deadline (``request_timeout`` after it was sent);
 a wait gives up with ``ReadTimeout`` when the awaited request's deadline
 passes.  Every transport error carries ``request_sent``: False means nothing
@@ -35,7 +41,8 @@ from sheepdog_backend.protocol.constants import SD_LISTEN_PORT
 from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD, ResponseReader
 from sheepdog_backend.protocol.header import Request, Response
 
-_RECV_SIZE = 1 << 20
+_RECV_SIZE = 1 << 20  # largest recv() of a payload that has no buffer of its own
+_HEAD_RECV = 1 << 16  # recv() between messages: little read-ahead of the next payload
 _SMALL_PAYLOAD = 1 << 16
 E = TypeVar("E", bound=Exception)
 
@@ -133,6 +140,7 @@ class Connection:
         self._reader = ResponseReader(max_payload)
         self._inflight: dict[int, float] = {}  # id -> deadline
         self._ready: dict[int, Response] = {}
+        self._targets: dict[int, memoryview] = {}  # id -> buffer for its payload
         self._next_id = 1
         self._sock: socket.socket | None = None
         self.requests_sent = 0
@@ -165,6 +173,7 @@ class Connection:
         sock, self._sock = self._sock, None
         self._inflight.clear()
         self._ready.clear()
+        self._targets.clear()
         if sock is not None:
             try:
                 sock.close()
@@ -177,8 +186,10 @@ class Connection:
 
     # -- sending -----------------------------------------------------------
 
-    def send(self, request: Request) -> int:
-        """Send a request with a fresh id; return the id to wait for."""
+    def send(self, request: Request, *, into: memoryview | None = None) -> int:
+        """Send a request with a fresh id; return the id to wait for.  With
+        ``into``, a response payload of exactly ``len(into)`` bytes is received
+        into it and the response's ``payload`` is empty."""
         sock = self._sock
         if sock is None:
             raise mark(ConnectionClosed(f"connection to {self.address} is closed"), False)
@@ -203,6 +214,8 @@ class Connection:
             raise mark(self._fail(ConnectionClosed(
                 f"send to {self.address} failed: {exc}")), True) from exc
         self._inflight[rid] = time.monotonic() + self.request_timeout
+        if into is not None:
+            self._targets[rid] = into
         self.requests_sent += 1
         return rid
 
@@ -213,21 +226,32 @@ class Connection:
         sock = self._sock
         if sock is None:
             raise mark(ConnectionClosed(f"connection to {self.address} is closed"), True)
+        reader = self._reader
         try:
             while True:
-                message = self._reader.next_message()
+                message = reader.next_message()
                 if message is not None:
                     return message
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError
                 sock.settimeout(remaining)
-                data = sock.recv(_RECV_SIZE)
-                if not data:
-                    raise mark(self._fail(ConnectionClosed(
-                        f"{self.address} closed the connection with "
-                        f"{len(self._inflight)} request(s) in flight")), True)
-                self._reader.feed(data)
+                header = reader.pending_header
+                target = None if header is None else self._targets.get(header.id)
+                if target is not None and header is not None \
+                        and len(target) == header.payload_length:
+                    received = sock.recv_into(reader.payload_buffer(target))
+                    if received:
+                        reader.commit(received)
+                        continue
+                else:
+                    data = sock.recv(min(_RECV_SIZE, max(_HEAD_RECV, reader.payload_missing)))
+                    if data:
+                        reader.feed(data)
+                        continue
+                raise mark(self._fail(ConnectionClosed(
+                    f"{self.address} closed the connection with "
+                    f"{len(self._inflight)} request(s) in flight")), True)
         except ProtocolError as exc:
             self.close()
             raise ProtocolError(f"bad response from {self.address}: {exc}") from exc
@@ -246,6 +270,7 @@ class Connection:
             raise ProtocolError(
                 f"{self.address} answered request id {rid}, which is not in flight")
         del self._inflight[rid]
+        self._targets.pop(rid, None)
         self._ready[rid] = response
         return rid
 

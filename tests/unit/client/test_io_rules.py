@@ -3,11 +3,15 @@ pipelined, unallocated ranges cost no request, slot runs cover changed slots onl
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
+import pytest
+
 from sheepdog_backend.client import RetryPolicy, SheepdogClient
 from sheepdog_backend.client.vdi import slot_runs
+from sheepdog_backend.exception import InvalidInput
 from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.header import ObjRequest, Request, Response, VdiResponse
 from sheepdog_backend.protocol.inode import InodeHeader
@@ -32,6 +36,15 @@ class FakeVdi:
         self.max_inflight = 0
         self.inflight = 0
         self.lock = threading.Lock()
+        self.short = False  # data reads answer one byte less than asked
+
+    @staticmethod
+    def content(idx: int, offset: int, n: int) -> bytes:
+        """What data object ``idx`` holds at [offset, offset+n): a pattern
+        that differs per object and per position."""
+        period = bytes((idx * 37 + i) % 251 for i in range(251))
+        rep = period * ((offset % 251 + n) // 251 + 1)
+        return rep[offset % 251:offset % 251 + n]
 
     def __call__(self, req: Request, conn: PeerConn) -> None:
         body = req.body
@@ -61,11 +74,14 @@ class FakeVdi:
                     self.unanswered_creates.add(idx)
 
             def later() -> None:
-                time.sleep(0.05)
+                time.sleep(0.05 if idx % 2 else 0.01)  # answers overtake each other
                 with self.lock:
                     self.unanswered_creates.discard(idx)
                     self.inflight -= 1
-                payload = bytes(req.data_length) if req.opcode == Opcode.READ_OBJ else b""
+                payload = b""
+                if req.opcode == Opcode.READ_OBJ:
+                    n = req.data_length - (1 if self.short else 0)
+                    payload = self.content(idx, body.offset, n)
                 conn.reply(Response(req.opcode, id=req.id, payload=payload))
             threading.Thread(target=later, daemon=True).start()
 
@@ -86,19 +102,56 @@ def test_slot_write_never_overtakes_its_create() -> None:
 def test_window_bounds_requests_in_flight() -> None:
     fake = FakeVdi([VID] * 16, 16 << SHIFT)
     with ScriptedPeer(fake) as peer, client_for(peer, window=3) as client:
-        assert client.read("v", 0, 16 << SHIFT) == bytes(16 << SHIFT)
+        want = b"".join(fake.content(i, 0, 1 << SHIFT) for i in range(16))
+        assert client.read("v", 0, 16 << SHIFT) == want
     assert fake.max_inflight == 3
 
 
 def test_unallocated_reads_and_zero_writes_send_no_data_request() -> None:
     fake = FakeVdi([0, VID, 0, 0], 4 << SHIFT)
     with ScriptedPeer(fake) as peer, client_for(peer) as client:
-        assert client.read("v", 0, 4 << SHIFT) == bytes(4 << SHIFT)
+        want = bytes(1 << SHIFT) + fake.content(1, 0, 1 << SHIFT) + bytes(2 << SHIFT)
+        assert client.read("v", 0, 4 << SHIFT) == want
         assert fake.data_requests == 1  # only the allocated object
         client.write("v", 2 << SHIFT, bytes(2 << SHIFT))  # zeros into unallocated: thin
         assert fake.data_requests == 1
         client.write("v", 1 << SHIFT, bytes(10))  # zeros into an allocated object: written
         assert fake.data_requests == 2
+
+
+def test_unaligned_reads_assemble_in_order_into_bytes_and_files() -> None:
+    slots = [VID, 0, VID, VID, 0, VID]
+    fake = FakeVdi(slots, 6 << SHIFT)
+    obj = 1 << SHIFT
+
+    def expected(offset: int, length: int) -> bytes:
+        out = bytearray()
+        pos = offset
+        while pos < offset + length:
+            idx, in_off = divmod(pos, obj)
+            n = min(obj - in_off, offset + length - pos)
+            out += fake.content(idx, in_off, n) if slots[idx] else bytes(n)
+            pos += n
+        return bytes(out)
+    with ScriptedPeer(fake) as peer, client_for(peer, window=3) as client:
+        for offset, length in [(obj - 7, 3 * obj + 11), (12345, 100), (0, 6 * obj),
+                               (5 * obj + 1, obj - 1), (obj, obj), (3, 0)]:
+            got = client.read("v", offset, length)
+            assert type(got) is bytes and got == expected(offset, length)
+        sink = io.BytesIO()
+        assert client.read_to_file("v", sink) == 6 * obj
+        assert sink.getvalue() == expected(0, 6 * obj)
+        assert not peer.errors
+
+
+def test_short_data_read_is_an_error() -> None:
+    fake = FakeVdi([VID, VID], 2 << SHIFT)
+    fake.short = True
+    with ScriptedPeer(fake) as peer, client_for(peer) as client:
+        with pytest.raises(InvalidInput, match="short read"):
+            client.read("v", 0, 2 << SHIFT)
+        with pytest.raises(InvalidInput, match="short read"):
+            client.read_to_file("v", io.BytesIO())
 
 
 def test_slot_runs() -> None:

@@ -204,3 +204,64 @@ def test_threads_do_not_leak() -> None:
     with ScriptedPeer(lambda req, conn: conn.reply(_vdi_ok(req, 1))) as peer:
         Connection(parse_address(peer.address)).close()
     assert threading.active_count() <= before + 1
+
+
+def _read_peer(blob: bytes, order: str = "reverse", short: bool = False
+               ) -> ScriptedPeer:
+    """Answers READ_OBJ with blob[offset:offset+length]; holds three requests
+    and answers them in reverse order; ``short`` answers one byte less."""
+    held: list[tuple[Request, PeerConn]] = []
+
+    def handler(req: Request, conn: PeerConn) -> None:
+        held.append((req, conn))
+        if len(held) == 3:
+            for r, c in (reversed(held) if order == "reverse" else held):
+                off = r.body.offset  # type: ignore[union-attr]
+                n = r.data_length - (1 if short else 0)
+                c.reply(Response(r.opcode, id=r.id, payload=blob[off:off + n]))
+            held.clear()
+    return ScriptedPeer(handler)
+
+
+def test_payloads_land_in_their_buffers_out_of_order() -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    with _read_peer(blob) as peer:
+        conn = Connection(parse_address(peer.address))
+        out = bytearray(len(blob))
+        view = memoryview(out)
+        spans = [(0, 300_000), (300_000, 700_000), (700_000, len(blob))]
+        ids = [conn.send(rq.read_obj(1, a, b - a), into=view[a:b]) for a, b in spans]
+        got = [conn.wait(i) for i in ids]
+        assert all(r.payload == b"" and r.effective_data_length == b - a
+                   for r, (a, b) in zip(got, spans, strict=True))
+        assert out == blob and conn.usable
+        # a request without a buffer on the same connection still gets bytes
+        ids = [conn.send(rq.read_obj(1, 5, 10)) for _ in range(3)]
+        assert [conn.wait(i).payload for i in ids] == [blob[5:15]] * 3
+        conn.close()
+
+
+def test_reply_of_another_length_ignores_the_buffer() -> None:
+    blob = b"q" * 1000
+    with _read_peer(blob, order="forward", short=True) as peer:
+        conn = Connection(parse_address(peer.address))
+        targets = [bytearray(100) for _ in range(3)]
+        ids = [conn.send(rq.read_obj(1, 0, 100), into=memoryview(t)) for t in targets]
+        got = [conn.wait(i) for i in ids]
+        assert [r.payload for r in got] == [b"q" * 99] * 3
+        assert targets == [bytearray(100)] * 3 and conn.usable
+        conn.close()
+
+
+def test_peer_closing_mid_payload_into_buffer() -> None:
+    def handler(req: Request, conn: PeerConn) -> None:
+        wire = Response(req.opcode, id=req.id, payload=b"w" * 100_000).encode()
+        conn.send_raw(wire[:60_000])
+        conn.close()
+    with ScriptedPeer(handler) as peer:
+        conn = Connection(parse_address(peer.address))
+        target = bytearray(100_000)
+        rid = conn.send(rq.read_obj(1, 0, 100_000), into=memoryview(target))
+        with pytest.raises(ConnectionClosed) as info:
+            conn.wait(rid)
+        assert request_was_sent(info.value) and conn.closed and not conn.usable
