@@ -4,10 +4,15 @@ sync mode, and the cost of deleting a VDI as the number of VDIs grows.
 Control operations: the time per call of each SheepdogClient operation against
 the server, next to the time of the minimal raw request sequence for the same
 job sent on one raw connection (the floor: only the decisive requests, no
-validation, no header reads).  Data: write (allocating, then overwriting) and
+validation, no header reads - except for list, whose job is reading every live
+VDI's header: its floor is both bitmaps plus those header reads, pipelined
+with the client's default window).  Data: write (allocating, then overwriting) and
 read throughput of one VDI with io_window=1 next to the default window, with
-the server's fsync on and off.  Delete: time to delete a VDI with K allocated
-objects on a server holding N other VDIs, for several N.
+the server's fsync on and off, each next to its floor: the same WRITE_OBJ /
+READ_OBJ requests pipelined with the same window on a raw connection (no
+layout, no slot handling, read payloads dropped instead of assembled).
+Delete: time to delete a VDI with K allocated objects on a server holding N
+other VDIs, for several N.
 
 The server always runs as a separate `sheepdog-backend serve` process (see
 _serve.py), so client and server do not share a GIL.  Every table is measured
@@ -23,16 +28,19 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from _serve import serve  # type: ignore[import-not-found]  # benchmarks/ is not a package
 
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.transport import Connection, parse_address
-from sheepdog_backend.client.vdi import check, vdi_body
+from sheepdog_backend.client.vdi import HEADER_READ, check, vdi_body
+from sheepdog_backend.protocol.bitmap import VidBitmap
+from sheepdog_backend.protocol.constants import Flag
+from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.inode import OFFSET_TAG, OFFSET_VDI_SIZE
-from sheepdog_backend.protocol.oid import vid_to_vdi_oid
+from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
 
 MiB = 1 << 20
 DEFAULT_WINDOW = SheepdogClient.__init__.__kwdefaults__["io_window"]  # type: ignore[index]
@@ -51,6 +59,31 @@ def raw_create(conn: Connection, name: str, size: int) -> int:
 
 def raw_lookup(conn: Connection, name: str, tag: str = "") -> int:
     return vdi_body(check(conn.call(rq.get_vdi_info(name, tag)))).vdi_id
+
+
+def raw_pipeline(conn: Connection, requests: Iterable[Request], window: int
+                 ) -> list[Response]:
+    """Send with at most ``window`` in flight; responses in arrival order."""
+    out = []
+    pending = 0
+    for req in requests:
+        if pending == window:
+            out.append(conn.wait_any())
+            pending -= 1
+        conn.send(req)
+        pending += 1
+    out.extend(conn.wait_any() for _ in range(pending))
+    return out
+
+
+def raw_list(conn: Connection, window: int) -> int:
+    """The least a listing must do: both bitmaps, then the header of every
+    live vid (the same 568 bytes the client reads), pipelined the same way."""
+    in_use, deleted = (VidBitmap(check(r).payload) for r in
+                       raw_pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2))
+    reqs = [rq.read_obj(vid_to_vdi_oid(vid), 0, HEADER_READ, flags=Flag.DIRECT)
+            for vid in in_use if vid not in deleted]
+    return len(raw_pipeline(conn, reqs, window))
 
 
 def control(gateway: str, rounds: int) -> list[tuple[str, float, float]]:
@@ -98,9 +131,8 @@ def control(gateway: str, rounds: int) -> list[tuple[str, float, float]]:
                                     (2 * size).to_bytes(8, "little"), copies=1)))
     rows.append(("resize", timed(c_resize, rounds), timed(f_resize, rounds)))
 
-    rows.append(("list", timed(lambda i: client.list_vdis(), 3),
-                 timed(lambda i: (check(raw.call(rq.read_vdis())),
-                                  check(raw.call(rq.read_del_vdis()))), 3)))
+    rows.append(("list", timed(lambda i: client.list_vdis(), rounds),
+                 timed(lambda i: raw_list(raw, DEFAULT_WINDOW), rounds)))
 
     def c_delete(i: int) -> None:
         client.delete_vdi(f"cc{i}")
@@ -135,9 +167,31 @@ def data(gateway: str, mib: int, tag: str) -> dict[tuple[str, int], float]:
             back = client.read(name, 0, mib * MiB)
             read = time.perf_counter() - start
             assert back == payload
+            del back
+            # floors: the same object requests on a raw connection, no layout,
+            # no assembly (read payloads are dropped as they arrive)
+            raw = Connection(parse_address(gateway))
+            vid = raw_lookup(raw, name)
+            objs = range(mib * MiB >> 22)
+            os.sync()
+            start = time.perf_counter()
+            for rsp in raw_pipeline(raw, (rq.write_obj(
+                    vid_to_data_oid(vid, i), 0, payload[i << 22:(i + 1) << 22], copies=1)
+                    for i in objs), window):
+                check(rsp)
+            raw_write = time.perf_counter() - start
+            os.sync()
+            start = time.perf_counter()
+            for rsp in raw_pipeline(raw, (rq.read_obj(vid_to_data_oid(vid, i), 0, 1 << 22)
+                                          for i in objs), window):
+                check(rsp)
+            raw_read = time.perf_counter() - start
+            raw.close()
             out[("write (allocate)", window)] = mib / first
             out[("write (overwrite)", window)] = mib / again
+            out[("overwrite floor", window)] = mib / raw_write
             out[("read", window)] = mib / read
+            out[("read floor", window)] = mib / raw_read
     return out
 
 
@@ -190,7 +244,8 @@ def main() -> None:
             print(f"\ndata: {args.data_mib} MiB, 4 MiB objects (MiB/s)")
             print(f"{'transfer':18} {'sync':>4} {'window 1':>9} {f'window {w}':>10} "
                   f"{'ratio':>7}")
-            for kind in ("write (allocate)", "write (overwrite)", "read"):
+            for kind in ("write (allocate)", "write (overwrite)", "overwrite floor", "read",
+                         "read floor"):
                 for sync in (False, True):
                     one, many = by[sync][(kind, 1)], by[sync][(kind, w)]
                     print(f"{kind:18} {'on' if sync else 'off':>4} {one:9.1f} {many:10.1f} "

@@ -43,8 +43,21 @@ from sheepdog_backend.protocol.header import Request, Response
 
 _RECV_SIZE = 1 << 20  # largest recv() of a payload that has no buffer of its own
 _HEAD_RECV = 1 << 16  # recv() between messages: little read-ahead of the next payload
-_SMALL_PAYLOAD = 1 << 16
 E = TypeVar("E", bound=Exception)
+
+
+def _send_frame(sock: socket.socket, header: bytes, payload: bytes) -> None:
+    """Header and payload in one sendmsg() where the socket takes it all
+    (no concatenated copy of the payload), the rest with sendall()."""
+    if not payload:
+        sock.sendall(header)
+        return
+    sent = sock.sendmsg([header, payload])
+    if sent < len(header):
+        sock.sendall(header[sent:])
+        sent = len(header)
+    if sent - len(header) < len(payload):
+        sock.sendall(memoryview(payload)[sent - len(header):])
 
 
 class ConnectFailed(TransportError):
@@ -202,11 +215,7 @@ class Connection:
             raise  # our own bad values: the stream is still fine
         try:
             sock.settimeout(self.request_timeout)
-            if len(req.payload) <= _SMALL_PAYLOAD:
-                sock.sendall(header + req.payload)
-            else:
-                sock.sendall(header)
-                sock.sendall(req.payload)
+            _send_frame(sock, header, req.payload)
         except TimeoutError:
             raise mark(self._fail(ReadTimeout(
                 f"sending to {self.address} timed out")), True) from None

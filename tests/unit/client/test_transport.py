@@ -12,6 +12,7 @@ from sheepdog_backend.client.transport import (
     Address,
     ConnectFailed,
     Connection,
+    _send_frame,
     parse_address,
     request_was_sent,
 )
@@ -265,3 +266,29 @@ def test_peer_closing_mid_payload_into_buffer() -> None:
         with pytest.raises(ConnectionClosed) as info:
             conn.wait(rid)
         assert request_was_sent(info.value) and conn.closed and not conn.usable
+
+
+class _Trickle:
+    """A socket stand-in whose sendmsg() takes at most ``limit`` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.wire = bytearray()
+
+    def sendmsg(self, buffers: list[bytes]) -> int:
+        data = b"".join(buffers)[:self.limit]
+        self.wire += data
+        return len(data)
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        self.wire += data
+
+
+@pytest.mark.parametrize("limit", [1, 47, 48, 49, 1000, 10**9])
+@pytest.mark.parametrize("payload", [b"", b"p", bytes(range(256)) * 40])
+def test_send_frame_sends_header_then_payload_whatever_sendmsg_takes(
+        limit: int, payload: bytes) -> None:
+    header = bytes(range(48))
+    sock = _Trickle(limit)
+    _send_frame(sock, header, payload)  # type: ignore[arg-type]
+    assert sock.wire == header + payload
