@@ -4,14 +4,9 @@ How it works: every public method validates its input first (InvalidInput,
 nothing sent), then runs an *attempt* function on a connection from the
 healthiest gateway (``Cluster.run``) under the ``RetryPolicy``.  Reads,
 lookups and lists simply run again.  Operations that change state and are not
-idempotent on the wire (create, snapshot, clone, resize, delete, rollback,
-format, exclusive set_attr) keep a small per-call state: once their decisive
-request has been sent without a definite answer, the next attempt starts by
-*reconciling* - looking at what exists and either accepting it as done,
-raising ReconcileConflict when it differs from what was asked, or carrying on
-because it did not happen.  A decisive request is never sent twice unless the
-reconciliation showed it had no effect, so a lost reply never produces a
-second snapshot or VDI.
+idempotent on the wire get their attempt from ``reconcile``, which keeps a
+small per-call state so that after a lost reply the next attempt reconciles
+with what exists instead of sending the decisive request twice.
 """
 
 from __future__ import annotations
@@ -22,24 +17,19 @@ from types import TracebackType
 from typing import BinaryIO, TypeVar
 
 from sheepdog_backend.client import io as dio
+from sheepdog_backend.client import reconcile as rc
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client import vdi as ops
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.models import VdiInfo, encode_text
 from sheepdog_backend.client.retry import RetryPolicy
-from sheepdog_backend.client.transport import Address, Connection, request_was_sent
+from sheepdog_backend.client.transport import Address, Connection
 from sheepdog_backend.exception import (
     InvalidInput,
     NoObject,
     NoTag,
     NoVdi,
-    ReconcileConflict,
     RetryExhausted,
-    ServerError,
-    TransportError,
-    VdiExists,
-    VdiLocked,
-    error_for_code,
 )
 from sheepdog_backend.protocol.constants import (
     SD_MAX_BLOCK_SIZE_SHIFT,
@@ -49,10 +39,7 @@ from sheepdog_backend.protocol.constants import (
     Flag,
     flat_max_vdi_size,
 )
-from sheepdog_backend.protocol.header import Request
-from sheepdog_backend.protocol.inode import OFFSET_TAG, InodeHeader
 from sheepdog_backend.protocol.naming import validate_name, validate_tag
-from sheepdog_backend.protocol.oid import vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import (
     ClusterInfo,
     SdNode,
@@ -62,30 +49,13 @@ from sheepdog_backend.protocol.structs import (
 )
 
 T = TypeVar("T")
-_MIN_FLAT_LIMIT = flat_max_vdi_size(SD_MIN_BLOCK_SIZE_SHIFT)
 _SEGMENT = 64 << 20
-
-
-class _Attempt:
-    """Per-call memory of what earlier attempts may have done."""
-
-    def __init__(self) -> None:
-        self.maybe_applied = False
-        self.stage = ""
-        self.value: object = None
 
 
 def _check_size(size: object, what: str = "size") -> int:
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise InvalidInput(f"{what} must be a positive number of bytes, got {size!r}")
     return size
-
-
-def _check_flat(size: int, shift: int) -> None:
-    limit = flat_max_vdi_size(shift)
-    if size > limit:
-        raise InvalidInput(f"size {size} exceeds the flat-VDI limit {limit} "
-                           f"(2^20 objects of {1 << shift} bytes)")
 
 
 class SheepdogClient:
@@ -114,15 +84,6 @@ class SheepdogClient:
         return self.retry.call(lambda: self.cluster.run(fn), what=what,
                                wait_for_lock=wait_for_lock)
 
-    def _decisive(self, state: _Attempt, conn: Connection, request: Request) -> int:
-        """Send the request that changes state; remember if its fate is unknown."""
-        state.maybe_applied = True
-        try:
-            return ops.new_vdi(conn, request)
-        except ServerError:
-            state.maybe_applied = False  # a definite 'no'
-            raise
-
     # -- cluster -------------------------------------------------------------
 
     def cluster_info(self) -> ClusterInfo:
@@ -140,21 +101,9 @@ class SheepdogClient:
             raise InvalidInput(f"invalid store driver name {store!r}")
         now = time.time()
         ctime = make_ctime(int(now), int((now % 1) * 1e6))
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> None:
-            if state.maybe_applied:
-                info = ClusterInfo.decode(ops.check(conn.call(rq.cluster_info())).payload)
-                if info.ctime == ctime:
-                    return
-            state.maybe_applied = True
-            rsp = conn.call(rq.make_fs(ctime=ctime, copies=copies, copy_policy=copy_policy,
-                                       flags=flags, block_size_shift=block_size_shift,
-                                       store=store))
-            if not rsp.ok:
-                state.maybe_applied = False
-            ops.check(rsp)
-        self._run(attempt, what="format cluster")
+        self._run(rc.format_cluster(ctime, copies=copies, copy_policy=copy_policy,
+                                    block_size_shift=block_size_shift, flags=flags,
+                                    store=store), what="format cluster")
 
     def node_list(self) -> list[SdNode]:
         def attempt(conn: Connection) -> list[SdNode]:
@@ -227,13 +176,6 @@ class SheepdogClient:
         return self._run(lambda c: ops.list_vdis(c, self.io_window, with_usage=with_usage),
                          what="list VDIs")
 
-    @staticmethod
-    def _find(conn: Connection, name: bytes, tag: bytes = b"") -> InodeHeader | None:
-        try:
-            return ops.resolve(conn, name, tag)
-        except (NoVdi, NoTag):
-            return None
-
     # -- create --------------------------------------------------------------
 
     def create_vdi(self, name: str, size: int, *, copies: int = 0, copy_policy: int = 0,
@@ -254,36 +196,12 @@ class SheepdogClient:
                 SD_MIN_BLOCK_SIZE_SHIFT <= block_size_shift <= SD_MAX_BLOCK_SIZE_SHIFT):
             raise InvalidInput(f"block_size_shift must be 0 or 20..31, got {block_size_shift}")
         if block_size_shift:
-            _check_flat(size, block_size_shift)
+            rc.check_flat(size, block_size_shift)
         elif size > flat_max_vdi_size(SD_MAX_BLOCK_SIZE_SHIFT):
-            _check_flat(size, SD_MAX_BLOCK_SIZE_SHIFT)
-        state = _Attempt()
-
-        def matches(hdr: InodeHeader) -> bool:
-            return (hdr.vdi_size == size and hdr.parent_vdi_id == 0
-                    and (not copies or hdr.nr_copies == copies)
-                    and (not copy_policy or hdr.copy_policy == copy_policy)
-                    and (not block_size_shift or hdr.block_size_shift == block_size_shift))
-
-        def attempt(conn: Connection) -> VdiInfo:
-            hdr: InodeHeader | None = None
-            if state.maybe_applied:
-                hdr = self._find(conn, raw)
-                if hdr is not None and not matches(hdr):
-                    raise ReconcileConflict(
-                        f"create {name!r} lost its reply and a VDI of that name exists with "
-                        f"other attributes (size {hdr.vdi_size}, parent {hdr.parent_vdi_id:#x})")
-            if hdr is None:
-                if size > _MIN_FLAT_LIMIT and not block_size_shift:
-                    _check_flat(size, ops.cluster_default_shift(conn))
-                vid = self._decisive(state, conn, rq.new_vdi(
-                    raw, size, copies=copies, copy_policy=copy_policy,
-                    block_size_shift=block_size_shift))
-                hdr = ops.read_header(conn, vid)
-            if prealloc:
-                dio.preallocate(conn, hdr, self.io_window)
-            return VdiInfo.from_header(hdr)
-        return self._run(attempt, what=f"create VDI {name!r}")
+            rc.check_flat(size, SD_MAX_BLOCK_SIZE_SHIFT)
+        return self._run(rc.create(raw, name, size, copies=copies, copy_policy=copy_policy,
+                                   block_size_shift=block_size_shift, prealloc=prealloc,
+                                   window=self.io_window), what=f"create VDI {name!r}")
 
     # -- snapshot ------------------------------------------------------------
 
@@ -291,63 +209,17 @@ class SheepdogClient:
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         if not rawtag:
             raise InvalidInput("a snapshot needs a non-empty tag")
-        state = _Attempt()
-
-        def restore_tag(conn: Connection, vid: int) -> None:
-            hdr = ops.read_header(conn, vid)
-            if hdr.tag == rawtag and not hdr.is_snapshot:
-                ops.check(conn.call(rq.write_obj(
-                    vid_to_vdi_oid(vid), OFFSET_TAG, bytes(256), copies=hdr.nr_copies,
-                    copy_policy=hdr.copy_policy)))
-
-        def attempt(conn: Connection) -> VdiInfo:
-            if state.maybe_applied:
-                done = self._find(conn, raw, rawtag)
-                if done is not None and done.is_snapshot:
-                    return VdiInfo.from_header(done)
-                if isinstance(state.value, int):
-                    restore_tag(conn, state.value)
-                state.maybe_applied = False
-            by_tag, working = ops.pipeline(conn, [rq.get_vdi_info(raw, rawtag),
-                                                  rq.get_vdi_info(raw)], 2, raise_errors=False)
-            if by_tag.ok:
-                raise VdiExists(f"VDI {name!r} already has a snapshot tagged {tag!r}")
-            if not isinstance(error_for_code(by_tag.result), (NoTag, NoVdi)):
-                ops.check(by_tag)
-            vid = ops.vdi_body(ops.check(working)).vdi_id
-            hdr = ops.read_header(conn, vid)
-            if hdr.store_policy != 0:
-                raise InvalidInput("snapshots of hyper volumes are not supported")
-            state.value = vid
-            state.maybe_applied = True  # from here the tag is on the working inode
-            ops.write_tag(conn, hdr, rawtag)
-            try:
-                ops.new_vdi(conn, rq.new_vdi(
-                    raw, hdr.vdi_size, base_vid=vid, snapshot=True, copies=hdr.nr_copies,
-                    copy_policy=hdr.copy_policy, store_policy=hdr.store_policy,
-                    block_size_shift=hdr.block_size_shift))
-            except ServerError:
-                restore_tag(conn, vid)  # definite failure: leave no stray tag behind
-                state.maybe_applied = False
-                raise
-            return VdiInfo.from_header(ops.read_header(conn, vid))
-
+        snap = rc.Snapshot(raw, rawtag, name, tag)
         try:
-            return self._run(attempt, what=f"snapshot {name!r}")
+            return self._run(snap, what=f"snapshot {name!r}")
         except RetryExhausted:
-            if state.maybe_applied and isinstance(state.value, int):
-                self._best_effort_restore(raw, rawtag, state.value, restore_tag)
+            vid = snap.stray_tag_vid
+            if vid is not None:
+                try:  # best effort: the caller gets RetryExhausted anyway
+                    self.cluster.run(lambda conn: snap.remove_stray_tag(conn, vid))
+                except Exception:
+                    pass
             raise
-
-    def _best_effort_restore(self, raw: bytes, rawtag: bytes, vid: int,
-                             restore: Callable[[Connection, int], None]) -> None:
-        def fix(conn: Connection) -> None:
-            if self._find(conn, raw, rawtag) is None:
-                restore(conn, vid)
-        try:
-            self.cluster.run(fix)
-        except Exception:
-            pass
 
     # -- clone / resize / rollback -------------------------------------------
 
@@ -360,104 +232,27 @@ class SheepdogClient:
                                f"{src_name!r}")
         if size is not None:
             _check_size(size)
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> VdiInfo:
-            base = ops.resolve(conn, src, tag)
-            if not base.is_snapshot:
-                raise InvalidInput(f"{src_name!r} tag {src_tag!r} is a working VDI; only "
-                                   "snapshots can be cloned")
-            want = base.vdi_size if size is None else size
-            if want < base.vdi_size:
-                raise InvalidInput(f"a clone cannot be smaller than its source "
-                                   f"({want} < {base.vdi_size})")
-            _check_flat(want, base.block_size_shift)
-            if state.maybe_applied:
-                hdr = self._find(conn, dst)
-                if hdr is not None:
-                    if hdr.parent_vdi_id == base.vdi_id and hdr.vdi_size == want:
-                        return VdiInfo.from_header(hdr)
-                    raise ReconcileConflict(
-                        f"clone {dst_name!r} lost its reply and a different VDI of that "
-                        "name exists")
-            vid = self._decisive(state, conn, rq.new_vdi(
-                dst, want, base_vid=base.vdi_id, copies=base.nr_copies,
-                copy_policy=base.copy_policy, store_policy=base.store_policy,
-                block_size_shift=base.block_size_shift))
-            return VdiInfo.from_header(ops.read_header(conn, vid))
-        return self._run(attempt, what=f"clone {src_name!r}@{src_tag!r} to {dst_name!r}")
+        return self._run(rc.clone(src, tag, dst, size, src_name=src_name, src_tag=src_tag,
+                                  dst_name=dst_name),
+                         what=f"clone {src_name!r}@{src_tag!r} to {dst_name!r}")
 
     def resize_vdi(self, name: str, new_size: int) -> VdiInfo:
         raw = validate_name(encode_text(name))
         _check_size(new_size, "new size")
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> VdiInfo:
-            hdr = ops.resolve(conn, raw)
-            if hdr.vdi_size == new_size:
-                return VdiInfo.from_header(hdr)
-            if hdr.vdi_size > new_size:
-                if state.maybe_applied:
-                    raise ReconcileConflict(f"{name!r} is now {hdr.vdi_size} bytes, larger "
-                                            f"than the {new_size} asked for")
-                raise InvalidInput(f"shrinking is not supported ({hdr.vdi_size} -> "
-                                   f"{new_size})")
-            if hdr.store_policy != 0:
-                raise InvalidInput("resizing hyper volumes is not supported")
-            _check_flat(new_size, hdr.block_size_shift)
-            state.maybe_applied = True
-            ops.write_size(conn, hdr, new_size)
-            return VdiInfo.from_header(hdr.evolve(vdi_size=new_size))
-        return self._run(attempt, what=f"resize {name!r}")
+        return self._run(rc.resize(raw, name, new_size), what=f"resize {name!r}")
 
     def rollback_vdi(self, name: str, tag: str) -> VdiInfo:
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         if not rawtag:
             raise InvalidInput("rollback needs the tag of a snapshot")
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> VdiInfo:
-            snap = ops.resolve(conn, raw, rawtag)
-            if not snap.is_snapshot:
-                raise InvalidInput(f"{name!r} tag {tag!r} is not a snapshot")
-            working = self._find(conn, raw)
-            if state.stage == "new":
-                # the old working VDI is gone; did our NEW_VDI land before its reply was lost?
-                if working is not None:
-                    if working.parent_vdi_id == snap.vdi_id and working.vdi_id != state.value:
-                        return VdiInfo.from_header(working)
-                    raise ReconcileConflict(f"rollback of {name!r} lost its reply and a "
-                                            "different working VDI of that name exists")
-            elif working is not None:
-                state.value = working.vdi_id
-                ops.clear_slots(conn, working, self.io_window)
-                ops.del_vdi(conn, raw)
-            state.stage = "new"
-            vid = ops.new_vdi(conn, rq.new_vdi(
-                raw, snap.vdi_size, base_vid=snap.vdi_id, copies=snap.nr_copies,
-                copy_policy=snap.copy_policy, store_policy=snap.store_policy,
-                block_size_shift=snap.block_size_shift))
-            return VdiInfo.from_header(ops.read_header(conn, vid))
-        return self._run(attempt, what=f"rollback {name!r} to {tag!r}")
+        return self._run(rc.rollback(raw, rawtag, name, tag, self.io_window),
+                         what=f"rollback {name!r} to {tag!r}")
 
     # -- delete --------------------------------------------------------------
 
     def delete_vdi(self, name: str, tag: str = "") -> bool:
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> bool:
-            hdr = self._find(conn, raw, rawtag)
-            if hdr is None:
-                return state.maybe_applied  # gone: by our earlier attempt, or never there
-            ops.clear_slots(conn, hdr, self.io_window)
-            state.maybe_applied = True
-            try:
-                ops.del_vdi(conn, raw, rawtag)
-            except (NoVdi, NoTag):
-                return False
-            return True
-        return self._run(attempt, what=f"delete {name!r}")
+        return self._run(rc.delete(raw, rawtag, self.io_window), what=f"delete {name!r}")
 
     # -- attributes and locks ------------------------------------------------
 
@@ -467,20 +262,8 @@ class SheepdogClient:
         value = bytes(value)
         flags = Flag.CREAT | (Flag.EXCL if exclusive else 0)
         req = ops.attr_request(raw, rawkey, value, flags=flags)
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> None:
-            try:
-                state.maybe_applied = True
-                ops.check(conn.call(req))
-            except VdiExists:
-                if exclusive and state.stage == "sent" and \
-                        ops.get_attr(conn, raw, rawkey) == value:
-                    return  # our own earlier attempt created it
-                raise
-            finally:
-                state.stage = "sent"
-        self._run(attempt, what=f"set attribute {key!r} of {name!r}")
+        self._run(rc.set_attr(raw, rawkey, value, exclusive, req),
+                  what=f"set attribute {key!r} of {name!r}")
 
     def get_attr(self, name: str, key: str) -> bytes | None:
         raw, rawkey = validate_name(encode_text(name)), encode_text(key)
@@ -491,39 +274,14 @@ class SheepdogClient:
     def delete_attr(self, name: str, key: str) -> bool:
         raw, rawkey = validate_name(encode_text(name)), encode_text(key)
         req = ops.attr_request(raw, rawkey, flags=Flag.DEL)
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> bool:
-            sent_before = state.maybe_applied
-            state.maybe_applied = True
-            try:
-                ops.check(conn.call(req))
-            except NoObject:
-                return sent_before
-            return True
-        return self._run(attempt, what=f"delete attribute {key!r} of {name!r}")
+        return self._run(rc.delete_attr(req), what=f"delete attribute {key!r} of {name!r}")
 
     def lock_vdi(self, name: str, tag: str = "", *, wait: bool = False) -> VdiInfo:
         """LOCK_VDI.  A lost reply cannot be reconciled (the lock owner is the
         sheep node, not the client), so VdiLocked after one says so."""
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
-        state = _Attempt()
-
-        def attempt(conn: Connection) -> VdiInfo:
-            try:
-                state.maybe_applied = True
-                body = ops.vdi_body(ops.check(conn.call(rq.lock_vdi(raw, rawtag))))
-            except VdiLocked as exc:
-                if state.stage == "sent":
-                    raise VdiLocked(f"{name!r} is locked; an earlier attempt of this call "
-                                    "lost its reply and may hold the lock") from exc
-                raise
-            except TransportError as exc:
-                if request_was_sent(exc):
-                    state.stage = "sent"
-                raise
-            return VdiInfo.from_header(ops.read_header(conn, body.vdi_id))
-        return self._run(attempt, what=f"lock {name!r}", wait_for_lock=wait)
+        return self._run(rc.lock(raw, rawtag, name), what=f"lock {name!r}",
+                         wait_for_lock=wait)
 
     def release_vdi(self, vid: int) -> None:
         if not isinstance(vid, int) or not 0 < vid < 1 << 24:

@@ -8,7 +8,7 @@ size covers (``4 * count_data_objs`` bytes at 4664) - never the whole
 reads, disjoint slot-range writes) are pipelined on the connection.
 
 Retrying and reconciling after a lost reply is the caller's job
-(``client.py``); these functions raise the server's error as is.
+(``client.py`` and ``reconcile.py``); these functions raise the server's error as is.
 """
 
 from __future__ import annotations

@@ -1,0 +1,355 @@
+"""Attempts of the state-changing client operations, safe to run again.
+
+How it works: each function here takes an operation's validated arguments and
+returns its *attempt* - a function of one connection that ``SheepdogClient``
+runs under its ``RetryPolicy`` - together with a small per-call state
+(``Attempt``) the attempts share.  Operations that are not idempotent on the
+wire (format, create, snapshot, clone, resize, delete, rollback, exclusive
+set_attr) remember when their decisive request was sent without a definite
+answer; the next attempt then starts by *reconciling*: looking at what
+exists and either accepting it as done, raising ReconcileConflict when it
+differs from what was asked, or carrying on because it did not happen.  A
+decisive request is never sent twice unless the reconciliation showed it had
+no effect, so a lost reply never produces a second snapshot or VDI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sheepdog_backend.client import io as dio
+from sheepdog_backend.client import requests as rq
+from sheepdog_backend.client import vdi as ops
+from sheepdog_backend.client.models import VdiInfo
+from sheepdog_backend.client.transport import Connection, request_was_sent
+from sheepdog_backend.exception import (
+    InvalidInput,
+    NoObject,
+    NoTag,
+    NoVdi,
+    ReconcileConflict,
+    ServerError,
+    TransportError,
+    VdiExists,
+    VdiLocked,
+    error_for_code,
+)
+from sheepdog_backend.protocol.constants import SD_MIN_BLOCK_SIZE_SHIFT, flat_max_vdi_size
+from sheepdog_backend.protocol.header import Request
+from sheepdog_backend.protocol.inode import OFFSET_TAG, InodeHeader
+from sheepdog_backend.protocol.oid import vid_to_vdi_oid
+from sheepdog_backend.protocol.structs import ClusterInfo
+
+_MIN_FLAT_LIMIT = flat_max_vdi_size(SD_MIN_BLOCK_SIZE_SHIFT)
+
+
+class Attempt:
+    """Per-call memory of what earlier attempts may have done."""
+
+    def __init__(self) -> None:
+        self.maybe_applied = False
+        self.stage = ""
+        self.value: object = None
+
+
+def check_flat(size: int, shift: int) -> None:
+    limit = flat_max_vdi_size(shift)
+    if size > limit:
+        raise InvalidInput(f"size {size} exceeds the flat-VDI limit {limit} "
+                           f"(2^20 objects of {1 << shift} bytes)")
+
+
+def find(conn: Connection, name: bytes, tag: bytes = b"") -> InodeHeader | None:
+    try:
+        return ops.resolve(conn, name, tag)
+    except (NoVdi, NoTag):
+        return None
+
+
+def decisive(state: Attempt, conn: Connection, request: Request) -> int:
+    """Send the request that changes state; remember if its fate is unknown."""
+    state.maybe_applied = True
+    try:
+        return ops.new_vdi(conn, request)
+    except ServerError:
+        state.maybe_applied = False  # a definite 'no'
+        raise
+
+
+# -- cluster -----------------------------------------------------------------
+
+
+def format_cluster(ctime: int, *, copies: int, copy_policy: int, block_size_shift: int,
+                   flags: int, store: str) -> Callable[[Connection], None]:
+    state = Attempt()
+
+    def attempt(conn: Connection) -> None:
+        if state.maybe_applied:
+            info = ClusterInfo.decode(ops.check(conn.call(rq.cluster_info())).payload)
+            if info.ctime == ctime:
+                return
+        state.maybe_applied = True
+        rsp = conn.call(rq.make_fs(ctime=ctime, copies=copies, copy_policy=copy_policy,
+                                   flags=flags, block_size_shift=block_size_shift,
+                                   store=store))
+        if not rsp.ok:
+            state.maybe_applied = False
+        ops.check(rsp)
+    return attempt
+
+
+# -- create / snapshot -------------------------------------------------------
+
+
+def create(raw: bytes, name: str, size: int, *, copies: int, copy_policy: int,
+           block_size_shift: int, prealloc: bool, window: int
+           ) -> Callable[[Connection], VdiInfo]:
+    state = Attempt()
+
+    def matches(hdr: InodeHeader) -> bool:
+        return (hdr.vdi_size == size and hdr.parent_vdi_id == 0
+                and (not copies or hdr.nr_copies == copies)
+                and (not copy_policy or hdr.copy_policy == copy_policy)
+                and (not block_size_shift or hdr.block_size_shift == block_size_shift))
+
+    def attempt(conn: Connection) -> VdiInfo:
+        hdr: InodeHeader | None = None
+        if state.maybe_applied:
+            hdr = find(conn, raw)
+            if hdr is not None and not matches(hdr):
+                raise ReconcileConflict(
+                    f"create {name!r} lost its reply and a VDI of that name exists with "
+                    f"other attributes (size {hdr.vdi_size}, parent {hdr.parent_vdi_id:#x})")
+        if hdr is None:
+            if size > _MIN_FLAT_LIMIT and not block_size_shift:
+                check_flat(size, ops.cluster_default_shift(conn))
+            vid = decisive(state, conn, rq.new_vdi(
+                raw, size, copies=copies, copy_policy=copy_policy,
+                block_size_shift=block_size_shift))
+            hdr = ops.read_header(conn, vid)
+        if prealloc:
+            dio.preallocate(conn, hdr, window)
+        return VdiInfo.from_header(hdr)
+    return attempt
+
+
+class Snapshot:
+    """The snapshot attempt: tag the working inode, then NEW_VDI(snapshot).
+
+    Between the two requests the tag sits on the working inode; a definite
+    failure removes it at once, and ``stray_tag_vid`` names the inode that may
+    still carry it when the retries ran out (``remove_stray_tag`` cleans up)."""
+
+    def __init__(self, raw: bytes, rawtag: bytes, name: str, tag: str) -> None:
+        self.raw, self.rawtag, self.name, self.tag = raw, rawtag, name, tag
+        self.state = Attempt()
+
+    def _restore_tag(self, conn: Connection, vid: int) -> None:
+        hdr = ops.read_header(conn, vid)
+        if hdr.tag == self.rawtag and not hdr.is_snapshot:
+            ops.check(conn.call(rq.write_obj(
+                vid_to_vdi_oid(vid), OFFSET_TAG, bytes(256), copies=hdr.nr_copies,
+                copy_policy=hdr.copy_policy)))
+
+    def __call__(self, conn: Connection) -> VdiInfo:
+        state, raw, rawtag = self.state, self.raw, self.rawtag
+        if state.maybe_applied:
+            done = find(conn, raw, rawtag)
+            if done is not None and done.is_snapshot:
+                return VdiInfo.from_header(done)
+            if isinstance(state.value, int):
+                self._restore_tag(conn, state.value)
+            state.maybe_applied = False
+        by_tag, working = ops.pipeline(conn, [rq.get_vdi_info(raw, rawtag),
+                                              rq.get_vdi_info(raw)], 2, raise_errors=False)
+        if by_tag.ok:
+            raise VdiExists(f"VDI {self.name!r} already has a snapshot tagged {self.tag!r}")
+        if not isinstance(error_for_code(by_tag.result), (NoTag, NoVdi)):
+            ops.check(by_tag)
+        vid = ops.vdi_body(ops.check(working)).vdi_id
+        hdr = ops.read_header(conn, vid)
+        if hdr.store_policy != 0:
+            raise InvalidInput("snapshots of hyper volumes are not supported")
+        state.value = vid
+        state.maybe_applied = True  # from here the tag is on the working inode
+        ops.write_tag(conn, hdr, rawtag)
+        try:
+            ops.new_vdi(conn, rq.new_vdi(
+                raw, hdr.vdi_size, base_vid=vid, snapshot=True, copies=hdr.nr_copies,
+                copy_policy=hdr.copy_policy, store_policy=hdr.store_policy,
+                block_size_shift=hdr.block_size_shift))
+        except ServerError:
+            self._restore_tag(conn, vid)  # definite failure: leave no stray tag behind
+            state.maybe_applied = False
+            raise
+        return VdiInfo.from_header(ops.read_header(conn, vid))
+
+    @property
+    def stray_tag_vid(self) -> int | None:
+        value = self.state.value
+        return value if self.state.maybe_applied and isinstance(value, int) else None
+
+    def remove_stray_tag(self, conn: Connection, vid: int) -> None:
+        if find(conn, self.raw, self.rawtag) is None:
+            self._restore_tag(conn, vid)
+
+
+# -- clone / resize / rollback -----------------------------------------------
+
+
+def clone(src: bytes, tag: bytes, dst: bytes, size: int | None, *, src_name: str,
+          src_tag: str, dst_name: str) -> Callable[[Connection], VdiInfo]:
+    state = Attempt()
+
+    def attempt(conn: Connection) -> VdiInfo:
+        base = ops.resolve(conn, src, tag)
+        if not base.is_snapshot:
+            raise InvalidInput(f"{src_name!r} tag {src_tag!r} is a working VDI; only "
+                               "snapshots can be cloned")
+        want = base.vdi_size if size is None else size
+        if want < base.vdi_size:
+            raise InvalidInput(f"a clone cannot be smaller than its source "
+                               f"({want} < {base.vdi_size})")
+        check_flat(want, base.block_size_shift)
+        if state.maybe_applied:
+            hdr = find(conn, dst)
+            if hdr is not None:
+                if hdr.parent_vdi_id == base.vdi_id and hdr.vdi_size == want:
+                    return VdiInfo.from_header(hdr)
+                raise ReconcileConflict(
+                    f"clone {dst_name!r} lost its reply and a different VDI of that "
+                    "name exists")
+        vid = decisive(state, conn, rq.new_vdi(
+            dst, want, base_vid=base.vdi_id, copies=base.nr_copies,
+            copy_policy=base.copy_policy, store_policy=base.store_policy,
+            block_size_shift=base.block_size_shift))
+        return VdiInfo.from_header(ops.read_header(conn, vid))
+    return attempt
+
+
+def resize(raw: bytes, name: str, new_size: int) -> Callable[[Connection], VdiInfo]:
+    state = Attempt()
+
+    def attempt(conn: Connection) -> VdiInfo:
+        hdr = ops.resolve(conn, raw)
+        if hdr.vdi_size == new_size:
+            return VdiInfo.from_header(hdr)
+        if hdr.vdi_size > new_size:
+            if state.maybe_applied:
+                raise ReconcileConflict(f"{name!r} is now {hdr.vdi_size} bytes, larger "
+                                        f"than the {new_size} asked for")
+            raise InvalidInput(f"shrinking is not supported ({hdr.vdi_size} -> "
+                               f"{new_size})")
+        if hdr.store_policy != 0:
+            raise InvalidInput("resizing hyper volumes is not supported")
+        check_flat(new_size, hdr.block_size_shift)
+        state.maybe_applied = True
+        ops.write_size(conn, hdr, new_size)
+        return VdiInfo.from_header(hdr.evolve(vdi_size=new_size))
+    return attempt
+
+
+def rollback(raw: bytes, rawtag: bytes, name: str, tag: str, window: int
+             ) -> Callable[[Connection], VdiInfo]:
+    state = Attempt()
+
+    def attempt(conn: Connection) -> VdiInfo:
+        snap = ops.resolve(conn, raw, rawtag)
+        if not snap.is_snapshot:
+            raise InvalidInput(f"{name!r} tag {tag!r} is not a snapshot")
+        working = find(conn, raw)
+        if state.stage == "new":
+            # the old working VDI is gone; did our NEW_VDI land before its reply was lost?
+            if working is not None:
+                if working.parent_vdi_id == snap.vdi_id and working.vdi_id != state.value:
+                    return VdiInfo.from_header(working)
+                raise ReconcileConflict(f"rollback of {name!r} lost its reply and a "
+                                        "different working VDI of that name exists")
+        elif working is not None:
+            state.value = working.vdi_id
+            ops.clear_slots(conn, working, window)
+            ops.del_vdi(conn, raw)
+        state.stage = "new"
+        vid = ops.new_vdi(conn, rq.new_vdi(
+            raw, snap.vdi_size, base_vid=snap.vdi_id, copies=snap.nr_copies,
+            copy_policy=snap.copy_policy, store_policy=snap.store_policy,
+            block_size_shift=snap.block_size_shift))
+        return VdiInfo.from_header(ops.read_header(conn, vid))
+    return attempt
+
+
+# -- delete ------------------------------------------------------------------
+
+
+def delete(raw: bytes, rawtag: bytes, window: int) -> Callable[[Connection], bool]:
+    state = Attempt()
+
+    def attempt(conn: Connection) -> bool:
+        hdr = find(conn, raw, rawtag)
+        if hdr is None:
+            return state.maybe_applied  # gone: by our earlier attempt, or never there
+        ops.clear_slots(conn, hdr, window)
+        state.maybe_applied = True
+        try:
+            ops.del_vdi(conn, raw, rawtag)
+        except (NoVdi, NoTag):
+            return False
+        return True
+    return attempt
+
+
+# -- attributes and locks ----------------------------------------------------
+
+
+def set_attr(raw: bytes, rawkey: bytes, value: bytes, exclusive: bool, req: Request
+             ) -> Callable[[Connection], None]:
+    state = Attempt()
+
+    def attempt(conn: Connection) -> None:
+        try:
+            state.maybe_applied = True
+            ops.check(conn.call(req))
+        except VdiExists:
+            if exclusive and state.stage == "sent" and \
+                    ops.get_attr(conn, raw, rawkey) == value:
+                return  # our own earlier attempt created it
+            raise
+        finally:
+            state.stage = "sent"
+    return attempt
+
+
+def delete_attr(req: Request) -> Callable[[Connection], bool]:
+    state = Attempt()
+
+    def attempt(conn: Connection) -> bool:
+        sent_before = state.maybe_applied
+        state.maybe_applied = True
+        try:
+            ops.check(conn.call(req))
+        except NoObject:
+            return sent_before
+        return True
+    return attempt
+
+
+def lock(raw: bytes, rawtag: bytes, name: str) -> Callable[[Connection], VdiInfo]:
+    """LOCK_VDI.  A lost reply cannot be reconciled (the lock owner is the
+    sheep node, not the client), so VdiLocked after one says so."""
+    state = Attempt()
+
+    def attempt(conn: Connection) -> VdiInfo:
+        try:
+            state.maybe_applied = True
+            body = ops.vdi_body(ops.check(conn.call(rq.lock_vdi(raw, rawtag))))
+        except VdiLocked as exc:
+            if state.stage == "sent":
+                raise VdiLocked(f"{name!r} is locked; an earlier attempt of this call "
+                                "lost its reply and may hold the lock") from exc
+            raise
+        except TransportError as exc:
+            if request_was_sent(exc):
+                state.stage = "sent"
+            raise
+        return VdiInfo.from_header(ops.read_header(conn, body.vdi_id))
+    return attempt
