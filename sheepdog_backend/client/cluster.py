@@ -10,7 +10,8 @@ marked dead and the next one is tried at once (nothing was sent, so this is
 always safe).  A failure after the request was sent (outcome unknown), a
 protocol error, or a node-state refusal (SHUTDOWN, KILLED, STARTUP) marks the
 gateway and is raised to the retry layer, which knows whether the operation
-may be repeated.  ``discover()`` adds the addresses GET_NODE_LIST reports.
+may be repeated.  ``add_gateways()`` takes the addresses GET_NODE_LIST reports
+(``SheepdogClient.discover_gateways``).
 """
 
 from __future__ import annotations

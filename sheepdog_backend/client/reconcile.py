@@ -307,7 +307,6 @@ def set_attr(raw: bytes, rawkey: bytes, value: bytes, exclusive: bool, req: Requ
 
     def attempt(conn: Connection) -> None:
         try:
-            state.maybe_applied = True
             ops.check(conn.call(req))
         except VdiExists:
             if exclusive and state.stage == "sent" and \
@@ -340,7 +339,6 @@ def lock(raw: bytes, rawtag: bytes, name: str) -> Callable[[Connection], VdiInfo
 
     def attempt(conn: Connection) -> VdiInfo:
         try:
-            state.maybe_applied = True
             body = ops.vdi_body(ops.check(conn.call(rq.lock_vdi(raw, rawtag))))
         except VdiLocked as exc:
             if state.stage == "sent":

@@ -87,10 +87,6 @@ class RetryPolicy:
         kwargs.update(overrides)
         return cls(**kwargs)
 
-    @classmethod
-    def no_retry(cls) -> RetryPolicy:
-        return cls(attempts=1)
-
     def is_retryable(self, exc: BaseException, *, wait_for_lock: bool = False) -> bool:
         if isinstance(exc, TransportError):
             return True

@@ -156,7 +156,6 @@ class Connection:
         self._targets: dict[int, memoryview] = {}  # id -> buffer for its payload
         self._next_id = 1
         self._sock: socket.socket | None = None
-        self.requests_sent = 0
         try:
             sock = socket.create_connection((address.host, address.port), connect_timeout)
         except TimeoutError:
@@ -225,7 +224,6 @@ class Connection:
         self._inflight[rid] = time.monotonic() + self.request_timeout
         if into is not None:
             self._targets[rid] = into
-        self.requests_sent += 1
         return rid
 
     # -- receiving ---------------------------------------------------------

@@ -124,10 +124,6 @@ class BackendConfiguration(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._values)
 
-    def safe_get(self, name: str) -> Any:
-        """The value, or None when the option does not exist (Cinder's API)."""
-        return self._values.get(name)
-
     def where(self, option: str) -> str:
         """``file [section] option`` for error messages."""
         place = f"[{self.section}] {option}" if self.section else option

@@ -350,12 +350,6 @@ class ObjectStore:
         for offset, data in extents:
             self.slots.note_fd(vid, fd, offset, len(data))
 
-    def discard_staged(self, name: str) -> None:
-        try:
-            os.unlink(os.path.join(self.obj_dir, name))
-        except FileNotFoundError:
-            pass
-
     def create(self, oid: int, size: int, extents: list[tuple[int, bytes]],
                cow_from: int | None = None) -> None:
         """Create or replace an object atomically (temp file + rename)."""
