@@ -25,6 +25,25 @@ from sheepdog_backend.protocol.framing import RequestReader, ResponseReader
 from sheepdog_backend.protocol.header import Request, Response
 
 
+def _cut(*socks: socket.socket) -> None:
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)  # on a listener: wakes a blocked accept()
+        except OSError:
+            pass
+        s.close()
+
+
+def _stop(listener: socket.socket, socks: Callable[[], list[socket.socket]],
+          threads: list[threading.Thread]) -> None:
+    """Close the listener, then every connection ``socks()`` names once no new
+    one can be accepted; join every thread."""
+    _cut(listener)
+    _cut(*socks())
+    for t in threads:
+        t.join(5)
+
+
 class PeerConn:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -42,11 +61,7 @@ class PeerConn:
                 pass
 
     def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        _cut(self.sock)
 
 
 Handler = Callable[[Request, PeerConn], None]
@@ -112,15 +127,8 @@ class ScriptedPeer:
 
     def stop(self) -> None:
         self._stopping = True
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
-        except OSError:
-            pass
-        self._listener.close()
-        for conn in list(self.conns):
-            conn.close()
-        for t in self._threads:
-            t.join(5)
+        _stop(self._listener, lambda: [conn.sock for conn in list(self.conns)],
+              self._threads)
 
     def __enter__(self) -> ScriptedPeer:
         return self.start()
@@ -175,15 +183,6 @@ class FaultProxy:
             self._spawn(self._upstream_loop, client, upstream, lost)
             self._spawn(self._downstream_loop, client, upstream, lost)
 
-    @staticmethod
-    def _cut(*socks: socket.socket) -> None:
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
     def _upstream_loop(self, client: socket.socket, upstream: socket.socket,
                        lost: set[int]) -> None:
         reader = RequestReader()
@@ -193,7 +192,7 @@ class FaultProxy:
             except OSError:
                 return
             if not data:
-                self._cut(upstream)
+                _cut(upstream)
                 return
             reader.feed(data)
             for req in reader:
@@ -203,7 +202,7 @@ class FaultProxy:
                 action = self.rule(req, n)
                 if action == "cut_before":
                     self.faults.append((action, req.opcode))
-                    self._cut(client, upstream)
+                    _cut(client, upstream)
                     return
                 if action == "lose_reply":
                     self.faults.append((action, req.opcode))
@@ -214,7 +213,7 @@ class FaultProxy:
                 try:
                     upstream.sendall(req.encode())
                 except OSError:
-                    self._cut(client)
+                    _cut(client)
                     return
 
     def _downstream_loop(self, client: socket.socket, upstream: socket.socket,
@@ -224,34 +223,29 @@ class FaultProxy:
             try:
                 data = upstream.recv(1 << 20)
             except OSError:
-                self._cut(client)
+                _cut(client)
                 return
             if not data:
-                self._cut(client)
+                _cut(client)
                 return
             reader.feed(data)
             for rsp in reader:
                 if rsp.id in lost:
-                    self._cut(client, upstream)
+                    _cut(client, upstream)
                     return
                 try:
                     client.sendall(rsp.encode())
                 except OSError:
-                    self._cut(upstream)
+                    _cut(upstream)
                     return
 
     def stop(self) -> None:
         self._stopping = True
-        try:
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept()
-        except OSError:
-            pass
-        self._listener.close()
+        _stop(self._listener, self._socket_list, self._threads)
+
+    def _socket_list(self) -> list[socket.socket]:
         with self._lock:
-            socks = list(self._socks)
-        self._cut(*socks)
-        for t in self._threads:
-            t.join(5)
+            return list(self._socks)
 
     def __enter__(self) -> FaultProxy:
         return self.start()
