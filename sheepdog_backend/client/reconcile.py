@@ -174,10 +174,7 @@ class Snapshot:
         state.maybe_applied = True  # from here the tag is on the working inode
         ops.write_tag(conn, hdr, rawtag)
         try:
-            ops.new_vdi(conn, rq.new_vdi(
-                raw, hdr.vdi_size, base_vid=vid, snapshot=True, copies=hdr.nr_copies,
-                copy_policy=hdr.copy_policy, store_policy=hdr.store_policy,
-                block_size_shift=hdr.block_size_shift))
+            ops.new_vdi(conn, rq.new_vdi_from(raw, hdr.vdi_size, hdr, snapshot=True))
         except ServerError:
             self._restore_tag(conn, vid)  # definite failure: leave no stray tag behind
             state.maybe_applied = False
@@ -219,10 +216,7 @@ def clone(src: bytes, tag: bytes, dst: bytes, size: int | None, *, src_name: str
                 raise ReconcileConflict(
                     f"clone {dst_name!r} lost its reply and a different VDI of that "
                     "name exists")
-        vid = decisive(state, conn, rq.new_vdi(
-            dst, want, base_vid=base.vdi_id, copies=base.nr_copies,
-            copy_policy=base.copy_policy, store_policy=base.store_policy,
-            block_size_shift=base.block_size_shift))
+        vid = decisive(state, conn, rq.new_vdi_from(dst, want, base))
         return VdiInfo.from_header(ops.read_header(conn, vid))
     return attempt
 
@@ -270,10 +264,7 @@ def rollback(raw: bytes, rawtag: bytes, name: str, tag: str, window: int
             ops.clear_slots(conn, working, window)
             ops.del_vdi(conn, raw)
         state.stage = "new"
-        vid = ops.new_vdi(conn, rq.new_vdi(
-            raw, snap.vdi_size, base_vid=snap.vdi_id, copies=snap.nr_copies,
-            copy_policy=snap.copy_policy, store_policy=snap.store_policy,
-            block_size_shift=snap.block_size_shift))
+        vid = ops.new_vdi(conn, rq.new_vdi_from(raw, snap.vdi_size, snap))
         return VdiInfo.from_header(ops.read_header(conn, vid))
     return attempt
 

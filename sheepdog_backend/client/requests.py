@@ -22,6 +22,7 @@ from sheepdog_backend.protocol.header import (
     Request,
     VdiRequest,
 )
+from sheepdog_backend.protocol.inode import InodeHeader
 from sheepdog_backend.protocol.naming import encode_name, encode_name_tag
 from sheepdog_backend.protocol.structs import VdiAttr
 
@@ -52,6 +53,16 @@ def new_vdi(name: str | bytes, size: int, *, base_vid: int = 0, snapshot: bool =
                       block_size_shift=block_size_shift, snapid=1 if snapshot else 0)
     return Request(Opcode.NEW_VDI, body, flags=Flag.WRITE, data_length=len(payload),
                    payload=payload)
+
+
+def new_vdi_from(name: str | bytes, size: int, base: InodeHeader, *,
+                 snapshot: bool = False) -> Request:
+    """NEW_VDI deriving from ``base`` (snapshot, clone, rollback): the new inode
+    takes the base's copies, copy policy, store policy and object size, as dog
+    does (§12.5, §12.7, §12.10)."""
+    return new_vdi(name, size, base_vid=base.vdi_id, snapshot=snapshot,
+                   copies=base.nr_copies, copy_policy=base.copy_policy,
+                   store_policy=base.store_policy, block_size_shift=base.block_size_shift)
 
 
 def del_vdi(name: str | bytes, tag: str | bytes = b"", snapid: int = 0) -> Request:
