@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from sheepdog_backend.driver import connection
+from sheepdog_backend.driver.addresses import format_gateway
 from sheepdog_backend.driver.base import Connector, Snapshot, Volume, VolumeDriver
 from sheepdog_backend.driver.loader import load_backends
 from sheepdog_backend.exception import VolumeIsBusy
@@ -39,7 +40,7 @@ class DemoFailed(Exception):
 
 def rewrite_config(text: str, host: str, port: int) -> str:
     """The ini text with every gateway pointing at ``host:port``."""
-    gateway = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    gateway = format_gateway(host, port)
     text = _GATEWAYS_LINE.sub(lambda m: m.group(1) + gateway, text)
     text = _ADDRESS_LINE.sub(lambda m: m.group(1) + host, text)
     return _PORT_LINE.sub(lambda m: m.group(1) + str(port), text)

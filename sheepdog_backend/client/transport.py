@@ -86,25 +86,46 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def _check_host(host: str, original: str) -> str:
-    if not host:
-        raise InvalidInput(f"gateway {original!r}: empty host")
+def check_host(host: str, context: str = "") -> str:
+    """The canonical host: an IP address as Python prints it, or a DNS name in
+    lower case without a trailing dot; InvalidInput for anything else."""
+    prefix = f"gateway {context!r}: " if context else ""
+    if not isinstance(host, str) or not host:
+        raise InvalidInput(f"{prefix}empty host")
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    labels = host.rstrip(".").split(".")
+    name = host.rstrip(".")
+    labels = name.split(".")
     ok = all(
         0 < len(label) <= 63 and label.replace("-", "").isalnum() and label.isascii()
         and not label.startswith("-") and not label.endswith("-")
         for label in labels)
     if not ok or len(host) > 253:
-        raise InvalidInput(f"gateway {original!r}: {host!r} is not an IP address or host name")
-    return host.lower()
+        raise InvalidInput(f"{prefix}{host!r} is not an IP address or host name")
+    return name.lower()
+
+
+def check_port(port: int | str, context: str = "") -> int:
+    """A TCP port 1-65535 from an int or a string of ASCII digits."""
+    prefix = f"gateway {context!r}: " if context else ""
+    if isinstance(port, str):
+        if not port.isdigit() or not port.isascii():
+            raise InvalidInput(f"{prefix}port {port!r} is not a number")
+        port = int(port)
+    elif not isinstance(port, int) or isinstance(port, bool):
+        raise InvalidInput(f"{prefix}port {port!r} is not a number")
+    if not 1 <= port <= 65535:
+        raise InvalidInput(f"{prefix}port {port} is outside 1-65535")
+    return port
 
 
 def parse_address(text: str, default_port: int = SD_LISTEN_PORT) -> Address:
-    """Parse ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address."""
+    """Parse ``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address.
+
+    The one parser for every gateway address a user gives (client arguments,
+    ini options, backing references, the CLI), so all accept the same strings."""
     if not isinstance(text, str):
         raise InvalidInput(f"gateway must be a string, got {type(text).__name__}")
     raw = text.strip()
@@ -112,7 +133,7 @@ def parse_address(text: str, default_port: int = SD_LISTEN_PORT) -> Address:
     if raw.startswith("["):
         end = raw.find("]")
         if end < 0:
-            raise InvalidInput(f"gateway {text!r}: missing ']'")
+            raise InvalidInput(f"gateway {text!r}: unclosed '[' (missing ']')")
         host, rest = raw[1:end], raw[end + 1:]
         if rest:
             if not rest.startswith(":"):
@@ -129,14 +150,8 @@ def parse_address(text: str, default_port: int = SD_LISTEN_PORT) -> Address:
         host, port_text = raw.split(":", 1)
     else:
         host = raw
-    port = default_port
-    if port_text is not None:
-        if not port_text.isdigit() or not port_text.isascii():
-            raise InvalidInput(f"gateway {text!r}: port {port_text!r} is not a number")
-        port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise InvalidInput(f"gateway {text!r}: port {port} is outside 1..65535")
-    return Address(_check_host(host, text), port)
+    port = check_port(port_text, text) if port_text is not None else default_port
+    return Address(check_host(host, text), port)
 
 
 class Connection:
