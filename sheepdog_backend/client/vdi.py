@@ -40,6 +40,7 @@ from sheepdog_backend.protocol.inode import (
     decode_slots,
     slot_offset,
 )
+from sheepdog_backend.protocol.naming import TAG_FIELD, pad_field
 from sheepdog_backend.protocol.oid import vid_to_attr_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import VdiAttr
 
@@ -147,7 +148,7 @@ def new_vdi(conn: Connection, request: Request) -> int:
 
 def write_tag(conn: Connection, hdr: InodeHeader, tag: bytes) -> None:
     """dog's snapshot preparation: the 256-byte tag field of the working inode."""
-    field = tag + bytes(256 - len(tag))
+    field = pad_field(tag, TAG_FIELD)
     check(conn.call(rq.write_obj(vid_to_vdi_oid(hdr.vdi_id), OFFSET_TAG, field,
                                  copies=hdr.nr_copies, copy_policy=hdr.copy_policy)))
 
