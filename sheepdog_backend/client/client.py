@@ -176,6 +176,16 @@ class SheepdogClient:
         return self._run(lambda c: ops.list_vdis(c, self.io_window, with_usage=with_usage),
                          what="list VDIs")
 
+    def list_snapshots(self, name: str) -> list[VdiInfo]:
+        """The snapshots of ``name``, oldest first (also when its working VDI is
+        gone).  Reads only the headers on the name's probe chain, not every
+        inode of the cluster (all of them on a RECYCLE_VID cluster)."""
+        raw = validate_name(encode_text(name))
+        return self._run(
+            lambda c: sorted((v for v in ops.list_family(c, raw, self.io_window)
+                              if v.is_snapshot), key=lambda v: v.snap_id),
+            what=f"list snapshots of {name!r}")
+
     # -- create --------------------------------------------------------------
 
     def create_vdi(self, name: str, size: int, *, copies: int = 0, copy_policy: int = 0,

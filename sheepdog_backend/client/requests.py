@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sheepdog_backend.protocol.constants import (
     CLUSTER_INFO_SIZE,
+    EPOCH_LOG_HEADER_SIZE,
     NODE_LIST_BUFFER,
     SD_ATTR_OBJ_SIZE,
     VID_BITMAP_SIZE,
@@ -108,6 +109,13 @@ def get_node_list() -> Request:
 
 def stat_sheep() -> Request:
     return Request(Opcode.STAT_SHEEP)
+
+
+def stat_cluster_flags() -> Request:
+    """STAT_CLUSTER with no node slots and room for one record: the newest
+    epoch record, whose ``flags`` are the cluster flags (as dog's prelude, §12.0)."""
+    return Request(Opcode.STAT_CLUSTER, ClusterRequest(nodes_nr=0),
+                   data_length=EPOCH_LOG_HEADER_SIZE)
 
 
 def cluster_info() -> Request:

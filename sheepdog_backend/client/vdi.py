@@ -23,6 +23,8 @@ from sheepdog_backend.protocol.bitmap import VidBitmap
 from sheepdog_backend.protocol.constants import (
     SD_INODE_HEADER_SIZE,
     SD_INODE_LOOKUP_SIZE,
+    SD_NR_VDIS,
+    ClusterFlag,
     Flag,
     Opcode,
     Result,
@@ -40,9 +42,9 @@ from sheepdog_backend.protocol.inode import (
     decode_slots,
     slot_offset,
 )
-from sheepdog_backend.protocol.naming import TAG_FIELD, pad_field
+from sheepdog_backend.protocol.naming import TAG_FIELD, pad_field, sd_hash_vdi
 from sheepdog_backend.protocol.oid import vid_to_attr_oid, vid_to_vdi_oid
-from sheepdog_backend.protocol.structs import VdiAttr
+from sheepdog_backend.protocol.structs import EpochLog, VdiAttr
 
 HEADER_READ = SD_INODE_LOOKUP_SIZE  # 568 bytes cover every field a client needs
 SLOT_BATCH = 1 << 16  # slots per slot-range request (256 KiB)
@@ -224,12 +226,8 @@ def del_vdi(conn: Connection, name: str | bytes, tag: str | bytes = b"",
 # -- listing -----------------------------------------------------------------
 
 
-def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
-              ) -> list[VdiInfo]:
-    in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
-    in_use = VidBitmap(in_use_rsp.payload)
-    deleted = VidBitmap(deleted_rsp.payload)
-    vids = [vid for vid in in_use if vid not in deleted]
+def _live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[InodeHeader]:
+    """Headers of ``vids`` (pipelined), skipping deleted inodes."""
     rsps = pipeline(conn, (header_request(vid) for vid in vids), window,
                     raise_errors=False)
     headers: list[InodeHeader] = []
@@ -239,6 +237,50 @@ def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
         hdr = decode_header(rsp)
         if not hdr.is_deleted:
             headers.append(hdr)
+    return headers
+
+
+def family_candidates(in_use: VidBitmap, deleted: VidBitmap, start: int,
+                      cluster_flags: int | None) -> list[int]:
+    """The vids that can hold a VDI whose name hashes to ``start``.
+
+    Without RECYCLE_VID every VDI of a name is created on its probe chain
+    (§8.3): from ``start`` up to the first clear in-use bit, wrapping from
+    2^24 - 1 to 1, and in-use bits are never cleared, so the chain keeps the
+    whole family.  A recycling cluster (or unknown flags) places vids anywhere:
+    then every live vid is a candidate.  Deleted vids are left out as in
+    ``list_vdis``."""
+    if cluster_flags is None or cluster_flags & ClusterFlag.RECYCLE_VID:
+        return [vid for vid in in_use if vid not in deleted]
+    chain = []
+    vid = start
+    while vid in in_use:
+        if vid not in deleted:
+            chain.append(vid)
+        vid = vid + 1 if vid + 1 < SD_NR_VDIS else 1
+        if vid == start:
+            break
+    return chain
+
+
+def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo]:
+    """Every live VDI (working, snapshots) named ``name``, reading only the
+    headers of its probe chain instead of every inode of the cluster."""
+    stat, in_use_rsp, deleted_rsp = pipeline(
+        conn, [rq.stat_cluster_flags(), rq.read_vdis(), rq.read_del_vdis()], 3)
+    flags = EpochLog.decode(stat.payload, 0).flags if stat.payload else None
+    vids = family_candidates(VidBitmap(in_use_rsp.payload), VidBitmap(deleted_rsp.payload),
+                             sd_hash_vdi(name), flags)
+    return [VdiInfo.from_header(h) for h in _live_headers(conn, vids, window)
+            if h.name == name]
+
+
+def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
+              ) -> list[VdiInfo]:
+    in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
+    in_use = VidBitmap(in_use_rsp.payload)
+    deleted = VidBitmap(deleted_rsp.payload)
+    headers = _live_headers(conn, (vid for vid in in_use if vid not in deleted), window)
     if not with_usage:
         return [VdiInfo.from_header(h) for h in headers]
     out = []

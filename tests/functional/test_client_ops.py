@@ -26,6 +26,8 @@ from sheepdog_backend.exception import (
 from sheepdog_backend.protocol.constants import ClusterFlag, ClusterStatus, Flag, Opcode
 from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.protocol.oid import vid_to_data_oid
+from sheepdog_backend.protocol.structs import EpochLog
+from sheepdog_backend.server.wire import RawConnection
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 
 MiB = 1 << 20
@@ -359,3 +361,38 @@ def test_get_vdi_by_vid_reads_live_and_deleted_inodes(client: SheepdogClient) ->
     for bad in (0, -1, 1 << 24, True, "1"):
         with pytest.raises(InvalidInput):
             client.get_vdi_by_vid(bad)  # type: ignore[arg-type]
+
+
+def _snapshots_by_full_listing(client: SheepdogClient, name: str) -> list[tuple[str, int]]:
+    return sorted((v.tag, v.vid) for v in client.list_vdis()
+                  if v.is_snapshot and v.name == name)
+
+
+@pytest.mark.parametrize("recycle", [False, True])
+def test_list_snapshots_matches_the_full_listing(tmp_path: Path, recycle: bool) -> None:
+    """The probe-chain walk finds exactly what a listing of every inode finds:
+    interleaved families, a family whose working VDI was deleted, a deleted
+    snapshot, and a cluster formatted to recycle vids (full-scan fallback)."""
+    with EmbeddedServer(tmp_path / "s", format=False) as server, \
+            SheepdogClient(server.gateways) as client:
+        flags = ClusterFlag.AUTO_VNODES | (ClusterFlag.RECYCLE_VID if recycle else 0)
+        client.format_cluster(1, flags=flags)
+        host, port = server.addresses[0]
+        with RawConnection(host, port) as raw:  # what decides chain walk vs full scan
+            stat = check(raw.call(rq.stat_cluster_flags()))
+        assert EpochLog.decode(stat.payload, 0).flags == flags
+        names = ["a", "b", "vol-1", "x" * 255]
+        for name in names:
+            client.create_vdi(name, 1 << 30)
+        for round_ in range(3):
+            for name in names:
+                client.snapshot_vdi(name, f"s{round_}")
+        client.delete_vdi("b", "s1")
+        client.delete_vdi("vol-1")  # snapshots outlive their working VDI
+        for name in [*names, "never-made"]:
+            got = client.list_snapshots(name)
+            assert [v.snap_id for v in got] == sorted(v.snap_id for v in got)
+            assert sorted((v.tag, v.vid) for v in got) == \
+                _snapshots_by_full_listing(client, name)
+        assert [v.tag for v in client.list_snapshots("b")] == ["s0", "s2"]
+        assert [v.tag for v in client.list_snapshots("vol-1")] == ["s0", "s1", "s2"]
