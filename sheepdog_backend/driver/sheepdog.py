@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sheepdog_backend import __version__
 from sheepdog_backend.driver import clones, images, manage
@@ -58,6 +58,9 @@ from sheepdog_backend.protocol.constants import ClusterStatus
 from sheepdog_backend.protocol.naming import validate_name, validate_tag
 from sheepdog_backend.protocol.structs import ec_policy
 
+if TYPE_CHECKING:  # the client is imported on first use, not at driver import
+    from sheepdog_backend.client import SheepdogClient, VdiInfo
+
 LOG = logging.getLogger(__name__)
 
 
@@ -72,7 +75,7 @@ class SheepdogDriver(VolumeDriver):
         conf = configuration
         self._gateways = self._configured_gateways(conf)
         self._copies, self._copy_policy = self._redundancy(conf)
-        self._client_obj: Any = None
+        self._client_obj: SheepdogClient | None = None
         self._lock = threading.Lock()
         self._stats: dict[str, Any] | None = None
 
@@ -130,14 +133,14 @@ class SheepdogDriver(VolumeDriver):
     # -- lifecycle ---------------------------------------------------------
 
     @property
-    def client(self) -> Any:
+    def client(self) -> SheepdogClient:
         """The SheepdogClient (built on first use when do_setup was not called)."""
         with self._lock:
             if self._client_obj is None:
                 self._client_obj = self._make_client()
             return self._client_obj
 
-    def _make_client(self) -> Any:
+    def _make_client(self) -> SheepdogClient:
         from sheepdog_backend.client import RetryPolicy, SheepdogClient
 
         conf = self.configuration
@@ -163,9 +166,11 @@ class SheepdogDriver(VolumeDriver):
             raise WaitForFormat(f"backend {self.backend_name}: the cluster at {where} is "
                                 "not formatted: run 'dog cluster format'") from None
         if info.status != ClusterStatus.OK:
-            state = {ClusterStatus.WAIT: "waiting (not formatted, or nodes missing)",
-                     ClusterStatus.SHUTDOWN: "shutting down",
-                     ClusterStatus.KILLED: "killed"}.get(info.status, f"status {info.status}")
+            states: dict[int, str] = {
+                ClusterStatus.WAIT: "waiting (not formatted, or nodes missing)",
+                ClusterStatus.SHUTDOWN: "shutting down",
+                ClusterStatus.KILLED: "killed"}
+            state = states.get(info.status, f"status {info.status}")
             exc_cls = WaitForFormat if info.nr_copies == 0 else NoGatewayAvailable
             raise exc_cls(f"backend {self.backend_name}: the cluster at {where} is {state}"
                           + (": run 'dog cluster format'" if info.nr_copies == 0 else ""))
@@ -190,8 +195,10 @@ class SheepdogDriver(VolumeDriver):
             raise SnapshotNotFound(f"snapshot {tag!r} of volume {name!r} does not exist")
         return info
 
-    def _snapshots_of(self, name: str) -> list[Any]:
-        return [v for v in self.client.list_vdis() if v.is_snapshot and v.name == name]
+    def _snapshots_of(self, name: str) -> list[VdiInfo]:
+        """Snapshots of ``name``, oldest first (the client reads only the name's
+        probe chain, not every inode of the cluster)."""
+        return self.client.list_snapshots(name)
 
     def _invalidate_stats(self) -> None:
         self._stats = None
@@ -343,10 +350,11 @@ class SheepdogDriver(VolumeDriver):
                     f"backing image {backing!r} rejected: {format_gateway(ref.host, port)} is "
                     f"not a gateway of this cluster ({', '.join(self._gateways)})")
         if ref.latest_snapshot:
-            if self.client.find_vdi(ref.vdi) is None and not self._snapshots_of(ref.vdi):
+            working = self.client.find_vdi(ref.vdi)
+            snaps = self._snapshots_of(ref.vdi)
+            if working is None and not snaps:
                 raise InvalidBackingImage(f"backing image {backing!r} rejected: no VDI "
                                           f"{ref.vdi!r} in this cluster")
-            snaps = sorted(self._snapshots_of(ref.vdi), key=lambda s: s.snap_id)
             if not snaps:
                 raise InvalidBackingImage(
                     f"backing image {backing!r} rejected: glance image VDI {ref.vdi!r} is a "
@@ -354,10 +362,11 @@ class SheepdogDriver(VolumeDriver):
                     "snapshot) to make it a base")
             snap = snaps[-1]
         else:
-            snap = self.client.find_vdi(ref.vdi, ref.tag, ref.snapid)
-            if snap is None:
+            found = self.client.find_vdi(ref.vdi, ref.tag, ref.snapid)
+            if found is None:
                 raise InvalidBackingImage(f"backing image {backing!r} rejected: no snapshot "
                                           f"{ref.describes} in this cluster")
+            snap = found
             if not snap.is_snapshot:
                 raise InvalidBackingImage(f"backing image {backing!r} rejected: "
                                           f"{ref.describes} is a working VDI, not a snapshot")
@@ -462,8 +471,7 @@ class SheepdogDriver(VolumeDriver):
         """The volume's VDI and its snapshots; VolumeNotFound when absent."""
         name = self.vdi_name(volume)
         out = self._describe(self._existing(name))
-        out["snapshots"] = [self._describe(s) for s in
-                            sorted(self._snapshots_of(name), key=lambda s: s.snap_id)]
+        out["snapshots"] = [self._describe(s) for s in self._snapshots_of(name)]
         return out
 
     def describe_snapshot(self, snapshot: Snapshot) -> dict[str, Any]:
