@@ -12,7 +12,9 @@ the server's fsync on and off, each next to its floor: the same WRITE_OBJ /
 READ_OBJ requests pipelined with the same window on a raw connection (no
 layout, no slot handling, read payloads dropped instead of assembled).
 Delete: time to delete a VDI with K allocated objects on a server holding N
-other VDIs, for several N.
+other VDIs, for several N; on the same server, the time to find one name's
+snapshots by walking its probe chain (``list_snapshots``, what the driver's
+delete does) next to filtering a listing of every VDI (what it did before).
 
 The server always runs as a separate `sheepdog-backend serve` process (see
 _serve.py), so client and server do not share a GIL.  Every table is measured
@@ -215,6 +217,20 @@ def delete_cost(gateway: str, others: int, objects: int) -> tuple[float, float]:
         return full, empty
 
 
+def snapshots_cost(gateway: str, rounds: int = 5) -> tuple[float, float]:
+    """(seconds for list_snapshots of a name with 3 snapshots, seconds to find
+    the same snapshots by listing every VDI), on a server already holding VDIs."""
+    with SheepdogClient([gateway]) as client:
+        client.create_vdi("snapped", 64 * MiB)
+        for tag in ("s0", "s1", "s2"):
+            client.snapshot_vdi("snapped", tag)
+        chain = timed(lambda i: client.list_snapshots("snapped"), rounds)
+        full = timed(lambda i: [v for v in client.list_vdis()
+                                if v.is_snapshot and v.name == "snapped"], rounds)
+        assert [v.tag for v in client.list_snapshots("snapped")] == ["s0", "s1", "s2"]
+        return chain, full
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -256,12 +272,15 @@ def main() -> None:
         if "delete" not in skip:
             print(f"\ndelete a VDI with {args.objects} allocated objects, "
                   "server sync off (ms)")
-            print(f"{'other VDIs':>10} {'full VDI':>9} {'empty VDI':>10} {'per object':>11}")
+            print(f"{'other VDIs':>10} {'full VDI':>9} {'empty VDI':>10} {'per object':>11}"
+                  f" {'snaps: chain':>13} {'full list':>10} {'ratio':>7}")
             for n in (int(x) for x in args.others.split(",")):
                 with serve(os.path.join(root, f"delete-{n}"), sync=False) as gateway:
                     full, empty = delete_cost(gateway, n, args.objects)
+                    chain, listing = snapshots_cost(gateway)
                 per = (full - empty) / args.objects
-                print(f"{n:10d} {full * 1e3:9.1f} {empty * 1e3:10.1f} {per * 1e3:11.3f}")
+                print(f"{n:10d} {full * 1e3:9.1f} {empty * 1e3:10.1f} {per * 1e3:11.3f}"
+                      f" {chain * 1e3:13.2f} {listing * 1e3:10.2f} {listing / chain:7.1f}")
 
 
 if __name__ == "__main__":
