@@ -1,0 +1,250 @@
+"""Real Sheepdog and QEMU programs for tests: find them, start real nodes.
+
+How it works: ``find_program(name)`` looks for ``sheep``, ``dog``, ``qemu-img``
+or ``qemu-io`` in its own environment variable (``SHEEPDOG_SHEEP``,
+``SHEEPDOG_DOG``, ``SHEEPDOG_QEMU_IMG``, ``SHEEPDOG_QEMU_IO``), then in the
+folder ``$SHEEPDOG_INTEROP_BIN``, then on ``PATH``; never in a path of this
+repository's neighbours (``.ci/run`` sets ``SHEEPDOG_INTEROP_BIN``).
+``require(name)`` skips the calling test, naming what is missing and how to
+provide it.
+
+``SheepCluster`` starts N real ``sheep`` daemons on 127.0.0.1 sharing one
+``-c local:`` directory, each on its own free port (4-digit ports by default,
+since tgt's Sheepdog store keeps only four digits of a port), waits until each
+accepts, formats the cluster with ``dog cluster format`` and stops every node
+by the pid it wrote, whatever happens (``stop()`` is idempotent; the context
+manager and the fixtures call it in ``finally``).  Nothing is shared between
+clusters; one cluster's state is touched only by the thread that owns it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+ENV_VARS = {
+    "sheep": "SHEEPDOG_SHEEP",
+    "dog": "SHEEPDOG_DOG",
+    "qemu-img": "SHEEPDOG_QEMU_IMG",
+    "qemu-io": "SHEEPDOG_QEMU_IO",
+}
+FOLDER_VAR = "SHEEPDOG_INTEROP_BIN"
+
+
+def find_program(name: str) -> str | None:
+    """The path of a real program, or None when it is not provided."""
+    var = ENV_VARS.get(name)
+    if var and os.environ.get(var):
+        path = os.environ[var]
+        return path if os.access(path, os.X_OK) else None
+    folder = os.environ.get(FOLDER_VAR)
+    if folder:
+        candidate = os.path.join(folder, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which(name)
+
+
+def require(name: str) -> str:
+    """The program's path, or skip the test saying what is missing."""
+    path = find_program(name)
+    if path is None:
+        var = ENV_VARS.get(name, "")
+        pytest.skip(f"real {name} not found: set {var} or {FOLDER_VAR} "
+                    f"(a folder holding it), or put it on PATH")
+    return path
+
+
+def free_port(*, max_port: int = 9999, host: str = "127.0.0.1") -> int:
+    """A port that is free now on ``host``, at most ``max_port``."""
+    for _ in range(200):
+        port = random.randint(2000, max_port) if max_port < 65535 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"no free port <= {max_port} on {host}")
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing accepts on {host}:{port} after {timeout} s")
+            time.sleep(0.05)
+
+
+class SheepNode:
+    """One real ``sheep`` daemon; stopped by the pid it wrote."""
+
+    def __init__(self, sheep: str, base: Path, shm: Path, index: int, port: int) -> None:
+        self.sheep = sheep
+        self.index = index
+        self.host = "127.0.0.1"
+        self.port = port
+        self.dir = base / f"node{index}"
+        self.store = self.dir / "store"
+        self.log_dir = self.dir / "log"
+        self.pid_file = self.dir / "sheep.pid"
+        self.shm = shm
+        self.pid: int | None = None
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.pid_file.unlink(missing_ok=True)
+        subprocess.run(
+            [self.sheep, "-c", f"local:{self.shm}", "-b", self.host, "-p", str(self.port),
+             "-l", f"dir={self.log_dir}", "-P", str(self.pid_file), str(self.store)],
+            check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while not self.pid_file.exists() or not self.pid_file.read_text().strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sheep {self.gateway} wrote no pid file; log:\n"
+                                   + self.log_text())
+            time.sleep(0.02)
+        self.pid = int(self.pid_file.read_text().strip())
+        try:
+            wait_port(self.host, self.port, timeout)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"sheep {self.gateway} did not listen; log:\n"
+                               + self.log_text()) from None
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the daemon (SIGKILL by default: a node dying mid-operation)."""
+        if self.pid is not None and self.alive():
+            os.kill(self.pid, sig)
+        self._reap()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.pid is None:
+            return
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self.alive():
+                os.kill(self.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        # sheep daemonized: it is not our child, so poll until it is gone.
+        if self.pid is None:
+            return
+        deadline = time.monotonic() + 5
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.pid = None
+
+    def log_text(self) -> str:
+        path = self.log_dir / "sheep.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+
+
+class SheepCluster:
+    """N real sheep nodes of one cluster on loopback (local cluster driver)."""
+
+    def __init__(self, base: str | os.PathLike[str], nodes: int = 1, *, copies: int = 1,
+                 format: bool = True, ports: Sequence[int] | None = None) -> None:
+        self.sheep = require("sheep")
+        self.dog = require("dog")
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.shm = self.base / "shm"  # a file sheep creates; must not pre-exist as a folder
+        self.copies = copies
+        self.format = format
+        chosen = list(ports) if ports else []
+        while len(chosen) < nodes:
+            port = free_port()
+            if port not in chosen:
+                chosen.append(port)
+        self.nodes = [SheepNode(self.sheep, self.base, self.shm, i, p)
+                      for i, p in enumerate(chosen)]
+
+    @property
+    def gateways(self) -> list[str]:
+        return [node.gateway for node in self.nodes]
+
+    def start(self) -> SheepCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            if self.format:
+                self.run_dog("cluster", "format", "-c", str(self.copies))
+                self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Wait until the cluster answers `dog vdi list` (formatted and running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.run_dog("vdi", "list", "-r", check=False)
+            if proc.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster not ready: {proc.stderr}")
+            time.sleep(0.1)
+
+    def run_dog(self, *args: str, node: int = 0, check: bool = True,
+                input: bytes | None = None, timeout: float = 60.0
+                ) -> subprocess.CompletedProcess[str]:
+        """Run the real dog against node ``node``; text output."""
+        target = self.nodes[node]
+        cmd = [self.dog, *args, "-a", target.host, "-p", str(target.port)]
+        if input is not None:
+            raw = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout)
+            proc = subprocess.CompletedProcess(
+                cmd, raw.returncode, raw.stdout.decode(errors="replace"),
+                raw.stderr.decode(errors="replace"))
+        else:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            try:
+                node.stop()
+            except Exception:  # noqa: BLE001 - stop every node whatever one does
+                pass
+
+    def __enter__(self) -> SheepCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
