@@ -41,18 +41,42 @@ ENV_VARS = {
 FOLDER_VAR = "SHEEPDOG_INTEROP_BIN"
 
 
+def _qemu_has_sheepdog(path: str) -> bool:
+    """QEMU removed its Sheepdog driver in 6.0: a newer qemu-img/qemu-io on PATH
+    (Debian's 7.2, for iSCSI) is not the one the interop tier needs."""
+    try:
+        proc = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    words = proc.stdout.split()
+    version = words[words.index("version") + 1] if "version" in words else ""
+    major = version.split(".")[0]
+    return major.isdigit() and int(major) < 6
+
+
 def find_program(name: str) -> str | None:
-    """The path of a real program, or None when it is not provided."""
+    """The path of a real program, or None when it is not provided.
+
+    For ``qemu-img``/``qemu-io`` only a QEMU older than 6.0 (one with the
+    Sheepdog block driver) counts; Debian's own QEMU 7.2 is found by
+    ``shutil.which`` directly where the iSCSI tests need it.
+    """
     var = ENV_VARS.get(name)
+    candidates: list[str | None] = []
     if var and os.environ.get(var):
-        path = os.environ[var]
-        return path if os.access(path, os.X_OK) else None
-    folder = os.environ.get(FOLDER_VAR)
-    if folder:
-        candidate = os.path.join(folder, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which(name)
+        candidates.append(os.environ[var])
+    else:
+        folder = os.environ.get(FOLDER_VAR)
+        if folder:
+            candidates.append(os.path.join(folder, name))
+        candidates.append(shutil.which(name))
+    for path in candidates:
+        if path is None or not os.access(path, os.X_OK):
+            continue
+        if name.startswith("qemu-") and not _qemu_has_sheepdog(path):
+            continue
+        return path
+    return None
 
 
 def require(name: str) -> str:
@@ -60,7 +84,8 @@ def require(name: str) -> str:
     path = find_program(name)
     if path is None:
         var = ENV_VARS.get(name, "")
-        pytest.skip(f"real {name} not found: set {var} or {FOLDER_VAR} "
+        what = "QEMU < 6.0 (with the Sheepdog driver) " if name.startswith("qemu-") else ""
+        pytest.skip(f"real {what}{name} not found: set {var} or {FOLDER_VAR} "
                     f"(a folder holding it), or put it on PATH")
     return path
 
