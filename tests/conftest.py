@@ -1,13 +1,12 @@
 """Shared pytest fixtures."""
 
+import collections.abc as _abc
+from pathlib import Path as _Path
+
+import pytest as _pytest
+
 from sheepdog_backend.testing.fixtures import embedded_server  # noqa: F401
-
-import collections.abc as _abc  # noqa: E402
-from pathlib import Path as _Path  # noqa: E402
-
-import pytest as _pytest  # noqa: E402
-
-from tests.realsheep import SheepCluster  # noqa: E402
+from tests.realsheep import SheepCluster
 
 
 @_pytest.fixture

@@ -111,7 +111,7 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing accepts on {host}:{port} after {timeout} s")
+                raise TimeoutError(f"nothing accepts on {host}:{port} after {timeout} s") from None
             time.sleep(0.05)
 
 
@@ -264,7 +264,7 @@ class SheepCluster:
         for node in self.nodes:
             try:
                 node.stop()
-            except Exception:  # noqa: BLE001 - stop every node whatever one does
+            except Exception:  # stop every node whatever one does
                 pass
 
     def __enter__(self) -> SheepCluster:
