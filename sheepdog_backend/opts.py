@@ -14,7 +14,7 @@ from typing import Any
 
 from oslo_config import cfg, types
 
-from sheepdog_backend.driver.addresses import format_gateway, parse_gateway
+from sheepdog_backend.addresses import format_gateway, parse_gateway
 from sheepdog_backend.exception import InvalidInput
 
 DEFAULT_GROUP = "DEFAULT"

@@ -58,6 +58,12 @@ def _check_size(size: object, what: str = "size") -> int:
     return size
 
 
+def _check_snapid(snapid: object) -> int:
+    if isinstance(snapid, bool) or not isinstance(snapid, int) or not 0 <= snapid < 1 << 32:
+        raise InvalidInput(f"snapid must be a snapshot id (0..2^32-1), got {snapid!r}")
+    return snapid
+
+
 class SheepdogClient:
     def __init__(self, gateways: Sequence[str], *, connect_timeout: float = 5.0,
                  request_timeout: float = 30.0, pool_size: int = 4,
@@ -234,16 +240,19 @@ class SheepdogClient:
     # -- clone / resize / rollback -------------------------------------------
 
     def clone_vdi(self, src_name: str, src_tag: str, dst_name: str, *,
-                  size: int | None = None) -> VdiInfo:
+                  size: int | None = None, snapid: int = 0) -> VdiInfo:
+        """Clone snapshot ``src_tag`` of ``src_name`` (or, with ``snapid`` and an
+        empty tag, the snapshot with that id: tag-independent) into ``dst_name``."""
         src, tag = validate_name(encode_text(src_name)), validate_tag(encode_text(src_tag))
         dst = validate_name(encode_text(dst_name))
-        if not tag:
+        snapid = _check_snapid(snapid)
+        if not tag and not snapid:
             raise InvalidInput(f"only snapshots can be cloned: give the tag of a snapshot of "
                                f"{src_name!r}")
         if size is not None:
             _check_size(size)
         return self._run(rc.clone(src, tag, dst, size, src_name=src_name, src_tag=src_tag,
-                                  dst_name=dst_name),
+                                  dst_name=dst_name, snapid=snapid),
                          what=f"clone {src_name!r}@{src_tag!r} to {dst_name!r}")
 
     def resize_vdi(self, name: str, new_size: int) -> VdiInfo:
@@ -251,39 +260,53 @@ class SheepdogClient:
         _check_size(new_size, "new size")
         return self._run(rc.resize(raw, name, new_size), what=f"resize {name!r}")
 
-    def rollback_vdi(self, name: str, tag: str) -> VdiInfo:
+    def rollback_vdi(self, name: str, tag: str, *, size: int | None = None) -> VdiInfo:
+        """Replace the working VDI ``name`` by a new one made from snapshot
+        ``tag``, of ``size`` bytes when given (never smaller than the snapshot)."""
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         if not rawtag:
             raise InvalidInput("rollback needs the tag of a snapshot")
-        return self._run(rc.rollback(raw, rawtag, name, tag, self.io_window),
+        if size is not None:
+            _check_size(size)
+        return self._run(rc.rollback(raw, rawtag, name, tag, self.io_window, size),
                          what=f"rollback {name!r} to {tag!r}")
 
     # -- delete --------------------------------------------------------------
 
-    def delete_vdi(self, name: str, tag: str = "") -> bool:
+    def delete_vdi(self, name: str, tag: str = "", *, snapid: int = 0) -> bool:
+        """Delete the working VDI ``name``, its snapshot ``tag``, or (with
+        ``snapid``) its snapshot of that id whatever its tag."""
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
-        return self._run(rc.delete(raw, rawtag, self.io_window), what=f"delete {name!r}")
+        snapid = _check_snapid(snapid)
+        return self._run(rc.delete(raw, rawtag, self.io_window, snapid),
+                         what=f"delete {name!r}")
 
     # -- attributes and locks ------------------------------------------------
 
-    def set_attr(self, name: str, key: str, value: bytes, *, exclusive: bool = False
-                 ) -> None:
+    def set_attr(self, name: str, key: str, value: bytes, *, exclusive: bool = False,
+                 snapid: int = 0) -> None:
+        """Set attribute ``key`` of ``name``.  ``snapid`` (here and in get_attr /
+        delete_attr) looks the VDI up through that snapshot of the name, so the
+        name's attributes stay reachable while it has no working VDI."""
         raw, rawkey = validate_name(encode_text(name)), encode_text(key)
         value = bytes(value)
+        snapid = _check_snapid(snapid)
         flags = Flag.CREAT | (Flag.EXCL if exclusive else 0)
-        req = ops.attr_request(raw, rawkey, value, flags=flags)
-        self._run(rc.set_attr(raw, rawkey, value, exclusive, req),
+        req = ops.attr_request(raw, rawkey, value, flags=flags, snapid=snapid)
+        self._run(rc.set_attr(raw, rawkey, value, exclusive, req, snapid),
                   what=f"set attribute {key!r} of {name!r}")
 
-    def get_attr(self, name: str, key: str) -> bytes | None:
+    def get_attr(self, name: str, key: str, *, snapid: int = 0) -> bytes | None:
         raw, rawkey = validate_name(encode_text(name)), encode_text(key)
+        snapid = _check_snapid(snapid)
         ops.attr_request(raw, rawkey)  # validates the key
-        return self._run(lambda c: ops.get_attr(c, raw, rawkey),
+        return self._run(lambda c: ops.get_attr(c, raw, rawkey, snapid),
                          what=f"get attribute {key!r} of {name!r}")
 
-    def delete_attr(self, name: str, key: str) -> bool:
+    def delete_attr(self, name: str, key: str, *, snapid: int = 0) -> bool:
         raw, rawkey = validate_name(encode_text(name)), encode_text(key)
-        req = ops.attr_request(raw, rawkey, flags=Flag.DEL)
+        snapid = _check_snapid(snapid)
+        req = ops.attr_request(raw, rawkey, flags=Flag.DEL, snapid=snapid)
         return self._run(rc.delete_attr(req), what=f"delete attribute {key!r} of {name!r}")
 
     def lock_vdi(self, name: str, tag: str = "", *, wait: bool = False) -> VdiInfo:

@@ -59,9 +59,10 @@ def check_flat(size: int, shift: int) -> None:
                            f"(2^20 objects of {1 << shift} bytes)")
 
 
-def find(conn: Connection, name: bytes, tag: bytes = b"") -> InodeHeader | None:
+def find(conn: Connection, name: bytes, tag: bytes = b"", snapid: int = 0
+         ) -> InodeHeader | None:
     try:
-        return ops.resolve(conn, name, tag)
+        return ops.resolve(conn, name, tag, snapid)
     except (NoVdi, NoTag):
         return None
 
@@ -195,11 +196,11 @@ class Snapshot:
 
 
 def clone(src: bytes, tag: bytes, dst: bytes, size: int | None, *, src_name: str,
-          src_tag: str, dst_name: str) -> Callable[[Connection], VdiInfo]:
+          src_tag: str, dst_name: str, snapid: int = 0) -> Callable[[Connection], VdiInfo]:
     state = Attempt()
 
     def attempt(conn: Connection) -> VdiInfo:
-        base = ops.resolve(conn, src, tag)
+        base = ops.resolve(conn, src, tag, snapid)
         if not base.is_snapshot:
             raise InvalidInput(f"{src_name!r} tag {src_tag!r} is a working VDI; only "
                                "snapshots can be cloned")
@@ -243,8 +244,8 @@ def resize(raw: bytes, name: str, new_size: int) -> Callable[[Connection], VdiIn
     return attempt
 
 
-def rollback(raw: bytes, rawtag: bytes, name: str, tag: str, window: int
-             ) -> Callable[[Connection], VdiInfo]:
+def rollback(raw: bytes, rawtag: bytes, name: str, tag: str, window: int,
+             size: int | None = None) -> Callable[[Connection], VdiInfo]:
     state = Attempt()
 
     def attempt(conn: Connection) -> VdiInfo:
@@ -264,7 +265,9 @@ def rollback(raw: bytes, rawtag: bytes, name: str, tag: str, window: int
             ops.clear_slots(conn, working, window)
             ops.del_vdi(conn, raw)
         state.stage = "new"
-        vid = ops.new_vdi(conn, rq.new_vdi_from(raw, snap.vdi_size, snap))
+        want = snap.vdi_size if size is None else max(size, snap.vdi_size)
+        check_flat(want, snap.block_size_shift)
+        vid = ops.new_vdi(conn, rq.new_vdi_from(raw, want, snap))
         return VdiInfo.from_header(ops.read_header(conn, vid))
     return attempt
 
@@ -272,17 +275,18 @@ def rollback(raw: bytes, rawtag: bytes, name: str, tag: str, window: int
 # -- delete ------------------------------------------------------------------
 
 
-def delete(raw: bytes, rawtag: bytes, window: int) -> Callable[[Connection], bool]:
+def delete(raw: bytes, rawtag: bytes, window: int, snapid: int = 0
+           ) -> Callable[[Connection], bool]:
     state = Attempt()
 
     def attempt(conn: Connection) -> bool:
-        hdr = find(conn, raw, rawtag)
+        hdr = find(conn, raw, rawtag, snapid)
         if hdr is None:
             return state.maybe_applied  # gone: by our earlier attempt, or never there
         ops.clear_slots(conn, hdr, window)
         state.maybe_applied = True
         try:
-            ops.del_vdi(conn, raw, rawtag)
+            ops.del_vdi(conn, raw, rawtag, snapid)
         except (NoVdi, NoTag):
             return False
         return True
@@ -292,8 +296,8 @@ def delete(raw: bytes, rawtag: bytes, window: int) -> Callable[[Connection], boo
 # -- attributes and locks ----------------------------------------------------
 
 
-def set_attr(raw: bytes, rawkey: bytes, value: bytes, exclusive: bool, req: Request
-             ) -> Callable[[Connection], None]:
+def set_attr(raw: bytes, rawkey: bytes, value: bytes, exclusive: bool, req: Request,
+             snapid: int = 0) -> Callable[[Connection], None]:
     state = Attempt()
 
     def attempt(conn: Connection) -> None:
@@ -301,7 +305,7 @@ def set_attr(raw: bytes, rawkey: bytes, value: bytes, exclusive: bool, req: Requ
             ops.check(conn.call(req))
         except VdiExists:
             if exclusive and state.stage == "sent" and \
-                    ops.get_attr(conn, raw, rawkey) == value:
+                    ops.get_attr(conn, raw, rawkey, snapid) == value:
                 return  # our own earlier attempt created it
             raise
         finally:

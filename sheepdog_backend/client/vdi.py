@@ -296,19 +296,23 @@ def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
 # -- attributes --------------------------------------------------------------
 
 
-def attr_request(name: bytes, key: bytes, value: bytes = b"", *, flags: int = 0
-                 ) -> Request:
+def attr_request(name: bytes, key: bytes, value: bytes = b"", *, flags: int = 0,
+                 snapid: int = 0) -> Request:
+    """GET_VDI_ATTR for the attribute ``key`` of ``name`` (tag "", snap_id 0).
+    ``snapid`` only changes the VDI *lookup* (through that snapshot of the
+    name), not which attribute is meant: it reaches the name's attributes while
+    no working VDI exists (protocol §8.3, §9.7)."""
     if not key or len(key) > 255 or b"\0" in key:
         raise InvalidInput("an attribute key is 1..255 bytes without NUL")
     if len(value) > 65536:
         raise InvalidInput(f"an attribute value is at most 65536 bytes, got {len(value)}")
     attr = VdiAttr(name=name, key=key, value=value, value_len=len(value))
-    return rq.get_vdi_attr(attr, flags=flags)
+    return rq.get_vdi_attr(attr, flags=flags, snapid=snapid)
 
 
-def get_attr(conn: Connection, name: bytes, key: bytes) -> bytes | None:
+def get_attr(conn: Connection, name: bytes, key: bytes, snapid: int = 0) -> bytes | None:
     try:
-        body = vdi_body(check(conn.call(attr_request(name, key))))
+        body = vdi_body(check(conn.call(attr_request(name, key, snapid=snapid))))
     except NoObject:
         return None
     rsp = conn.call(rq.read_obj(vid_to_attr_oid(body.vdi_id, body.attr_id), 0,

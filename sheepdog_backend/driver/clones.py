@@ -20,6 +20,15 @@ control plane repeats the call, which finishes it); ``delete_volume`` of the
 source also removes such leftovers.  The repeat check looks at the target's
 direct parent only: it is meant for a call repeated because its reply was lost,
 not for a target that has since been snapshotted or reverted.
+
+Concurrency: the temporary snapshot is taken and cloned under the source's
+``core.volume_lock`` (one snapshot of a VDI at a time in one driver: concurrent
+snapshots of one working VDI would overwrite each other's tag), and the
+snapshot is cloned and deleted *by the vid and snapshot id* that
+``snapshot_vdi`` returned, never looked up again by its tag, so a clone never
+depends on a tag another caller may have changed.  Concurrent clones of one
+source into different targets all succeed; into one target, one succeeds and
+the others succeed as repeats or fail typed (VdiExists).
 """
 
 from __future__ import annotations
@@ -28,11 +37,20 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from sheepdog_backend.driver import revert
 from sheepdog_backend.driver.base import GiB, Volume, gib
-from sheepdog_backend.exception import InvalidInput, NoVdi, SheepdogError, VdiExists
+from sheepdog_backend.driver.core import DriverCore
+from sheepdog_backend.exception import (
+    InvalidInput,
+    NoTag,
+    NoVdi,
+    SheepdogError,
+    VdiExists,
+    VolumeNotFound,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sheepdog_backend.driver.sheepdog import SheepdogDriver
+    from sheepdog_backend.client import VdiInfo
 
 LOG = logging.getLogger(__name__)
 _PREFIX = "clone-of-"
@@ -57,47 +75,58 @@ def is_temp_tag_of(src: str, tag: str) -> bool:
             and all(c in "0123456789abcdef" for c in rest))
 
 
-def clone_snapshot(driver: SheepdogDriver, snap: Any, src: str, tag: str, name: str,
+def clone_snapshot(core: DriverCore, snap: VdiInfo, src: str, tag: str, name: str,
                    size: int) -> dict[str, Any]:
     """Clone snapshot ``src``@``tag`` (VdiInfo ``snap``) into ``name`` of ``size`` bytes."""
     if size < snap.size:
         raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than the "
                            f"snapshot {tag!r} of {src!r} ({snap.size} bytes)")
-    if driver._create_checked(name, size, parent_vid=snap.vid):
+    if core.create_checked(name, size, parent_vid=snap.vid):
         return {}
     try:
-        driver.client.clone_vdi(src, tag, name, size=size)
+        core.client.clone_vdi(src, tag, name, size=size)
     except VdiExists:
-        if not driver._create_checked(name, size, parent_vid=snap.vid):
+        if not core.create_checked(name, size, parent_vid=snap.vid):
             raise
-    driver._invalidate_stats()
+    core.invalidate_stats()
     return {}
 
 
-def _drop_temp(driver: SheepdogDriver, src: str, tag: str) -> bool:
+def _drop_temp(core: DriverCore, src: str, tag: str) -> bool:
     """Delete the live temporary snapshot ``src``@``tag``; True when one was there."""
-    info = driver.client.find_vdi(src, tag)
+    info = core.client.find_vdi(src, tag)
     if info is None or not info.is_snapshot:
         return False
-    LOG.info("deleting temporary snapshot %s of %s", tag, src)
-    driver.client.delete_vdi(src, tag)
-    return True
+    return _drop_snapshot(core, info)
 
 
-def drop_temps_of(driver: SheepdogDriver, snapshots: list[Any]) -> None:
+def _drop_snapshot(core: DriverCore, snap: VdiInfo) -> bool:
+    """Delete the snapshot ``snap`` by its snapshot id, after checking that id
+    still names the same vid; True when it was there."""
+    found = core.client.find_vdi(snap.name, "", snap.snap_id)
+    if found is None or not found.is_snapshot or found.vid != snap.vid:
+        return False
+    LOG.info("deleting temporary snapshot %#x (%r) of %s", snap.vid, found.tag, snap.name)
+    try:
+        return core.client.delete_vdi(snap.name, snapid=snap.snap_id)
+    except (NoVdi, NoTag):
+        return False
+
+
+def drop_temps_of(core: DriverCore, snapshots: list[VdiInfo]) -> None:
     """Delete the temporary clone snapshots among ``snapshots`` (VdiInfo list)."""
     for snap in snapshots:
         LOG.info("deleting leftover temporary clone snapshot %s of %s", snap.tag, snap.name)
-        driver.client.delete_vdi(snap.name, snap.tag)
+        _drop_snapshot(core, snap)
 
 
-def _check_repeat(driver: SheepdogDriver, target: Any, src: str, name: str, tag: str,
+def _check_repeat(core: DriverCore, target: VdiInfo, src: str, name: str, tag: str,
                   size: int) -> None:
     """Accept an existing ``name`` as an earlier clone of ``src``, or VdiExists."""
     if target.parent_vid == 0:
         raise VdiExists(f"volume {name!r} already exists and is not a clone")
     try:
-        parent = driver.client.get_vdi_by_vid(target.parent_vid)
+        parent = core.client.get_vdi_by_vid(target.parent_vid)
     except NoVdi:
         raise VdiExists(f"volume {name!r} already exists; its parent inode "
                         f"{target.parent_vid:#x} is gone, so it cannot be shown to be a "
@@ -111,36 +140,44 @@ def _check_repeat(driver: SheepdogDriver, target: Any, src: str, name: str, tag:
                         f"{target.size} bytes, not {size} ({size // GiB} GiB)")
 
 
-def create_cloned_volume(driver: SheepdogDriver, volume: Volume,
-                         src_vref: Volume) -> dict[str, Any]:
-    name = driver.vdi_name(volume)
-    size = gib(volume.size) * GiB
-    src = driver.vdi_name(src_vref)
-    tag = temp_tag(src, name)
-    client = driver.client
-    target = client.find_vdi(name)
-    if target is not None:
-        _check_repeat(driver, target, src, name, tag, size)
-        LOG.info("volume %s already exists as a clone of %s", name, src)
-        _drop_temp(driver, src, tag)
-        return {}
-    info = driver._existing(src)
+def _take_temp(core: DriverCore, src: str, name: str, tag: str, size: int) -> VdiInfo:
+    """The temporary snapshot of ``src`` for ``name`` (call under ``src``'s lock)."""
+    info = revert.settle(core, src)
+    if info is None:
+        raise VolumeNotFound(f"volume {src!r} does not exist")
     if size < info.size:
         raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than its "
                            f"source {src!r} ({info.size} bytes)")
-    if _drop_temp(driver, src, tag):
-        LOG.info("an earlier attempt to clone %s into %s left its snapshot: starting over",
-                 src, name)
-    client.snapshot_vdi(src, tag)
-    try:
-        client.clone_vdi(src, tag, name, size=size)
-    except BaseException:
+    if _drop_temp(core, src, tag):
+        LOG.info("an earlier attempt to clone %s into %s left its snapshot: starting "
+                 "over", src, name)
+    return core.client.snapshot_vdi(src, tag)
+
+
+def create_cloned_volume(core: DriverCore, volume: Volume,
+                         src_vref: Volume) -> dict[str, Any]:
+    name = core.vdi_name(volume)
+    size = gib(volume.size) * GiB
+    src = core.vdi_name(src_vref)
+    tag = temp_tag(src, name)
+    client = core.client
+    target = revert.settle(core, name)
+    if target is not None:
+        _check_repeat(core, target, src, name, tag, size)
+        LOG.info("volume %s already exists as a clone of %s", name, src)
+        _drop_temp(core, src, tag)
+        return {}
+    with core.volume_lock(src):  # the snapshot and the clone made from it
+        snap = _take_temp(core, src, name, tag, size)
         try:
-            _drop_temp(driver, src, tag)
-        except SheepdogError as exc:
-            LOG.error("could not delete temporary snapshot %s of %s (a repeat of this "
-                      "call or deleting %s removes it): %s", tag, src, src, exc)
-        raise
-    driver._invalidate_stats()
-    _drop_temp(driver, src, tag)  # raised on failure: repeating the call finishes it
+            client.clone_vdi(src, "", name, size=size, snapid=snap.snap_id)
+        except BaseException:
+            try:
+                _drop_snapshot(core, snap)
+            except SheepdogError as exc:
+                LOG.error("could not delete temporary snapshot %s of %s (a repeat of this "
+                          "call or deleting %s removes it): %s", tag, src, src, exc)
+            raise
+    core.invalidate_stats()
+    _drop_snapshot(core, snap)  # raised on failure: repeating the call finishes it
     return {}

@@ -12,41 +12,49 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sheepdog_backend.driver import images
+from sheepdog_backend.driver import images, revert
 from sheepdog_backend.driver.base import Snapshot, Volume
-from sheepdog_backend.exception import InvalidInput
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sheepdog_backend.driver.sheepdog import SheepdogDriver
+from sheepdog_backend.driver.core import DriverCore
+from sheepdog_backend.exception import InvalidInput, VolumeNotFound
 
 
 class ClientDataAccess:
-    """``VolumeDataAccess`` over the driver's client."""
+    """``VolumeDataAccess`` over the driver's client.  Each call first finishes
+    an interrupted revert of the volume (``revert.settle``)."""
 
-    def __init__(self, driver: SheepdogDriver) -> None:
-        self._driver = driver
+    def __init__(self, core: DriverCore) -> None:
+        self._core = core
+
+    def _settled(self, volume: Volume) -> str:
+        name = self._core.vdi_name(volume)
+        revert.settle(self._core, name)
+        return name
 
     def read(self, volume: Volume, offset: int, length: int) -> bytes:
-        name = self._driver.vdi_name(volume)
-        return bytes(self._driver.client.read(name, offset, length))
+        name = self._settled(volume)
+        return bytes(self._core.client.read(name, offset, length))
 
     def write(self, volume: Volume, offset: int, data: bytes) -> None:
-        name = self._driver.vdi_name(volume)
-        self._driver.client.write(name, offset, data)
+        name = self._settled(volume)
+        self._core.client.write(name, offset, data)
 
     def exists(self, volume: Volume) -> bool:
-        info = self._driver.client.find_vdi(self._driver.vdi_name(volume))
+        info = revert.settle(self._core, self._core.vdi_name(volume))
         return info is not None and not info.is_snapshot
 
     def snapshot_exists(self, snapshot: Snapshot) -> bool:
-        name = self._driver.vdi_name(snapshot.volume)
-        info = self._driver.client.find_vdi(name, self._driver.snapshot_tag(snapshot))
+        name = self._core.vdi_name(snapshot.volume)
+        info = self._core.client.find_vdi(name, self._core.snapshot_tag(snapshot))
         return info is not None and bool(info.is_snapshot)
 
     def size_bytes(self, volume: Volume) -> int:
-        return int(self._driver._existing(self._driver.vdi_name(volume)).size)
+        name = self._core.vdi_name(volume)
+        info = revert.settle(self._core, name)
+        if info is None:
+            raise VolumeNotFound(f"volume {name!r} does not exist")
+        return int(info.size)
 
 
 def copy_image_to_volume(client: Any, name: str, volume_size: int, image_path: str, *,

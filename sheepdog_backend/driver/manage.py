@@ -12,12 +12,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from sheepdog_backend.driver import revert
 from sheepdog_backend.driver.base import GiB, Volume
+from sheepdog_backend.driver.core import DriverCore
 from sheepdog_backend.exception import InvalidInput, VolumeNotFound
 from sheepdog_backend.protocol.naming import validate_name
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sheepdog_backend.driver.sheepdog import SheepdogDriver
+    from sheepdog_backend.client import VdiInfo
 
 
 def _source_name(existing_ref: Any) -> str:
@@ -31,8 +33,8 @@ def _source_name(existing_ref: Any) -> str:
     return name
 
 
-def _working(driver: SheepdogDriver, name: str) -> Any:
-    info = driver.client.find_vdi(name)
+def _working(core: DriverCore, name: str) -> VdiInfo:
+    info = revert.settle(core, name)
     if info is None or info.is_snapshot:
         raise VolumeNotFound(f"no VDI named {name!r} to manage")
     return info
@@ -42,25 +44,25 @@ def _gib_ceil(size: int) -> int:
     return max(1, -(-size // GiB))
 
 
-def manage_existing_get_size(driver: SheepdogDriver, volume: Volume,
+def manage_existing_get_size(core: DriverCore, volume: Volume,
                              existing_ref: dict[str, Any]) -> int:
-    return _gib_ceil(_working(driver, _source_name(existing_ref)).size)
+    return _gib_ceil(_working(core, _source_name(existing_ref)).size)
 
 
-def manage_existing(driver: SheepdogDriver, volume: Volume,
+def manage_existing(core: DriverCore, volume: Volume,
                     existing_ref: dict[str, Any]) -> dict[str, Any]:
     name = _source_name(existing_ref)
-    info = _working(driver, name)
+    info = _working(core, name)
     size = _gib_ceil(info.size)
     if info.size != size * GiB:
-        driver.client.resize_vdi(name, size * GiB)
-    driver._invalidate_stats()
+        core.client.resize_vdi(name, size * GiB)
+    core.invalidate_stats()
     return {"name": name, "size": size}
 
 
-def unmanage(driver: SheepdogDriver, volume: Volume) -> None:
+def unmanage(core: DriverCore, volume: Volume) -> None:
     """Nothing to undo: the VDI stays exactly as it is."""
-    driver.vdi_name(volume)
+    core.vdi_name(volume)
 
 
 def template_pattern(template: str) -> re.Pattern[str]:
@@ -69,12 +71,12 @@ def template_pattern(template: str) -> re.Pattern[str]:
                       + re.escape(suffix.replace("%%", "%")) + r"\Z", re.DOTALL)
 
 
-def get_manageable_volumes(driver: SheepdogDriver) -> list[dict[str, Any]]:
+def get_manageable_volumes(core: DriverCore) -> list[dict[str, Any]]:
     """Every working VDI, Cinder's keys. One already named by the volume template
     is reported as managed (not safe), with the id it encodes."""
-    pattern = template_pattern(driver.configuration.volume_name_template)
+    pattern = template_pattern(core.configuration.volume_name_template)
     out: list[dict[str, Any]] = []
-    for info in sorted(driver.client.list_vdis(), key=lambda v: v.name):
+    for info in sorted(core.client.list_vdis(), key=lambda v: v.name):
         if info.is_snapshot:
             continue
         match = pattern.match(info.name)
