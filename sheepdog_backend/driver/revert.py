@@ -39,7 +39,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sheepdog_backend.driver.core import DriverCore
-from sheepdog_backend.exception import NoTag, NoVdi, SheepdogError, VolumeNotFound
+from sheepdog_backend.exception import (
+    NoTag,
+    NoVdi,
+    SheepdogError,
+    SnapshotNotFound,
+    VolumeNotFound,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from sheepdog_backend.client import VdiInfo
@@ -140,10 +146,12 @@ def revert_to_snapshot(core: DriverCore, name: str, tag: str, size: int) -> None
     bytes (a volume grown after the snapshot keeps its size)."""
     with core.volume_lock(name):
         working = settle(core, name)
-        snap = core.client.find_vdi(name, tag)
-        if working is None and (snap is None or not snap.is_snapshot):
-            raise VolumeNotFound(f"volume {name!r} does not exist")
-        snap = core.snapshot_info(name, tag)
+        found = core.client.find_vdi(name, tag)
+        if found is None or not found.is_snapshot:
+            if working is None:
+                raise VolumeNotFound(f"volume {name!r} does not exist")
+            raise SnapshotNotFound(f"snapshot {tag!r} of volume {name!r} does not exist")
+        snap = found
         if working is None:  # e.g. a revert of an older version died after the delete
             LOG.warning("volume %s has snapshot %s but no working VDI: finishing an "
                         "interrupted revert", name, tag)
