@@ -25,7 +25,7 @@ import pytest
 from sheepdog_backend.driver.base import BackendConfiguration, Snapshot, Volume
 from sheepdog_backend.driver.revert import REVERT_KEY
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
-from sheepdog_backend.exception import SheepdogError
+from sheepdog_backend.exception import InvalidInput, SheepdogError
 from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.testing.fixtures import EmbeddedServer
@@ -221,6 +221,35 @@ def test_record_reachable_without_a_working_vdi(request: pytest.FixtureRequest,
         assert drv.client.get_vdi(name).size == 2 * GiB
         assert drv.client.delete_attr(name, "k")
         assert drv.client.get_attr(name, "k", snapid=snap.snap_id) is None
+        drv.delete_snapshot(case.snap)
+        drv.delete_volume(case.volume)
+    finally:
+        drv.close()
+
+
+def test_client_additions_reject_bad_input(server: EmbeddedServer) -> None:
+    """The snapid/size keywords the driver added to the client: typed errors,
+    nothing changed."""
+    drv = make_driver(server.gateways[0])
+    try:
+        case = Case(drv)
+        name = case.volume.name or ""
+        before = sorted((v.vid, v.tag, v.size) for v in drv.client.list_vdis())
+        for bad in (-1, True, "1", 1 << 32):
+            with pytest.raises(InvalidInput):
+                drv.client.delete_vdi(name, snapid=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInput):
+                drv.client.clone_vdi(name, "", "other", snapid=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInput):
+                drv.client.get_attr(name, "k", snapid=bad)  # type: ignore[arg-type]
+            with pytest.raises(InvalidInput):
+                drv.client.set_attr(name, "k", b"v", snapid=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):
+            drv.client.clone_vdi(name, "", "other")  # neither tag nor snapid
+        with pytest.raises(InvalidInput):
+            drv.client.rollback_vdi(name, "s", size=0)
+        assert sorted((v.vid, v.tag, v.size) for v in drv.client.list_vdis()) == before
+        assert read_marks(drv, case.volume) == case.after
         drv.delete_snapshot(case.snap)
         drv.delete_volume(case.volume)
     finally:
