@@ -17,10 +17,13 @@ passes them); otherwise the backend's ``volume_name_template`` /
 Shared state and locks: ``_client_lock`` guards building and closing the
 client; the stats cache is a single reference (replaced, never mutated);
 ``volume_lock(name)`` hands out one ``threading.RLock`` per VDI name (kept in
-``_locks`` under ``_locks_guard``).  Operations that freeze or replace a
-volume's working VDI (snapshot, temporary clone snapshot, revert, delete) hold
-its lock, so within one driver they run one at a time per volume while
-different volumes run in parallel; reads and writes of data do not take it.
+``_locks`` under ``_locks_guard``, dropped when no caller holds them).
+Operations that freeze, replace or delete a volume's VDIs (create_snapshot,
+delete_snapshot, the temporary snapshot and clone of create_cloned_volume,
+revert and finishing an interrupted one, delete_volume) hold its lock, so
+within one driver they run one at a time per volume while different volumes
+run in parallel; reads and writes of data do not take it (they only take it
+briefly to check for an interrupted revert).
 """
 
 from __future__ import annotations
