@@ -122,6 +122,16 @@ class Case:
         """What another driver sees: the snapshot's bytes or the unchanged ones."""
         if via == "create":
             assert drv.create_volume(self.volume) == {}  # finds it; not a blank one
+        elif via == "extend":
+            drv.extend_volume(self.volume, 2)
+            assert drv.data_access().size_bytes(self.volume) == 2 * GiB
+        elif via == "snapshot":  # a snapshot taken now holds one version, not zeros
+            later = Snapshot(id="later", volume=self.volume, name="later")
+            drv.create_snapshot(later)
+            frozen = {off: drv.client.read(self.volume.name or "", off, 4 * KiB,
+                                           tag="later") for off in OFFSETS}
+            assert frozen in (self.before, self.after), "snapshot holds neither version"
+            drv.delete_snapshot(later)
         else:
             assert drv.data_access().exists(self.volume)
         got = read_marks(drv, self.volume)
@@ -176,7 +186,9 @@ NAMED = [("cut_before", "read"), ("cut_before", "create"),
          ("lose_reply", "read"), ("lose_reply", "create")]
 
 
-@pytest.mark.parametrize(("action", "via"), NAMED)
+@pytest.mark.parametrize(("action", "via"), [
+    *NAMED, ("cut_before", "extend"), ("lose_reply", "extend"),
+    ("cut_before", "snapshot"), ("lose_reply", "snapshot")])
 def test_revert_cut_around_the_delete_embedded(server: EmbeddedServer, action: str,
                                                via: str) -> None:
     assert interrupted(server.addresses[0], via, action, opcode=Opcode.DEL_VDI)
