@@ -118,8 +118,9 @@ class Case:
         drv.create_snapshot(self.snap)
         self.after = write_marks(drv, self.volume, 2)
 
-    def check_later_use(self, drv: SheepdogDriver, via: str) -> None:
-        """What another driver sees: the snapshot's bytes or the unchanged ones."""
+    def observe(self, drv: SheepdogDriver, via: str) -> None:
+        """What another driver sees: the snapshot's bytes or the unchanged ones;
+        and the operation settled the revert (no record left)."""
         if via == "create":
             assert drv.create_volume(self.volume) == {}  # finds it; not a blank one
         elif via == "extend":
@@ -134,14 +135,47 @@ class Case:
             drv.delete_snapshot(later)
         else:
             assert drv.data_access().exists(self.volume)
+        assert drv.client.get_attr(self.volume.name or "", REVERT_KEY) is None
         got = read_marks(drv, self.volume)
         assert got in (self.before, self.after), "volume reads neither version"
+
+    def finish(self, drv: SheepdogDriver) -> None:
         drv.revert_to_snapshot(self.volume, self.snap)
         assert read_marks(drv, self.volume) == self.before
         assert drv.client.get_attr(self.volume.name or "", REVERT_KEY) is None
         drv.delete_snapshot(self.snap)
         drv.delete_volume(self.volume)
         assert not drv.data_access().exists(self.volume)
+
+
+def sweep(gateway: tuple[str, int], action: str, via: str) -> int:
+    """Cut one revert of one volume at each request position in turn (new bytes
+    written before each); returns the number of positions."""
+    rule = Outage()
+    with FaultProxy(gateway, rule) as proxy:
+        setup = make_driver(f"{gateway[0]}:{gateway[1]}", attempts=3)
+        cut = make_driver(proxy.address)
+        try:
+            case = Case(setup)
+            for k in range(MAX_STEPS):
+                case.after = write_marks(setup, case.volume, 10 + k)
+                rule.arm(k, action)
+                try:
+                    cut.revert_to_snapshot(case.volume, case.snap)
+                    reverted = True
+                except SheepdogError:
+                    reverted = False
+                rule.disarm()
+                if not rule.fired:  # ran past the revert's last request
+                    assert reverted
+                    assert read_marks(cut, case.volume) == case.before
+                    case.finish(setup)
+                    return k
+                case.observe(setup, via)
+            pytest.fail("revert request sequence unexpectedly long")
+        finally:
+            cut.close()
+            setup.close()
 
 
 def interrupted(gateway: tuple[str, int], via: str, action: str, *, k: int = 0,
@@ -163,7 +197,8 @@ def interrupted(gateway: tuple[str, int], via: str, action: str, *, k: int = 0,
             rule.disarm()
             fired = bool(rule.fired)
             assert fired or reverted, "nothing was cut, yet the revert failed"
-            case.check_later_use(setup if fired else cut, via)
+            case.observe(setup if fired else cut, via)
+            case.finish(setup)
             return fired
         finally:
             cut.close()
@@ -172,11 +207,7 @@ def interrupted(gateway: tuple[str, int], via: str, action: str, *, k: int = 0,
 
 @pytest.mark.parametrize(("action", "via"), [("cut_before", "read"), ("lose_reply", "create")])
 def test_revert_cut_at_every_step(server: EmbeddedServer, action: str, via: str) -> None:
-    steps = 0
-    while interrupted(server.addresses[0], via, action, k=steps):
-        steps += 1
-        assert steps < MAX_STEPS, "revert request sequence unexpectedly long"
-    assert steps >= 5  # lookups, the record, slot clearing, delete, create...
+    assert sweep(server.addresses[0], action, via) >= 5  # lookups, record, clear, delete...
 
 
 # The two interruptions the issue names: right after the slot clearing (the
@@ -266,3 +297,9 @@ def test_client_additions_reject_bad_input(server: EmbeddedServer) -> None:
         drv.delete_volume(case.volume)
     finally:
         drv.close()
+
+
+def test_revert_cut_at_every_step_real_sheep(real_gateway: tuple[str, int]) -> None:
+    """The sweep once on a real sheep: a lost reply at each position, then a
+    create of the same id (the harder of the two checks)."""
+    assert sweep(real_gateway, "lose_reply", "create") >= 5
