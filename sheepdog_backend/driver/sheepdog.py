@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sheepdog_backend import __version__
-from sheepdog_backend.driver import clones, images, manage
+from sheepdog_backend.driver import attach, clones, images, manage
 from sheepdog_backend.driver.addresses import format_gateway, parse_gateway, same_endpoint
 from sheepdog_backend.driver.base import (
     BackendConfiguration,
@@ -265,13 +265,15 @@ class SheepdogDriver(VolumeDriver):
         if new_bytes > info.size:
             self.client.resize_vdi(name, new_bytes)
             self._invalidate_stats()
+            attach.after_extend(self, name)
 
     # -- snapshots and clones ---------------------------------------------
 
-    def create_snapshot(self, snapshot: Snapshot) -> dict[str, Any]:
+    def create_snapshot(self, snapshot: Snapshot, *, force: bool = False) -> dict[str, Any]:
         name = self.vdi_name(snapshot.volume)
         tag = self.snapshot_tag(snapshot)
         self._existing(name)
+        attach.refuse_if_exported(self, name, "snapshot", force=force)
         existing = self.client.find_vdi(name, tag)
         if existing is not None and existing.is_snapshot:
             LOG.info("snapshot %s of %s already exists", tag, name)
@@ -307,7 +309,10 @@ class SheepdogDriver(VolumeDriver):
         snap = self._snapshot_info(src, tag)
         return clones.clone_snapshot(self, snap, src, tag, name, size)
 
-    def create_cloned_volume(self, volume: Volume, src_vref: Volume) -> dict[str, Any]:
+    def create_cloned_volume(self, volume: Volume, src_vref: Volume, *,
+                             force: bool = False) -> dict[str, Any]:
+        attach.refuse_if_exported(self, self.vdi_name(src_vref), "clone (it snapshots the "
+                                  "source)", force=force)
         return clones.create_cloned_volume(self, volume, src_vref)
 
     def revert_to_snapshot(self, volume: Volume, snapshot: Snapshot) -> None:
@@ -382,14 +387,37 @@ class SheepdogDriver(VolumeDriver):
     # -- attachment ----------------------------------------------------------
 
     def initialize_connection(self, volume: Volume, connector: Connector) -> dict[str, Any]:
+        if attach.uses_iscsi(self):
+            return attach.initialize_connection(self, volume, connector)
         name = self.vdi_name(volume)
         self._existing(name)
         gateways = list(self.client.gateways_by_health())
         return connection_info(name, gateways)
 
     def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
-        """Sheepdog keeps no per-host export state: nothing to undo."""
+        """Native Sheepdog keeps no per-host state; iSCSI drops the target."""
+        if attach.uses_iscsi(self):
+            return attach.terminate_connection(self, volume, connector)
         self.vdi_name(volume)
+
+    # iSCSI exports (driver/attach.py, sheepdog_backend/export)
+    def initialize_connection_snapshot(self, snapshot: Snapshot,
+                                       connector: Connector) -> dict[str, Any]:
+        return attach.initialize_connection_snapshot(self, snapshot, connector)
+
+    def terminate_connection_snapshot(self, snapshot: Snapshot,
+                                      connector: Connector | None) -> None:
+        attach.terminate_connection_snapshot(self, snapshot, connector)
+
+    def create_export(self, volume: Volume,
+                      connector: Connector | None = None) -> dict[str, Any]:
+        return attach.create_export(self, volume, connector)
+
+    def ensure_export(self, volume: Volume) -> None:
+        attach.ensure_export(self, volume)
+
+    def remove_export(self, volume: Volume) -> None:
+        attach.remove_export(self, volume)
 
     # -- stats ---------------------------------------------------------------
 
@@ -415,7 +443,7 @@ class SheepdogDriver(VolumeDriver):
             "volume_backend_name": conf.volume_backend_name or self.backend_name,
             "vendor_name": "Open Source",
             "driver_version": self.VERSION,
-            "storage_protocol": "sheepdog",
+            **attach.stats(self),
             "total_capacity_gb": total_gb,
             "free_capacity_gb": free_gb,
             "provisioned_capacity_gb": round(sum(v.size for v in working) / GiB, 2),
@@ -425,7 +453,6 @@ class SheepdogDriver(VolumeDriver):
             "reserved_percentage": int(conf.reserved_percentage),
             "total_volumes": len(working),
             "multiattach": False,
-            "online_extend_support": False,
             "sparse_copy_volume": True,
         }
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sheepdog_backend.exception import (
     GatewayUnusable,
     InvalidInput,
+    NoVdi,
     SheepdogError,
     VolumeNotFound,
 )
@@ -77,6 +78,15 @@ def snapshot_clone_name(volume: str, tag: str) -> str:
     return f"{volume}{SNAPSHOT_CLONE_MARK}{digest}"
 
 
+def read_record(client: SheepdogClient, vdi: str) -> ExportRecord | None:
+    """The export record of ``vdi`` (None when not exported or absent)."""
+    try:
+        raw = client.get_attr(vdi, RECORD_KEY)
+    except NoVdi:
+        return None
+    return ExportRecord.decode(raw) if raw else None
+
+
 class ExportManager:
     def __init__(self, client: SheepdogClient, targets: TgtTargets,
                  settings: ExportSettings, *,
@@ -90,8 +100,7 @@ class ExportManager:
     # -- records --------------------------------------------------------------
 
     def record(self, vdi: str) -> ExportRecord | None:
-        raw = self.client.get_attr(vdi, RECORD_KEY)
-        return ExportRecord.decode(raw) if raw else None
+        return read_record(self.client, vdi)
 
     def records(self) -> list[ExportRecord]:
         out = []
