@@ -29,6 +29,7 @@ from sheepdog_backend.exception import (
     InvalidInput,
     NoVdi,
     SheepdogError,
+    TargetBusy,
     VolumeNotFound,
 )
 from sheepdog_backend.export.base import (
@@ -185,6 +186,7 @@ class ExportManager:
                                    gateway=self.pick_gateway(), readonly=readonly,
                                    initiators=(), chap=self.settings.chap, source=source)
             elif not self._probe(rec.gateway):
+                self._refuse_stuck(rec, "re-exported")
                 rec = rec.with_changes(gateway=self.pick_gateway(avoid=rec.gateway))
             if initiator and initiator not in rec.initiators:
                 rec = rec.with_changes(initiators=(*rec.initiators, initiator))
@@ -226,6 +228,8 @@ class ExportManager:
                 self._save(rec)
                 self.targets.unbind_initiator(rec.iqn, initiator)
                 return True
+            if not self._probe(rec.gateway):
+                self._refuse_stuck(rec, "removed")
             creds = self.credentials(rec)
             self.targets.remove(rec.iqn, chap_user=creds[0] if creds else None)
             self.client.delete_attr(vdi, RECORD_KEY)
@@ -236,6 +240,19 @@ class ExportManager:
     def unexport_snapshot(self, volume: str, tag: str, *,
                           initiator: str | None = None) -> bool:
         return self.unexport(snapshot_clone_name(volume, tag), initiator=initiator)
+
+    def _refuse_stuck(self, rec: ExportRecord, what: str) -> None:
+        """TargetBusy when tgtd still has a LU on ``rec``'s dead gateway: closing
+        it sends RELEASE_VDI there and retries every second forever in tgtd's
+        main thread, which would hang tgtd for every target."""
+        if self.targets.find(rec.iqn) is None:
+            return
+        raise TargetBusy(
+            f"export {rec.iqn} cannot be {what} now: its gateway {rec.gateway} does not "
+            "answer and tgtd cannot drop a LU on a dead gateway (closing it retries that "
+            "gateway forever and blocks tgtd). Bring the gateway back, or restart tgtd "
+            "and run 'sheepdog-backend export sync' to re-create every export on a live "
+            "gateway (initiators reconnect and replay)")
 
     def _apply(self, rec: ExportRecord) -> Target:
         host, port = _split(rec.gateway)
@@ -274,6 +291,7 @@ class ExportManager:
             if rec is None:
                 return None
             if not self._probe(rec.gateway):
+                self._refuse_stuck(rec, "moved")
                 old = rec.gateway
                 rec = rec.with_changes(gateway=self.pick_gateway(avoid=old))
                 LOG.warning("export %s: gateway %s is dead, moving to %s", rec.iqn, old,
@@ -308,6 +326,8 @@ class ExportManager:
             rec = self.record(vdi)
             if rec is None:
                 return False
+            if not self._probe(rec.gateway):
+                self._refuse_stuck(rec, "re-opened")
             host, port = _split(rec.gateway)
             self.targets.recreate_lun(rec.iqn, backing_path(host, port, rec.vdi),
                                       readonly=rec.readonly)
