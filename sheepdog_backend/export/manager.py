@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,6 +130,11 @@ class ExportManager:
         from sheepdog_backend.client import RetryPolicy, SheepdogClient
         from sheepdog_backend.protocol.constants import ClusterStatus
 
+        host, port = _split(gateway)
+        try:  # the client may fail over to other nodes: first this node itself
+            socket.create_connection((host, port), timeout=2.0).close()
+        except OSError:
+            return False
         try:
             with SheepdogClient([gateway], connect_timeout=2.0, request_timeout=5.0,
                                 retry=RetryPolicy(attempts=1, deadline=5.0)) as probe:
