@@ -130,8 +130,8 @@ def refuse_if_exported(driver: SheepdogDriver, name: str, what: str, *,
     raise ExportedVolumeBusy(
         f"volume {name!r} is exported over iSCSI: a {what} now could lose writes tgt "
         "has acknowledged (the sheep rewrites the whole inode and drops a slot update "
-        "landing meanwhile; tgt cannot pause I/O). Detach it first, or force it once "
-        "the guest is quiesced")
+        "landing meanwhile; tgt cannot pause I/O and caches the inode). Detach it first"
+        + ("" if what.startswith("revert") else ", or force it once the guest is quiesced"))
 
 
 def stats(driver: SheepdogDriver) -> dict[str, Any]:

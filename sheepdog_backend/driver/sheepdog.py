@@ -329,6 +329,7 @@ class SheepdogDriver(VolumeDriver):
         else:
             self._snapshot_info(name, tag)
             want = max(want, info.size)
+            attach.refuse_if_exported(self, name, "revert (tgt would keep the old inode)")
         reverted = self.client.rollback_vdi(name, tag)
         if reverted.size < want:  # keep the volume's (possibly grown) size
             self.client.resize_vdi(name, want)

@@ -225,8 +225,11 @@ class ExportManager:
         deleted with it.  False when ``vdi`` was not exported."""
         with self._lock:
             rec = self.record(vdi) if self.client.find_vdi(vdi) is not None else None
-            if rec is None:
-                self.targets.remove(target_iqn(self.settings.prefix, vdi))
+            if rec is None:  # no record (or no volume): drop a leftover target anyway
+                iqn = target_iqn(self.settings.prefix, vdi)
+                user = (chap_credentials(self.settings.chap_key, iqn)[0]
+                        if self.settings.chap else None)
+                self.targets.remove(iqn, chap_user=user)
                 return False
             if initiator and set(rec.initiators) - {initiator}:
                 rec = rec.with_changes(initiators=tuple(
