@@ -555,3 +555,35 @@ class InvalidBackingImage(SheepdogError, ValueError):
 
 class DriverLoadError(SheepdogError):
     """A volume driver could not be found or loaded."""
+
+
+# --------------------------------------------------------------------------
+# Export (iSCSI targets through tgt; sheepdog_backend/export)
+# --------------------------------------------------------------------------
+
+
+class ExportError(SheepdogError):
+    """A volume could not be exported, checked or unexported."""
+
+
+class TargetCommandFailed(ExportError):
+    """The target admin tool (tgtadm) failed; ``returncode`` and ``stderr``
+    hold what it said."""
+
+    def __init__(self, message: str, *, returncode: int = -1, stderr: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class TargetBusy(TargetCommandFailed):
+    """tgtd refuses to remove or re-create a logical unit that still has I/O
+    in flight (e.g. stuck retrying a dead gateway)."""
+
+
+class GatewayUnusable(ExportError):
+    """No gateway the target daemon can use: wrong port width, IPv6, or dead."""
+
+
+class ExportedVolumeBusy(VolumeIsBusy):
+    """The operation is refused while the volume is exported (unless forced)."""

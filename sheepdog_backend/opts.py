@@ -211,3 +211,47 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 def default_values() -> dict[str, Any]:
     """Every backend option at its default value."""
     return {opt.dest: opt.default for opt in BACKEND_OPTS}
+
+
+# -- export (iSCSI through tgt; sheepdog_backend/export) ---------------------
+
+EXPORT_OPTS = [
+    cfg.StrOpt(
+        "sheepdog_attach_protocol", default="sheepdog", choices=[
+            ("sheepdog", "QEMU's native Sheepdog driver (QEMU <= 5.2, libvirt < 8.8)"),
+            ("iscsi", "an iSCSI target per attached volume on tgtd (any current host)")],
+        help="How hypervisors reach volumes: connection info, libvirt XML and stats "
+        "(storage_protocol) follow it."),
+    cfg.StrOpt(
+        "target_helper", default="tgtadm", choices=[("tgtadm", "Linux SCSI target (tgt)")],
+        help="Target daemon that exports volumes over iSCSI (Cinder's option)."),
+    cfg.StrOpt(
+        "target_prefix", default="iqn.2010-10.org.openstack:",
+        help="IQN prefix of per-volume targets; the VDI name follows it (Cinder's option)."),
+    cfg.HostAddressOpt(
+        "target_ip_address", default="127.0.0.1",
+        help="Address initiators reach tgtd's iSCSI portal at (Cinder's option)."),
+    cfg.PortOpt(
+        "target_port", default=3260,
+        help="Port of tgtd's iSCSI portal (Cinder's option)."),
+    cfg.StrOpt(
+        "tgtadm_path", default="tgtadm",
+        help="tgtadm executable that drives tgtd."),
+    cfg.PortOpt(
+        "tgt_control_port", default=0,
+        help="tgtd management port (tgtd -C N); 0 is tgtd's default channel."),
+    cfg.StrOpt(
+        "sheepdog_export_root_helper", default="",
+        help="Command prefixed to tgtadm, e.g. 'sudo' (empty: run tgtadm directly)."),
+    cfg.BoolOpt(
+        "use_chap_auth", default=True,
+        help="Protect each target with CHAP; the per-volume user and secret derive from "
+        "sheepdog_export_chap_key (Cinder's option)."),
+    cfg.StrOpt(
+        "sheepdog_export_chap_key", secret=True,
+        help="Secret key CHAP credentials are derived from (HMAC-SHA256 per target IQN), "
+        "so they survive restarts without a database. Required when use_chap_auth is on "
+        "and volumes are exported. Changing it changes every volume's secret."),
+]
+
+BACKEND_OPTS = BACKEND_OPTS + EXPORT_OPTS

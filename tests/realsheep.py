@@ -139,7 +139,11 @@ class SheepNode:
         self.pid_file.unlink(missing_ok=True)
         subprocess.run(
             [self.sheep, "-c", f"local:{self.shm}", "-b", self.host, "-p", str(self.port),
-             "-l", f"dir={self.log_dir}", "-P", str(self.pid_file), str(self.store)],
+             "-l", f"dir={self.log_dir}", "-P", str(self.pid_file),
+             # one zone per node: on loopback every node has the same address, so
+             # by default they share a zone and "-c 2" neither formats (dog asks
+             # for a yes) nor keeps two copies
+             "-z", str(self.index + 1), str(self.store)],
             check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while not self.pid_file.exists() or not self.pid_file.read_text().strip():

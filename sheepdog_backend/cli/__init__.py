@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands, in help order.
-_GROUPS = ("serve", "volume", "check")
+_GROUPS = ("serve", "volume", "check", "export")  # export: adds connect --protocol
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,8 +28,8 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sheepdog_backend import __version__
+from sheepdog_backend.driver import attach, clones, images, manage, revert, stats
 from sheepdog_backend.driver import backing as _backing
-from sheepdog_backend.driver import clones, images, manage, revert, stats
 from sheepdog_backend.driver.base import (
     BackendConfiguration,
     Connector,
@@ -192,15 +192,17 @@ class SheepdogDriver(VolumeDriver):
         if new_bytes > info.size:
             self.client.resize_vdi(name, new_bytes)
             self._core.invalidate_stats()
+            attach.after_extend(self._core, name)
 
     # -- snapshots and clones ---------------------------------------------
 
-    def create_snapshot(self, snapshot: Snapshot) -> dict[str, Any]:
+    def create_snapshot(self, snapshot: Snapshot, *, force: bool = False) -> dict[str, Any]:
         core = self._core
         name = self.vdi_name(snapshot.volume)
         tag = self.snapshot_tag(snapshot)
         with core.volume_lock(name):  # concurrent snapshots of one VDI lose their tags
             self._existing(snapshot.volume)
+            attach.refuse_if_exported(core, name, "snapshot", force=force)
             existing = self.client.find_vdi(name, tag)
             if existing is not None and existing.is_snapshot:
                 LOG.info("snapshot %s of %s already exists", tag, name)
@@ -239,12 +241,17 @@ class SheepdogDriver(VolumeDriver):
         revert.settle(self._core, name)
         return clones.clone_snapshot(self._core, snap, src, tag, name, size)
 
-    def create_cloned_volume(self, volume: Volume, src_vref: Volume) -> dict[str, Any]:
+    def create_cloned_volume(self, volume: Volume, src_vref: Volume, *,
+                             force: bool = False) -> dict[str, Any]:
+        attach.refuse_if_exported(self._core, self.vdi_name(src_vref), "clone (it "
+                                  "snapshots the source)", force=force)
         return clones.create_cloned_volume(self._core, volume, src_vref)
 
     def revert_to_snapshot(self, volume: Volume, snapshot: Snapshot) -> None:
         name = self.vdi_name(volume)
         tag = self.snapshot_tag(snapshot)
+        attach.refuse_if_exported(self._core, name,
+                                  "revert (tgt would keep the old inode)")
         revert.revert_to_snapshot(self._core, name, tag, gib(volume.size) * GiB)
 
     # -- backing references --------------------------------------------------
@@ -260,13 +267,36 @@ class SheepdogDriver(VolumeDriver):
     # -- attachment ----------------------------------------------------------
 
     def initialize_connection(self, volume: Volume, connector: Connector) -> dict[str, Any]:
+        if attach.uses_iscsi(self._core):
+            return attach.initialize_connection(self._core, volume, connector)
         name, _info = self._existing(volume)
         gateways = list(self.client.gateways_by_health())
         return connection_info(name, gateways)
 
     def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
-        """Sheepdog keeps no per-host export state: nothing to undo."""
+        """Native Sheepdog keeps no per-host state; iSCSI drops the target."""
+        if attach.uses_iscsi(self._core):
+            return attach.terminate_connection(self._core, volume, connector)
         self.vdi_name(volume)
+
+    # iSCSI exports (driver/attach.py, sheepdog_backend/export)
+    def initialize_connection_snapshot(self, snapshot: Snapshot,
+                                       connector: Connector) -> dict[str, Any]:
+        return attach.initialize_connection_snapshot(self._core, snapshot, connector)
+
+    def terminate_connection_snapshot(self, snapshot: Snapshot,
+                                      connector: Connector | None) -> None:
+        attach.terminate_connection_snapshot(self._core, snapshot, connector)
+
+    def create_export(self, volume: Volume,
+                      connector: Connector | None = None) -> dict[str, Any]:
+        return attach.create_export(self._core, volume, connector)
+
+    def ensure_export(self, volume: Volume) -> None:
+        attach.ensure_export(self._core, volume)
+
+    def remove_export(self, volume: Volume) -> None:
+        attach.remove_export(self._core, volume)
 
     # -- stats ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from sheepdog_backend.driver import attach
 from sheepdog_backend.driver.base import GiB
 from sheepdog_backend.driver.core import DriverCore
 from sheepdog_backend.exception import RetryExhausted, TransportError
@@ -34,7 +35,7 @@ def collect_stats(core: DriverCore, version: str) -> dict[str, Any]:
         "volume_backend_name": conf.volume_backend_name or core.backend_name,
         "vendor_name": "Open Source",
         "driver_version": version,
-        "storage_protocol": "sheepdog",
+        **attach.stats(core),
         "total_capacity_gb": total_gb,
         "free_capacity_gb": free_gb,
         "provisioned_capacity_gb": round(sum(v.size for v in working) / GiB, 2),
@@ -44,7 +45,6 @@ def collect_stats(core: DriverCore, version: str) -> dict[str, Any]:
         "reserved_percentage": int(conf.reserved_percentage),
         "total_volumes": len(working),
         "multiattach": False,
-        "online_extend_support": False,
         "sparse_copy_volume": True,
     }
 

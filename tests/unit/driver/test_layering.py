@@ -13,7 +13,7 @@ import sheepdog_backend
 
 PACKAGE = pathlib.Path(sheepdog_backend.__file__).parent
 DRIVER = PACKAGE / "driver"
-HELPERS = ("core", "clones", "data", "manage", "revert", "backing", "stats")
+HELPERS = ("core", "clones", "data", "manage", "revert", "backing", "stats", "attach")
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:

@@ -1,0 +1,143 @@
+"""``sheepdog-backend export create|delete|list|check|sync`` and
+``connect --protocol``: iSCSI exports through tgt from the shell.
+
+The backend is loaded like every command (``--config-file``, ``--backend``);
+exports use its target options (target_prefix, target_ip_address/port,
+tgtadm_path, tgt_control_port, use_chap_auth, sheepdog_export_chap_key)
+whatever its ``sheepdog_attach_protocol``.  ``sync`` is what to run after
+tgtd restarted (tgtd keeps targets in memory only): it re-creates every
+recorded export, moves those whose gateway is dead, and removes targets under
+the prefix that no volume records.  Exit codes are ``volume``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from sheepdog_backend.cli.volume import EXIT_HELP, run
+from sheepdog_backend.driver.base import Connector, Snapshot, Volume, VolumeDriver
+from sheepdog_backend.exception import ConfigError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-file", default=None, metavar="FILE",
+                        help="ini file (default $SHEEPDOG_BACKEND_CONFIG or "
+                        "/etc/sheepdog-backend/sheepdog-backend.conf)")
+    parser.add_argument("--backend", default=None, metavar="NAME",
+                        help="backend section (default: first of enabled_backends)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    export = subparsers.add_parser("export", help="export volumes over iSCSI through tgt")
+    esub = export.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def add(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
+        parser = esub.add_parser(name, help=help_, description=help_, epilog=EXIT_HELP)
+        _common(parser)
+        parser.set_defaults(func=lambda args: run(args, func))
+        return parser
+
+    p = add("create", "export a volume (or a snapshot, read-only) and print its "
+            "connection info", _create)
+    p.add_argument("name", help="VDI name")
+    p.add_argument("--snapshot", metavar="TAG", help="export this snapshot read-only "
+                   "(through a temporary clone)")
+    p.add_argument("--initiator", metavar="IQN", help="allow only this initiator "
+                   "(repeat the command to add more); default: any initiator with CHAP")
+    p = add("delete", "remove a volume's export (or one initiator's access)", _delete)
+    p.add_argument("name")
+    p.add_argument("--snapshot", metavar="TAG")
+    p.add_argument("--initiator", metavar="IQN")
+    add("list", "list recorded exports and whether tgtd serves them", _list)
+    p = add("check", "check one export: target present, gateway alive", _check)
+    p.add_argument("name")
+    add("sync", "re-create every recorded export on tgtd (after a restart), move "
+        "those on dead gateways, drop unrecorded targets", _sync)
+
+    connect = subparsers.choices.get("connect")
+    if isinstance(connect, argparse.ArgumentParser):
+        connect.add_argument("--protocol", choices=("sheepdog", "iscsi"), default=None,
+                             help="attach protocol (default: the backend's "
+                             "sheepdog_attach_protocol); iscsi exports the volume")
+        connect.add_argument("--initiator", metavar="IQN", default=None,
+                             help="connector initiator name (iscsi ACL)")
+        connect.set_defaults(func=lambda args: run(args, _connect))
+
+
+def _attach(driver: VolumeDriver) -> Any:
+    from sheepdog_backend.driver import attach
+    from sheepdog_backend.driver.sheepdog import SheepdogDriver
+
+    if not isinstance(driver, SheepdogDriver):
+        raise ConfigError(f"backend {driver.backend_name}: exports need the sheepdog "
+                          f"driver, not {type(driver).__name__}")
+    return attach, driver
+
+
+def _volume(name: str) -> Volume:
+    return Volume(id=name, size=1, name=name)
+
+
+def _create(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+    attach, drv = _attach(driver)
+    connector = Connector(host="cli", initiator=args.initiator)
+    if args.snapshot:
+        snap = Snapshot(id=args.snapshot, volume=_volume(args.name), name=args.snapshot)
+        info = attach.initialize_connection_snapshot(drv.core, snap, connector)
+    else:
+        info = attach.initialize_connection(drv.core, _volume(args.name), connector)
+    return info if args.json else json.dumps(info, indent=2)
+
+
+def _delete(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+    attach, drv = _attach(driver)
+    mgr = attach.manager(drv.core)
+    if args.snapshot:
+        gone = mgr.unexport_snapshot(args.name, args.snapshot, initiator=args.initiator)
+    else:
+        gone = mgr.unexport(args.name, initiator=args.initiator)
+    what = f"{args.name}@{args.snapshot}" if args.snapshot else args.name
+    return {"message": f"export of {what} removed" if gone else f"{what} was not exported",
+            "removed": gone}
+
+
+def _list(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+    attach, drv = _attach(driver)
+    mgr = attach.manager(drv.core)
+    return [mgr.check(rec.vdi) for rec in mgr.records()]
+
+
+def _check(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+    attach, drv = _attach(driver)
+    return attach.manager(drv.core).check(args.name)
+
+
+def _sync(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+    attach, drv = _attach(driver)
+    return attach.manager(drv.core).sync()
+
+
+def _connect(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+    from sheepdog_backend.driver import connection
+    from sheepdog_backend.driver.connection import connection_info
+
+    connector = Connector(host=args.host, initiator=args.initiator)
+    volume = _volume(args.name)
+    if args.protocol == "iscsi":
+        attach, drv = _attach(driver)
+        info = attach.initialize_connection(drv.core, volume, connector)
+    elif args.protocol == "sheepdog":
+        attach, drv = _attach(driver)
+        drv.describe_volume(volume)  # VolumeNotFound when absent
+        info = connection_info(args.name, list(drv.client.gateways_by_health()))
+    else:
+        info = driver.initialize_connection(volume, connector)
+    if args.format == "json":
+        return info if args.json else json.dumps(info, indent=2)
+    form = connection.renderings(info)[args.format]
+    if args.json:
+        return form if args.format == "blockdev" else {args.format: form}
+    return form if isinstance(form, str) else json.dumps(form)

@@ -1,0 +1,141 @@
+"""The driver's attach hooks: native Sheepdog or an iSCSI target per volume.
+
+How it works: ``sheepdog_attach_protocol`` chooses.  For ``sheepdog`` the
+driver keeps its native connection info and nothing here runs.  For
+``iscsi`` every attach exports the volume through tgt (sheepdog_backend.export),
+records the export on the cluster and returns os-brick's iSCSI connection
+info; detach removes the initiator, and the target when none is left.  A
+snapshot attaches through a temporary read-only clone.
+
+The driver calls these functions with its DriverCore (``driver.core``);
+``_managers`` maps a core to its ExportManager (built on first use, weakly
+keyed so a closed driver frees it; guarded by ``_managers_lock``).
+
+Until a gateway that can pause I/O exists (issue 15), snapshotting a volume
+that tgt writes can lose acknowledged writes (the sheep rewrites the whole
+inode and drops a slot update landing in between; tgt hides the loss until
+the LU is re-opened): ``refuse_if_exported`` stops snapshots and temporary
+clones of exported volumes unless forced.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from sheepdog_backend.driver.connection import iscsi_connection_info
+from sheepdog_backend.driver.core import DriverCore
+from sheepdog_backend.exception import ExportedVolumeBusy
+
+if TYPE_CHECKING:
+    from sheepdog_backend.driver.base import Connector, Snapshot, Volume
+    from sheepdog_backend.export import ExportManager, ExportRecord
+
+_managers: weakref.WeakKeyDictionary[DriverCore, ExportManager] = (
+    weakref.WeakKeyDictionary())
+_managers_lock = threading.Lock()
+
+
+def uses_iscsi(core: DriverCore) -> bool:
+    return str(core.configuration.sheepdog_attach_protocol) == "iscsi"
+
+
+def manager(core: DriverCore) -> ExportManager:
+    """The driver's ExportManager (whatever the attach protocol: the CLI
+    exports on demand)."""
+    with _managers_lock:
+        found = _managers.get(core)
+        if found is None:
+            from sheepdog_backend.export import manager_for
+            found = manager_for(core.configuration, core.client)
+            _managers[core] = found
+        return found
+
+
+def _info(core: DriverCore, rec: ExportRecord, volume_id: str) -> dict[str, Any]:
+    conn = manager(core).connection(rec)
+    return iscsi_connection_info(portal=conn["portal"], iqn=conn["iqn"], lun=conn["lun"],
+                                 volume_id=volume_id, chap=conn["chap"],
+                                 access_mode="ro" if conn["readonly"] else "rw")
+
+
+def initialize_connection(core: DriverCore, volume: Volume,
+                          connector: Connector | None) -> dict[str, Any]:
+    name = core.vdi_name(volume)
+    initiator = connector.initiator if connector is not None else None
+    rec = manager(core).export_volume(name, initiator=initiator)
+    return _info(core, rec, volume.id)
+
+
+def terminate_connection(core: DriverCore, volume: Volume,
+                         connector: Connector | None) -> None:
+    """Drop ``connector``'s initiator; the target goes with the last one (or at
+    once when no connector is given: a forced detach)."""
+    name = core.vdi_name(volume)
+    initiator = connector.initiator if connector is not None else None
+    manager(core).unexport(name, initiator=initiator)
+
+
+def initialize_connection_snapshot(core: DriverCore, snapshot: Snapshot,
+                                   connector: Connector | None) -> dict[str, Any]:
+    name, tag = core.vdi_name(snapshot.volume), core.snapshot_tag(snapshot)
+    initiator = connector.initiator if connector is not None else None
+    rec = manager(core).export_snapshot(name, tag, initiator=initiator)
+    return _info(core, rec, snapshot.id)
+
+
+def terminate_connection_snapshot(core: DriverCore, snapshot: Snapshot,
+                                  connector: Connector | None) -> None:
+    name, tag = core.vdi_name(snapshot.volume), core.snapshot_tag(snapshot)
+    initiator = connector.initiator if connector is not None else None
+    manager(core).unexport_snapshot(name, tag, initiator=initiator)
+
+
+def create_export(core: DriverCore, volume: Volume,
+                  connector: Connector | None = None) -> dict[str, Any]:
+    """Cinder's create_export: the target exists afterwards (model update
+    carries the IQN as provider_location)."""
+    if not uses_iscsi(core):
+        return {}
+    initiator = connector.initiator if connector is not None else None
+    rec = manager(core).export_volume(core.vdi_name(volume), initiator=initiator)
+    conn = manager(core).connection(rec)
+    host, port = conn["portal"]
+    return {"provider_location": f"{host}:{port},1 {rec.iqn} {conn['lun']}"}
+
+
+def ensure_export(core: DriverCore, volume: Volume) -> None:
+    """Re-create the recorded target of ``volume`` (after a tgtd restart),
+    moving it off a dead gateway."""
+    manager(core).ensure(core.vdi_name(volume))
+
+
+def remove_export(core: DriverCore, volume: Volume) -> None:
+    manager(core).unexport(core.vdi_name(volume))
+
+
+def after_extend(core: DriverCore, name: str) -> None:
+    """Let initiators see the new size of an exported volume."""
+    from sheepdog_backend.export.manager import read_record
+    if read_record(core.client, name) is not None:
+        manager(core).refresh_size(name)
+
+
+def refuse_if_exported(core: DriverCore, name: str, what: str, *,
+                       force: bool = False) -> None:
+    from sheepdog_backend.export.manager import read_record
+    if force or read_record(core.client, name) is None:
+        return
+    raise ExportedVolumeBusy(
+        f"volume {name!r} is exported over iSCSI: a {what} now could lose writes tgt "
+        "has acknowledged (the sheep rewrites the whole inode and drops a slot update "
+        "landing meanwhile; tgt cannot pause I/O and caches the inode). Detach it first"
+        + ("" if what.startswith("revert") else ", or force it once the guest is quiesced"))
+
+
+def stats(core: DriverCore) -> dict[str, Any]:
+    """Stats keys that depend on the attach protocol."""
+    if uses_iscsi(core):
+        return {"storage_protocol": "iSCSI", "online_extend_support": True}
+    return {"storage_protocol": "sheepdog", "online_extend_support": False}

@@ -1,0 +1,165 @@
+"""What every target kind shares: names, credentials, the record kept on the
+cluster, and the models a target daemon reports.
+
+* ``target_iqn(prefix, vdi)``: the per-volume IQN.  IQNs allow only lower-case
+  letters, digits, ``-``, ``.`` and ``:`` (RFC 3720 3.2.6.1) and 223 bytes, so
+  a name that does not fit is folded and suffixed with a hash of the exact
+  name: two VDI names never share an IQN.
+* ``chap_credentials(key, iqn)``: CHAP user and secret derived with
+  HMAC-SHA256 from a configured key, so they survive restarts without a
+  database and differ per volume.
+* ``ExportRecord``: what is exported, through which gateway, for which
+  initiators; stored as JSON in a VDI attribute (``state.py``) so ``sync`` can
+  recreate targets after the daemon forgot them.
+* ``check_backing_name`` / ``check_gateway``: what tgt's Sheepdog backing store
+  cannot carry (see tgt.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sheepdog_backend.exception import GatewayUnusable, InvalidInput
+
+LUN = 1  # LUN 0 is tgt's controller; the volume is always LUN 1
+MAX_IQN = 223
+_IQN_PREFIX = re.compile(r"^(iqn\.\d{4}-\d{2}\.[a-z0-9][a-z0-9.-]*[a-z0-9](:[a-z0-9.:-]*)?"
+                         r"|eui\.[0-9a-f]{16}[:.]?)$")
+_IQN_ALLOWED = re.compile(r"[^a-z0-9.-]")
+# tgt splits its Sheepdog backing-store path on ':' and its parameters on ','
+# and '='; whitespace and non-printable bytes do not survive tgtadm's parsing.
+_BACKING_FORBIDDEN = re.compile(r"[:,=\s\x00-\x1f\x7f-\U0010ffff]")
+# tgt's Sheepdog store copies at most 4 characters of the port (see tgt.py).
+MAX_TGT_PORT = 9999
+
+
+def validate_prefix(prefix: str) -> str:
+    """The IQN prefix ``iqn.YYYY-MM.reverse.domain:`` or InvalidInput."""
+    if not isinstance(prefix, str) or not _IQN_PREFIX.match(prefix):
+        raise InvalidInput(f"target prefix {prefix!r} is not an IQN prefix like "
+                           "'iqn.2010-10.org.openstack:' (lower case, digits, '.', '-', ':')")
+    return prefix
+
+
+def target_iqn(prefix: str, vdi: str) -> str:
+    """The IQN of the target exporting VDI ``vdi``."""
+    validate_prefix(prefix)
+    if not vdi:
+        raise InvalidInput("a VDI name must not be empty")
+    folded = _IQN_ALLOWED.sub("-", vdi.lower())
+    iqn = prefix + folded
+    if folded != vdi or len(iqn) > MAX_IQN:
+        digest = hashlib.sha256(vdi.encode("utf-8")).hexdigest()[:12]
+        room = MAX_IQN - len(prefix) - len(digest) - 1
+        if room < 1:
+            raise InvalidInput(f"target prefix {prefix!r} leaves no room for a volume name")
+        iqn = f"{prefix}{folded[:room]}-{digest}"
+    return iqn
+
+
+def chap_credentials(key: str, iqn: str) -> tuple[str, str]:
+    """(user, secret) for ``iqn``: HMAC-SHA256 of the IQN under ``key``.
+    The secret is 24 hex digits (tgt and libiscsi accept 12-255 bytes)."""
+    if not key:
+        raise InvalidInput("a CHAP key is needed to derive CHAP secrets")
+    mac = hmac.new(key.encode("utf-8"), b"chap\0" + iqn.encode("utf-8"),
+                   hashlib.sha256).hexdigest()
+    return f"sd{mac[:10]}", mac[10:34]
+
+
+def check_backing_name(vdi: str) -> str:
+    """A VDI name tgt's Sheepdog store can open, or InvalidInput saying why."""
+    bad = _BACKING_FORBIDDEN.search(vdi)
+    if bad:
+        raise InvalidInput(f"VDI {vdi!r} cannot be exported through tgt: its Sheepdog "
+                           f"backing store cannot carry {bad.group()!r} in a name (':' "
+                           "separates fields, ',' and '=' separate parameters; only "
+                           "printable ASCII without spaces is passed intact)")
+    return vdi
+
+
+def check_gateway(host: str, port: int) -> tuple[str, int]:
+    """A gateway tgt can reach, or GatewayUnusable with the reason."""
+    if ":" in host:
+        raise GatewayUnusable(f"gateway [{host}]:{port} cannot be used by tgt: its Sheepdog "
+                              "backing store splits 'tcp:HOST:PORT:VDI' on ':', so IPv6 "
+                              "addresses do not parse; give the node an IPv4 address")
+    if not 1 <= port <= MAX_TGT_PORT:
+        raise GatewayUnusable(
+            f"gateway {host}:{port} cannot be used by tgt: its Sheepdog backing store keeps "
+            f"only 4 digits of the port (tcp:{host}:{port} would connect to port "
+            f"{str(port)[:4]}); run the gateway on a port <= {MAX_TGT_PORT}")
+    return host, port
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """An export as recorded on the cluster.
+
+    ``vdi`` is the VDI the LU serves (a temporary clone for a snapshot);
+    ``source`` is ``{"volume": name, "tag": tag}`` when it is such a clone.
+    """
+
+    vdi: str
+    iqn: str
+    gateway: str
+    readonly: bool = False
+    initiators: tuple[str, ...] = ()
+    chap: bool = True
+    source: dict[str, str] | None = None
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"v": 1, "vdi": self.vdi, "iqn": self.iqn,
+                                "gateway": self.gateway, "readonly": self.readonly,
+                                "initiators": list(self.initiators), "chap": self.chap}
+        if self.source is not None:
+            body["source"] = dict(self.source)
+        return json.dumps(body, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ExportRecord:
+        try:
+            body = json.loads(raw.rstrip(b"\0").decode("utf-8"))
+            source = body.get("source")
+            return cls(vdi=str(body["vdi"]), iqn=str(body["iqn"]),
+                       gateway=str(body["gateway"]), readonly=bool(body["readonly"]),
+                       initiators=tuple(str(i) for i in body.get("initiators", [])),
+                       chap=bool(body.get("chap", True)),
+                       source=({"volume": str(source["volume"]), "tag": str(source["tag"])}
+                               if source else None))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise InvalidInput(f"unreadable export record {raw[:80]!r}: {exc}") from None
+
+    def with_changes(self, **changes: Any) -> ExportRecord:
+        values = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        values.update(changes)
+        return ExportRecord(**values)
+
+
+@dataclass(frozen=True)
+class LogicalUnit:
+    lun: int
+    backing: str
+    size: int
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target as the daemon reports it."""
+
+    tid: int
+    iqn: str
+    luns: tuple[LogicalUnit, ...] = ()
+    accounts: tuple[str, ...] = ()
+    acls: tuple[str, ...] = ()
+    sessions: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def lun(self, number: int = LUN) -> LogicalUnit | None:
+        return next((lu for lu in self.luns if lu.lun == number), None)
