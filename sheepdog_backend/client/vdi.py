@@ -82,7 +82,7 @@ def pipeline(conn: Connection, requests: Iterable[Request], window: int = 16,
 def vdi_body(rsp: Response) -> VdiResponse:
     body = rsp.body
     if not isinstance(body, VdiResponse):
-        raise TypeError("not a VDI response")
+        raise ProtocolError(f"a {type(body).__name__} where a VDI response belongs")
     return body
 
 
@@ -137,7 +137,8 @@ def read_slots(conn: Connection, vid: int, first: int, count: int,
 def cluster_default_shift(conn: Connection) -> int:
     rsp = check(conn.call(Request(Opcode.GET_CLUSTER_DEFAULT)))
     body = rsp.body
-    assert isinstance(body, ClusterDefaultResponse)
+    if not isinstance(body, ClusterDefaultResponse):
+        raise ProtocolError(f"a {type(body).__name__} where GET_CLUSTER_DEFAULT's belongs")
     return body.block_size_shift
 
 
