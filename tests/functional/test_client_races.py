@@ -257,3 +257,35 @@ def test_snapshot_is_deletable_by_vid_without_its_tag(gateways: list[str]) -> No
         assert c.delete_vdi_by_vid(snap.vid) is False  # gone already
         assert c.delete_vdi_by_vid(c.get_vdi("byvid").vid) is True
         assert [v.name for v in c.list_vdis()] == []
+
+
+def test_snapshot_racing_another_clients_snapshot_keeps_the_live_data(
+        gateways: list[str]) -> None:
+    """Another process snapshots (and writes) between our read of the working
+    inode and our NEW_VDI: sheep takes our request for a rebase onto the stale
+    inode, which would drop the other's later write from the live volume.  The
+    client repairs it; each snapshot ends with its own tag."""
+    with _client(gateways) as other:
+        other.create_vdi("raced", 2 * OBJ)
+        other.write("raced", 0, b"one")
+        fired: list[int] = []
+
+        def rule(req: Request, n: int) -> str:
+            body = req.body
+            if req.opcode == Opcode.NEW_VDI and getattr(body, "snapid", 0) and not fired:
+                fired.append(n)
+                other.write("raced", OBJ, b"two")
+                other.snapshot_vdi("raced", "theirs")
+                other.write("raced", OBJ + 3, b"three")  # after their snapshot
+            return "pass"
+        host, port = gateways[0].rsplit(":", 1)
+        with FaultProxy((host, int(port)), rule) as proxy, \
+                _client([proxy.address]) as c:
+            mine = c.snapshot_vdi("raced", "mine")
+        assert fired
+        assert mine.tag == "mine" and mine.is_snapshot
+        assert other.read("raced", 0, 3) == b"one"
+        assert other.read("raced", OBJ, 8) == b"twothree"  # the live volume kept both
+        assert other.read("raced", OBJ, 8, tag="mine") == b"twothree"
+        assert other.read("raced", OBJ, 8, tag="theirs") == b"two" + bytes(5)
+        assert sorted(v.tag for v in other.list_snapshots("raced")) == ["mine", "theirs"]
