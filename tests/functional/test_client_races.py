@@ -45,7 +45,7 @@ def _run_threads(n: int, fn: Callable[[int], None]) -> None:
     def body(i: int) -> None:
         try:
             fn(i)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
+        except BaseException as exc:
             errors.append(exc)
     threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
     for t in threads:
@@ -169,7 +169,7 @@ def _check_point_in_time(client: SheepdogClient, name: str, blocks: int,
             if state == got:
                 cuts.append(c)
         assert cuts, (f"snapshot {s.tag} is no point in time (writes {lo}..{hi}): "
-                      f"{sum(1 for b in range(blocks) if got[b] not in digests + [zero])}"
+                      f"{sum(1 for b in range(blocks) if got[b] not in [*digests, zero])}"
                       " blocks hold bytes no write wrote")
 
 
