@@ -8,10 +8,14 @@ idempotent on the wire get their attempt from ``reconcile``, which keeps a
 small per-call state so that after a lost reply the next attempt reconciles
 with what exists instead of sending the decisive request twice.
 
-Every public call has one deadline, the retry policy's ``deadline`` from the
-moment it starts: each connection it uses refuses to send or wait past it
-(``DeadlineExceeded``), so a gateway that answers garbage cannot keep a call
-going.  A reply that does not decode (a ValueError or struct.error out of a
+Every public call but a data transfer has one deadline, the retry policy's
+``deadline`` from the moment it starts: each connection it uses refuses to
+send or wait past it (``DeadlineExceeded``), so a gateway that answers
+garbage cannot keep a call going.  Reads and writes last as long as their
+size needs: each request is bounded by the request timeout and their number
+by the range the caller gave.  A write held back by a snapshot of this client
+waits at most the retry deadline for it; a snapshot waits for the writes in
+flight however long they take.  A reply that does not decode (a ValueError or struct.error out of a
 decoder) becomes ``ProtocolError`` and its connection is dropped: a public
 call only ever raises ``SheepdogError`` subclasses.
 
@@ -101,8 +105,14 @@ class SheepdogClient:
         return time.monotonic() + self.retry.deadline
 
     def _run(self, fn: Callable[[Connection], T], *, what: str,
-             wait_for_lock: bool = False, deadline: float | None = None) -> T:
-        end = self._deadline() if deadline is None else deadline
+             wait_for_lock: bool = False, deadline: float | None = None,
+             transfer: bool = False) -> T:
+        """Run ``fn`` under the retry policy; every connection it uses stops at
+        ``deadline`` (default: the retry deadline from now).  A data
+        ``transfer`` has no total deadline: it lasts as long as its size needs
+        (each request bounded by the request timeout, their number by the
+        range), so the retry deadline does not cut a large image copy."""
+        end = None if transfer else self._deadline() if deadline is None else deadline
         guarded = _decoding_errors_typed(fn, what)
         return self.retry.call(lambda: self.cluster.run(guarded, deadline=end), what=what,
                                wait_for_lock=wait_for_lock)
@@ -246,10 +256,10 @@ class SheepdogClient:
         if not rawtag:
             raise InvalidInput("a snapshot needs a non-empty tag")
         snap = rc.Snapshot(raw, rawtag, name, tag, self.io_window)
-        end = self._deadline()
         try:
-            with self.coord.exclusive(raw, end):  # no write of ours in flight
-                return self._run(snap, what=f"snapshot {name!r}", deadline=end)
+            # no write of ours in flight: waits as long as those transfers take
+            with self.coord.exclusive(raw):
+                return self._run(snap, what=f"snapshot {name!r}")
         except RetryExhausted:
             vid = snap.stray_tag_vid
             if vid is not None:
@@ -283,10 +293,9 @@ class SheepdogClient:
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         if not rawtag:
             raise InvalidInput("rollback needs the tag of a snapshot")
-        end = self._deadline()
-        with self.coord.exclusive(raw, end):
+        with self.coord.exclusive(raw):
             return self._run(rc.rollback(raw, rawtag, name, tag, self.io_window),
-                             what=f"rollback {name!r} to {tag!r}", deadline=end)
+                             what=f"rollback {name!r} to {tag!r}")
 
     # -- delete --------------------------------------------------------------
 
@@ -348,7 +357,7 @@ class SheepdogClient:
         def attempt(conn: Connection) -> bytes:
             layout = dio.open_layout(conn, raw, rawtag, offset, length, self.io_window)
             return dio.read_bytes(conn, layout, offset, length, self.io_window)
-        return self._run(attempt, what=f"read {name!r}")
+        return self._run(attempt, what=f"read {name!r}", transfer=True)
 
     def read_to_file(self, name: str, fileobj: BinaryIO, *, tag: str = "",
                      length: int | None = None) -> int:
@@ -368,7 +377,7 @@ class SheepdogClient:
             n = hdr.vdi_size if length is None else length
             layout = dio.open_layout(conn, raw, rawtag, 0, n, self.io_window)
             return dio.read_stream(conn, layout, 0, n, self.io_window, fileobj.write)
-        return self._run(attempt, what=f"read {name!r} to a file")
+        return self._run(attempt, what=f"read {name!r} to a file", transfer=True)
 
     def write(self, name: str, offset: int, data: bytes) -> None:
         raw = validate_name(encode_text(name))
@@ -376,11 +385,10 @@ class SheepdogClient:
         if not data:
             return
         source = dwr.bytes_source(data)
-        end = self._deadline()
-        with self.coord.writing(raw, end) as claims:
+        with self.coord.writing(raw, self._deadline()) as claims:
             self._run(lambda c: dwr.write_with_redo(c, raw, offset, len(data), source,
                                                     self.io_window, claims),
-                      what=f"write {name!r}", deadline=end)
+                      what=f"write {name!r}", transfer=True)
 
     def write_from_file(self, name: str, fileobj: BinaryIO, *, offset: int = 0) -> int:
         raw = validate_name(encode_text(name))
@@ -390,12 +398,11 @@ class SheepdogClient:
             if length == 0:
                 return 0
             source = dwr.file_source(fileobj)
-            end = self._deadline()
-            with self.coord.writing(raw, end) as claims:
+            with self.coord.writing(raw, self._deadline()) as claims:
                 return self._run(lambda c: dwr.write_with_redo(c, raw, offset, length,
                                                                source, self.io_window,
                                                                claims),
-                                 what=f"write {name!r} from a file", deadline=end)
+                                 what=f"write {name!r} from a file", transfer=True)
         done = 0
         while True:  # unknown length (a pipe): buffered segments
             segment = fileobj.read(_SEGMENT)

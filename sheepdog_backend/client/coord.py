@@ -179,7 +179,9 @@ class Coordinator:
                     gate.cond.notify_all()
                 gate.writers += 1
             try:
-                yield ObjectClaims(gate, deadline)
+                # a create of another transfer ends as that transfer progresses:
+                # waiting for it is bounded by its requests' timeouts, not ours
+                yield ObjectClaims(gate)
             finally:
                 with gate.cond:
                     gate.writers -= 1

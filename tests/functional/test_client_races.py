@@ -180,8 +180,8 @@ def test_writes_while_snapshotting_are_kept_and_snapshots_are_points_in_time(
     with _client(gateways) as c, _client(gateways) as other:
         snapper = c if clients == "same client" else other
         c.create_vdi("busy", blocks * BLOCK)
-        writes, snaps = _writes_and_snapshots(c, snapper, "busy", blocks, max_writes=300,
-                                              max_snaps=10, seconds=20)
+        writes, snaps = _writes_and_snapshots(c, snapper, "busy", blocks, max_writes=200,
+                                              max_snaps=10, seconds=10)
         assert len(snaps) >= 2 and len(writes) >= 20
         _check_point_in_time(c, "busy", blocks, writes, snaps)
 
