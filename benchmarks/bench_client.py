@@ -20,14 +20,27 @@ The server always runs as a separate `sheepdog-backend serve` process (see
 _serve.py), so client and server do not share a GIL.  Every table is measured
 side by side in one run.
 
+Write cost of the issue-9 fixes (``--before PATH``, PATH a checkout of the
+code before them, e.g. ``git worktree add --detach /tmp/base be8fe12``): on
+one server, the same write jobs run by this tree's client and by PATH's, in
+alternating child processes (best of ``--cost-rounds``): one large write that
+allocates every object and its overwrite, with window 1 and the default;
+64 KiB writes that each allocate an object (each pays the cross-process
+check: one more GET_VDI_INFO after its slot update) and 64 KiB overwrites of
+objects the VDI owns (which must cost nothing more).
+
 Run: .venv/bin/python benchmarks/bench_client.py [--rounds N] [--data-mib M]
-     [--objects K] [--others 10,100,1000] [--skip control,data,delete]
+     [--objects K] [--others 10,100,1000] [--skip control,data,delete,cost]
+     [--before PATH] [--cost-rounds R]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -231,6 +244,60 @@ def snapshots_cost(gateway: str, rounds: int = 5) -> tuple[float, float]:
         return chain, full
 
 
+def write_cost(gateway: str, mib: int, small: int, tag: str) -> dict[str, float]:
+    """MiB/s (large) and calls/s (64 KiB) of the write jobs of the cost table,
+    with only the public SheepdogClient API (so an older tree runs it too)."""
+    out: dict[str, float] = {}
+    payload = bytes(i % 251 for i in range(mib * MiB))
+    for window in (1, DEFAULT_WINDOW):
+        with SheepdogClient([gateway], io_window=window) as client:
+            name = f"cost-{tag}-w{window}"
+            client.create_vdi(name, mib * MiB)
+            start = time.perf_counter()
+            client.write(name, 0, payload)
+            out[f"large allocate w{window}"] = mib / (time.perf_counter() - start)
+            start = time.perf_counter()
+            client.write(name, 0, payload)
+            out[f"large overwrite w{window}"] = mib / (time.perf_counter() - start)
+    with SheepdogClient([gateway]) as client:
+        name = f"cost-{tag}-small"
+        client.create_vdi(name, small * 4 * MiB)
+        block = b"b" * (64 << 10)
+        start = time.perf_counter()
+        for i in range(small):
+            client.write(name, i * 4 * MiB, block)  # each allocates one object
+        out["64K allocate"] = small / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(small):
+            client.write(name, i * 4 * MiB + (64 << 10), block)  # owned object
+        out["64K overwrite"] = small / (time.perf_counter() - start)
+    return out
+
+
+def cost_table(before: str, mib: int, small: int, rounds: int, root: str) -> None:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    trees = {"before": os.path.abspath(before), "after": here}
+    best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
+    with serve(os.path.join(root, "cost"), sync=False) as gateway:
+        for r in range(rounds):
+            for which in ("before", "after"):  # alternate: the load drifts
+                env = dict(os.environ, PYTHONPATH=trees[which])
+                done = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--cost-child", gateway,
+                     "--data-mib", str(mib), "--cost-small", str(small),
+                     "--cost-tag", f"{which}{r}"],
+                    env=env, check=True, capture_output=True, text=True,
+                    cwd=os.path.dirname(os.path.abspath(__file__)))
+                for key, value in json.loads(done.stdout.splitlines()[-1]).items():
+                    best[which][key] = max(best[which].get(key, 0.0), value)
+    print(f"\nwrite cost of the issue-9 fixes, server sync off, best of {rounds} "
+          f"(large: {mib} MiB, MiB/s; 64K: {small} calls, calls/s)")
+    print(f"{'write':22} {'before':>9} {'after':>9} {'after/before':>13}")
+    for key in best["after"]:
+        b, a = best["before"][key], best["after"][key]
+        print(f"{key:22} {b:9.1f} {a:9.1f} {a / b:13.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -239,8 +306,20 @@ def main() -> None:
                         help="allocated objects of the deleted VDI")
     parser.add_argument("--others", default="10,100,1000",
                         help="numbers of other VDIs on the server")
-    parser.add_argument("--skip", default="", help="comma list of: control,data,delete")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: control,data,delete,cost")
+    parser.add_argument("--before", default=None,
+                        help="a checkout of the code before the issue-9 fixes: "
+                             "prints the write cost table")
+    parser.add_argument("--cost-rounds", type=int, default=2)
+    parser.add_argument("--cost-small", type=int, default=64)
+    parser.add_argument("--cost-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cost-tag", default="x", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cost_child:
+        print(json.dumps(write_cost(args.cost_child, args.data_mib, args.cost_small,
+                                    args.cost_tag)))
+        return
     skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as root:
         if "control" not in skip:
@@ -269,6 +348,8 @@ def main() -> None:
             print(f"sync on / sync off, window {w}: " + ", ".join(
                 f"{kind} {by[True][(kind, w)] / by[False][(kind, w)]:.2f}"
                 for kind in ("write (allocate)", "write (overwrite)")))
+        if args.before and "cost" not in skip:
+            cost_table(args.before, args.data_mib, args.cost_small, args.cost_rounds, root)
         if "delete" not in skip:
             print(f"\ndelete a VDI with {args.objects} allocated objects, "
                   "server sync off (ms)")

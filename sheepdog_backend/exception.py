@@ -69,6 +69,15 @@ class ReadTimeout(TransportError):
     """The gateway accepted the request but did not answer in time."""
 
 
+class DeadlineExceeded(ReadTimeout):
+    """The call's total deadline (the retry deadline) passed while it was still
+    sending or waiting; whatever was in flight is abandoned.
+
+    Likely cause: a gateway that answers too slowly, or a garbage reply that
+    would make the call send an unbounded number of requests.
+    """
+
+
 class ConnectionClosed(TransportError):
     """The peer closed the connection (sheep restarted or was killed)."""
 

@@ -7,10 +7,27 @@ lookups and lists simply run again.  Operations that change state and are not
 idempotent on the wire get their attempt from ``reconcile``, which keeps a
 small per-call state so that after a lost reply the next attempt reconciles
 with what exists instead of sending the decisive request twice.
+
+Every public call but a data transfer has one deadline, the retry policy's
+``deadline`` from the moment it starts: each connection it uses refuses to
+send or wait past it (``DeadlineExceeded``), so a gateway that answers
+garbage cannot keep a call going.  Reads and writes last as long as their
+size needs: each request is bounded by the request timeout and their number
+by the range the caller gave.  A write held back by a snapshot of this client
+waits at most the retry deadline for it; a snapshot waits for the writes in
+flight however long they take.  A reply that does not decode (a ValueError or struct.error out of a
+decoder) becomes ``ProtocolError`` and its connection is dropped: a public
+call only ever raises ``SheepdogError`` subclasses.
+
+Concurrency: a client is shared by threads.  ``self.coord`` (``coord.py``)
+is the only shared mutable state besides the cluster's pools: writes share
+the gate of their VDI name, snapshot and rollback hold it alone, and object
+creation is serialised per object (see ``coord`` and ``write``).
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -20,7 +37,9 @@ from sheepdog_backend.client import io as dio
 from sheepdog_backend.client import reconcile as rc
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client import vdi as ops
+from sheepdog_backend.client import write as dwr
 from sheepdog_backend.client.cluster import Cluster
+from sheepdog_backend.client.coord import Coordinator
 from sheepdog_backend.client.models import VdiInfo, encode_text
 from sheepdog_backend.client.retry import RetryPolicy
 from sheepdog_backend.client.transport import Address, Connection
@@ -29,7 +48,9 @@ from sheepdog_backend.exception import (
     NoObject,
     NoTag,
     NoVdi,
+    ProtocolError,
     RetryExhausted,
+    SheepdogError,
 )
 from sheepdog_backend.protocol.constants import (
     SD_MAX_BLOCK_SIZE_SHIFT,
@@ -74,6 +95,7 @@ class SheepdogClient:
                                request_timeout=request_timeout, pool_size=pool_size)
         self.retry = retry if retry is not None else RetryPolicy()
         self.io_window = io_window
+        self.coord = Coordinator()
 
     def close(self) -> None:
         self.cluster.close()
@@ -85,9 +107,20 @@ class SheepdogClient:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def _deadline(self) -> float:
+        return time.monotonic() + self.retry.deadline
+
     def _run(self, fn: Callable[[Connection], T], *, what: str,
-             wait_for_lock: bool = False) -> T:
-        return self.retry.call(lambda: self.cluster.run(fn), what=what,
+             wait_for_lock: bool = False, deadline: float | None = None,
+             transfer: bool = False) -> T:
+        """Run ``fn`` under the retry policy; every connection it uses stops at
+        ``deadline`` (default: the retry deadline from now).  A data
+        ``transfer`` has no total deadline: it lasts as long as its size needs
+        (each request bounded by the request timeout, their number by the
+        range), so the retry deadline does not cut a large image copy."""
+        end = None if transfer else self._deadline() if deadline is None else deadline
+        guarded = _decoding_errors_typed(fn, what)
+        return self.retry.call(lambda: self.cluster.run(guarded, deadline=end), what=what,
                                wait_for_lock=wait_for_lock)
 
     # -- cluster -------------------------------------------------------------
@@ -127,6 +160,7 @@ class SheepdogClient:
 
     def capacity(self) -> tuple[int, int]:
         """(total, free) bytes summed over the nodes (STAT_SHEEP on each node)."""
+        end = self._deadline()
         total = free = 0
         for node in self.node_list():
             address = Address(node.nid.addr, node.nid.port)
@@ -135,14 +169,16 @@ class SheepdogClient:
             def stat(conn: Connection) -> tuple[int, int]:
                 body = ops.check(conn.call(rq.stat_sheep())).body
                 return getattr(body, "store_size", 0), getattr(body, "store_free", 0)
-            size, avail = self._stat_node(address, stat)
+            size, avail = self._stat_node(address, stat, end)
             total += size
             free += avail
         return total, free
 
-    def _stat_node(self, address: Address, stat: Callable[[Connection], tuple[int, int]]
-                   ) -> tuple[int, int]:
-        return self.retry.call(lambda: self.cluster.run_on(address, stat),
+    def _stat_node(self, address: Address, stat: Callable[[Connection], tuple[int, int]],
+                   deadline: float) -> tuple[int, int]:
+        guarded = _decoding_errors_typed(stat, f"stat {address}")
+        return self.retry.call(lambda: self.cluster.run_on(address, guarded,
+                                                           deadline=deadline),
                                what=f"stat {address}")
 
     def gateways_by_health(self) -> list[tuple[str, int]]:
@@ -225,9 +261,11 @@ class SheepdogClient:
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         if not rawtag:
             raise InvalidInput("a snapshot needs a non-empty tag")
-        snap = rc.Snapshot(raw, rawtag, name, tag)
+        snap = rc.Snapshot(raw, rawtag, name, tag, self.io_window)
         try:
-            return self._run(snap, what=f"snapshot {name!r}")
+            # no write of ours in flight: waits as long as those transfers take
+            with self.coord.exclusive(raw):
+                return self._run(snap, what=f"snapshot {name!r}")
         except RetryExhausted:
             vid = snap.stray_tag_vid
             if vid is not None:
@@ -268,8 +306,9 @@ class SheepdogClient:
             raise InvalidInput("rollback needs the tag of a snapshot")
         if size is not None:
             _check_size(size)
-        return self._run(rc.rollback(raw, rawtag, name, tag, self.io_window, size),
-                         what=f"rollback {name!r} to {tag!r}")
+        with self.coord.exclusive(raw):
+            return self._run(rc.rollback(raw, rawtag, name, tag, self.io_window, size),
+                             what=f"rollback {name!r} to {tag!r}")
 
     # -- delete --------------------------------------------------------------
 
@@ -280,6 +319,15 @@ class SheepdogClient:
         snapid = _check_snapid(snapid)
         return self._run(rc.delete(raw, rawtag, self.io_window, snapid),
                          what=f"delete {name!r}")
+
+    def delete_vdi_by_vid(self, vid: int) -> bool:
+        """Delete the working VDI or snapshot whose inode is ``vid`` (the
+        ``VdiInfo.vid`` that ``snapshot_vdi`` returned), found by name and
+        snap_id, so an untagged snapshot can be deleted too.  False when it
+        was already gone."""
+        if isinstance(vid, bool) or not isinstance(vid, int) or not 0 < vid < 1 << 24:
+            raise InvalidInput(f"{vid!r} is not a VDI id (1..0xffffff)")
+        return self._run(rc.delete_vid(vid, self.io_window), what=f"delete VDI {vid:#x}")
 
     # -- attributes and locks ------------------------------------------------
 
@@ -332,7 +380,7 @@ class SheepdogClient:
         def attempt(conn: Connection) -> bytes:
             layout = dio.open_layout(conn, raw, rawtag, offset, length, self.io_window)
             return dio.read_bytes(conn, layout, offset, length, self.io_window)
-        return self._run(attempt, what=f"read {name!r}")
+        return self._run(attempt, what=f"read {name!r}", transfer=True)
 
     def read_to_file(self, name: str, fileobj: BinaryIO, *, tag: str = "",
                      length: int | None = None) -> int:
@@ -352,28 +400,32 @@ class SheepdogClient:
             n = hdr.vdi_size if length is None else length
             layout = dio.open_layout(conn, raw, rawtag, 0, n, self.io_window)
             return dio.read_stream(conn, layout, 0, n, self.io_window, fileobj.write)
-        return self._run(attempt, what=f"read {name!r} to a file")
+        return self._run(attempt, what=f"read {name!r} to a file", transfer=True)
 
     def write(self, name: str, offset: int, data: bytes) -> None:
         raw = validate_name(encode_text(name))
         dio._check_range(offset, len(data))
         if not data:
             return
-        source = dio.bytes_source(data)
-        self._run(lambda c: dio.write_with_redo(c, raw, offset, len(data), source,
-                                                self.io_window), what=f"write {name!r}")
+        source = dwr.bytes_source(data)
+        with self.coord.writing(raw, self._deadline()) as claims:
+            self._run(lambda c: dwr.write_with_redo(c, raw, offset, len(data), source,
+                                                    self.io_window, claims),
+                      what=f"write {name!r}", transfer=True)
 
     def write_from_file(self, name: str, fileobj: BinaryIO, *, offset: int = 0) -> int:
         raw = validate_name(encode_text(name))
         dio._check_range(offset, 0)
-        length = dio.remaining_length(fileobj)
+        length = dwr.remaining_length(fileobj)
         if length is not None:
             if length == 0:
                 return 0
-            source = dio.file_source(fileobj)
-            return self._run(lambda c: dio.write_with_redo(c, raw, offset, length, source,
-                                                           self.io_window),
-                             what=f"write {name!r} from a file")
+            source = dwr.file_source(fileobj)
+            with self.coord.writing(raw, self._deadline()) as claims:
+                return self._run(lambda c: dwr.write_with_redo(c, raw, offset, length,
+                                                               source, self.io_window,
+                                                               claims),
+                                 what=f"write {name!r} from a file", transfer=True)
         done = 0
         while True:  # unknown length (a pipe): buffered segments
             segment = fileobj.read(_SEGMENT)
@@ -381,3 +433,22 @@ class SheepdogClient:
                 return done
             self.write(name, offset + done, segment)
             done += len(segment)
+
+
+_DECODE_ERRORS = (ValueError, struct.error, IndexError, OverflowError)
+
+
+def _decoding_errors_typed(fn: Callable[[Connection], T], what: str
+                           ) -> Callable[[Connection], T]:
+    """``fn`` with a reply that does not decode raised as ProtocolError (the
+    pool then drops the connection) instead of a bare ValueError."""
+    def guarded(conn: Connection) -> T:
+        try:
+            return fn(conn)
+        except SheepdogError:
+            raise
+        except _DECODE_ERRORS as exc:
+            conn.close()
+            raise ProtocolError(f"{what}: a reply from {conn.address} does not decode: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    return guarded

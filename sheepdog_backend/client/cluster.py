@@ -147,24 +147,30 @@ class Cluster:
 
     # -- running requests ----------------------------------------------------
 
-    def run_on(self, address: Address, fn: Callable[[Connection], T]) -> T:
-        """Run ``fn`` on a connection to one gateway, recording the outcome."""
+    def run_on(self, address: Address, fn: Callable[[Connection], T], *,
+               deadline: float | None = None) -> T:
+        """Run ``fn`` on a connection to one gateway, recording the outcome.
+        ``deadline`` (monotonic) bounds every send and wait of ``fn``."""
         pool = self.pool(address)
         try:
             with pool.connection() as conn:
-                result = fn(conn)
+                conn.call_deadline = deadline
+                try:
+                    result = fn(conn)
+                finally:
+                    conn.call_deadline = None
         except (TransportError, ProtocolError, *_NODE_STATE_ERRORS) as exc:
             self.mark_failed(address, exc)
             raise
         self.mark_ok(address)
         return result
 
-    def run(self, fn: Callable[[Connection], T]) -> T:
+    def run(self, fn: Callable[[Connection], T], *, deadline: float | None = None) -> T:
         """Run ``fn`` on the healthiest gateway that accepts a connection."""
         errors: list[str] = []
         for h in self.ordered():
             try:
-                return self.run_on(h.address, fn)
+                return self.run_on(h.address, fn, deadline=deadline)
             except TransportError as exc:
                 if request_was_sent(exc):
                     raise

@@ -8,18 +8,8 @@ The range is cut into per-object chunks.
 * Read: a chunk whose slot is 0 is zeros, filled locally with no request;
   otherwise READ_OBJ of ``vid_to_data_oid(slot, idx)`` (possibly an
   ancestor's object).  Large objects are read in pieces of at most 4 MiB.
-* Write (always the working VDI): slot == own vid -> WRITE_OBJ; slot == 0 ->
-  CREATE_AND_WRITE_OBJ, skipped entirely when the chunk is all zeros (thin);
-  slot == an ancestor's vid -> CREATE_AND_WRITE_OBJ with COW from the
-  ancestor's object.  Each object appears in exactly one chunk of a transfer,
-  so no two requests for one object are ever in flight together.  Only after
-  a create succeeded is its slot updated (WRITE_OBJ of the slot range at
-  4664 + 4*idx), in runs of changed slots only, never rewriting a slot we
-  did not change (§10.3 caveat).
-* READONLY on a write means the VDI was snapshotted under us: the transfer
-  drains, re-resolves the name (new working vid) and redoes every chunk
-  (data from a file is re-read after seeking back; a non-seekable source
-  gives up with ReadOnly).
+* Writes are ``write.py``'s (they use ``open_layout``, ``chunks`` and
+  ``run_window`` from here).
 
 At most ``window`` requests are in flight on the connection; responses are
 matched by id in any order.  Streaming keeps at most ``window`` chunks in
@@ -30,21 +20,19 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
-from typing import BinaryIO, TypeVar
+from dataclasses import dataclass
+from typing import TypeVar
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client import vdi as ops
 from sheepdog_backend.client.transport import Connection
-from sheepdog_backend.exception import InvalidInput, ReadOnly, error_for_code
-from sheepdog_backend.protocol.constants import SD_INODE_DATA_INDEX, Flag, Result
+from sheepdog_backend.exception import InvalidInput, error_for_code
+from sheepdog_backend.protocol.constants import SD_INODE_DATA_INDEX, Result
 from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.inode import InodeHeader, decode_slots
 from sheepdog_backend.protocol.oid import vid_to_data_oid
 
 READ_PIECE = 4 << 20
-SLOT_FLUSH = 64  # created slots accumulated before a slot-range write
-READONLY_REDOS = 3
 K = TypeVar("K")
 
 
@@ -251,178 +239,3 @@ _ZERO = bytes(READ_PIECE)
 
 def _zeros(n: int) -> bytes | memoryview:
     return memoryview(_ZERO)[:n] if n <= len(_ZERO) else bytes(n)
-
-
-# -- writes ------------------------------------------------------------------
-
-
-class _SlotUpdater:
-    """Collects created object indexes and writes their slots in runs."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self.pending: set[int] = set()
-
-    def add(self, idx: int) -> None:
-        self.layout.slots[idx - self.layout.first] = self.layout.vid
-        self.pending.add(idx)
-
-    def requests(self) -> list[Request]:
-        if not self.pending:
-            return []
-        lay = self.layout
-        ordered = sorted(self.pending)
-        self.pending.clear()
-        runs: list[tuple[int, int]] = []
-        for idx in ordered:
-            if runs and runs[-1][1] == idx:
-                runs[-1] = (runs[-1][0], idx + 1)
-            else:
-                runs.append((idx, idx + 1))
-        rel = [(s - lay.first, e - lay.first) for s, e in runs]
-        return ops.slot_write_requests(lay.hdr, lay.first, lay.slots, rel)
-
-
-def write_chunks(conn: Connection, layout: Layout, offset: int, length: int,
-                 source: Callable[[int], bytes], window: int) -> int:
-    """Write ``length`` bytes taken in order from ``source(n)``.  Returns the
-    number of bytes written; raises ReadOnly if the VDI became a snapshot."""
-    hdr = layout.hdr
-    vid = layout.vid
-    updater = _SlotUpdater(layout)
-    obj = 1 << layout.shift
-    win = max(1, min(window, max(1, (64 << 20) // obj)))
-
-    def jobs() -> Iterator[tuple[tuple[str, int], Request]]:
-        for idx, in_off, n in chunks(offset, length, layout.shift, obj):
-            data = source(n)
-            if len(data) != n:
-                raise InvalidInput("the data source ended early")
-            slot = layout.slot(idx)
-            oid = vid_to_data_oid(vid, idx)
-            if slot == vid:
-                req = rq.write_obj(oid, in_off, data, copies=hdr.nr_copies,
-                                   copy_policy=hdr.copy_policy)
-                yield ("data", idx), req
-            elif slot == 0:
-                if data.count(0) == n:
-                    continue  # thin: an unallocated object already reads as zeros
-                yield ("create", idx), rq.create_and_write_obj(
-                    oid, in_off, data, copies=hdr.nr_copies, copy_policy=hdr.copy_policy)
-            else:
-                yield ("create", idx), rq.create_and_write_obj(
-                    oid, in_off, data, cow_oid=vid_to_data_oid(slot, idx),
-                    copies=hdr.nr_copies, copy_policy=hdr.copy_policy)
-            if len(updater.pending) >= SLOT_FLUSH:
-                for req in updater.requests():
-                    yield ("slot", 0), req
-        for req in updater.requests():
-            yield ("slot", 0), req
-
-    for (kind, idx), rsp in run_window(conn, jobs(), win):
-        if rsp.result == Result.READONLY:
-            drain(conn)
-            raise ReadOnly()
-        if rsp.result != Result.SUCCESS:
-            raise error_for_code(rsp.result)
-        if kind == "create":
-            updater.add(idx)
-    # creates that completed after the generator finished
-    if updater.pending:
-        ops.pipeline(conn, updater.requests(), win)
-    return length
-
-
-def write_with_redo(conn: Connection, name: str | bytes, offset: int, length: int,
-                    make_source: Callable[[], Callable[[int], bytes]], window: int) -> int:
-    """Write, re-resolving the name and redoing the transfer on READONLY."""
-    for attempt in range(READONLY_REDOS + 1):
-        layout = open_layout(conn, name, b"", offset, length, window)
-        try:
-            return write_chunks(conn, layout, offset, length, make_source(), window)
-        except ReadOnly:
-            if attempt == READONLY_REDOS:
-                raise
-    raise AssertionError("unreachable")
-
-
-def bytes_source(data: bytes | bytearray | memoryview) -> Callable[[], Callable[[int], bytes]]:
-    view = memoryview(data).cast("B")
-
-    def make() -> Callable[[int], bytes]:
-        pos = 0
-
-        def take(n: int) -> bytes:
-            nonlocal pos
-            out = bytes(view[pos:pos + n])
-            pos += n
-            return out
-        return take
-    return make
-
-
-def file_source(fileobj: BinaryIO) -> Callable[[], Callable[[int], bytes]]:
-    """Read the file in order; a redo seeks back to where it started."""
-    try:
-        start: int | None = fileobj.tell() if fileobj.seekable() else None
-    except OSError:
-        start = None
-    used = False
-
-    def make() -> Callable[[int], bytes]:
-        nonlocal used
-        if used:
-            if start is None:
-                raise ReadOnly("the VDI was snapshotted during the transfer and the "
-                               "source cannot be rewound")
-            fileobj.seek(start)
-        used = True
-
-        def take(n: int) -> bytes:
-            parts = []
-            need = n
-            while need:
-                data = fileobj.read(need)
-                if not data:
-                    break
-                parts.append(data)
-                need -= len(data)
-            return b"".join(parts)
-        return take
-    return make
-
-
-def remaining_length(fileobj: BinaryIO) -> int | None:
-    """Bytes left in a seekable file, or None when it cannot be known."""
-    try:
-        if not fileobj.seekable():
-            return None
-        here = fileobj.tell()
-        end = fileobj.seek(0, 2)
-        fileobj.seek(here)
-        return max(0, end - here)
-    except (OSError, AttributeError, ValueError):
-        return None
-
-
-def preallocate(conn: Connection, hdr: InodeHeader, window: int) -> int:
-    """Create every unallocated object of a VDI (dog -P): empty creates, then
-    the slots in runs.  Repeatable: objects already mapped are left alone."""
-    count = hdr.count_data_objs
-    layout = Layout(hdr, 0, ops.read_slots(conn, hdr.vdi_id, 0, count, window))
-    updater = _SlotUpdater(layout)
-    jobs = ((idx, rq.create_and_write_obj(vid_to_data_oid(hdr.vdi_id, idx), 0, b"",
-                                          copies=hdr.nr_copies,
-                                          copy_policy=hdr.copy_policy,
-                                          flags=Flag.DIRECT))
-            for idx in range(count) if layout.slots[idx] == 0)
-    created = 0
-    for idx, rsp in run_window(conn, jobs, max(1, window)):
-        if rsp.result != Result.SUCCESS:
-            raise error_for_code(rsp.result)
-        updater.add(idx)
-        created += 1
-    reqs = [r for r in updater.requests()]
-    reqs = [replace(r, flags=r.flags | Flag.DIRECT) for r in reqs]
-    ops.pipeline(conn, reqs, max(1, window))
-    return created

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sheepdog_backend.client import io as dio
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client import vdi as ops
+from sheepdog_backend.client import write as dwr
 from sheepdog_backend.client.models import VdiInfo
 from sheepdog_backend.client.transport import Connection, request_was_sent
 from sheepdog_backend.exception import (
@@ -129,20 +129,38 @@ def create(raw: bytes, name: str, size: int, *, copies: int, copy_policy: int,
                 block_size_shift=block_size_shift))
             hdr = ops.read_header(conn, vid)
         if prealloc:
-            dio.preallocate(conn, hdr, window)
+            dwr.preallocate(conn, hdr, window)
         return VdiInfo.from_header(hdr)
     return attempt
 
 
 class Snapshot:
-    """The snapshot attempt: tag the working inode, then NEW_VDI(snapshot).
+    """The snapshot attempt: tag the working inode, NEW_VDI(snapshot), then
+    make sure the inode *this* request froze carries the caller's tag.
 
-    Between the two requests the tag sits on the working inode; a definite
-    failure removes it at once, and ``stray_tag_vid`` names the inode that may
-    still carry it when the retries ran out (``remove_stray_tag`` cleans up)."""
+    dog writes the tag onto the working inode W and sends NEW_VDI; two
+    snapshots of one VDI at once then freeze each other's tag (or none).  We
+    send the same requests (within one client ``coord`` serialises snapshots
+    of a name, so they cannot interleave), then read the new working inode N
+    the NEW_VDI answered: this request froze the snapshot whose snap_id is
+    N.snap_id - 1 - normally W - and if that inode's tag is not ours we write
+    ours onto it by vid.  The attempt returns that frozen inode, so a caller
+    can recognise (and delete by vid) exactly the snapshot it made.
 
-    def __init__(self, raw: bytes, rawtag: bytes, name: str, tag: str) -> None:
+    If another process snapshotted between our read of W and our NEW_VDI, the
+    server took our request for a *rebase* (base W is no longer current): it
+    froze the current inode C and built N from the stale W.  We then repair
+    at once: NEW_VDI(snapshot, base=C) builds the working VDI from C again and
+    the spurious frozen N is deleted.
+
+    Between the tag write and NEW_VDI the tag sits on the working inode; a
+    definite failure removes it at once, and ``stray_tag_vid`` names the inode
+    that may still carry it when the retries ran out (``remove_stray_tag``)."""
+
+    def __init__(self, raw: bytes, rawtag: bytes, name: str, tag: str,
+                 window: int = 16) -> None:
         self.raw, self.rawtag, self.name, self.tag = raw, rawtag, name, tag
+        self.window = window
         self.state = Attempt()
 
     def _restore_tag(self, conn: Connection, vid: int) -> None:
@@ -152,13 +170,61 @@ class Snapshot:
                 vid_to_vdi_oid(vid), OFFSET_TAG, bytes(256), copies=hdr.nr_copies,
                 copy_policy=hdr.copy_policy)))
 
+    def _claim(self, conn: Connection, hdr: InodeHeader) -> VdiInfo:
+        """Make the frozen ``hdr`` carry our tag; return it."""
+        if hdr.tag != self.rawtag:
+            ops.write_tag(conn, hdr, self.rawtag)
+            hdr = ops.read_header(conn, hdr.vdi_id)
+            if hdr.tag != self.rawtag:
+                raise ReconcileConflict(f"the tag of snapshot {hdr.vdi_id:#x} of "
+                                        f"{self.name!r} changed under us")
+        return VdiInfo.from_header(hdr)
+
+    def _frozen_by_us(self, conn: Connection, base: InodeHeader, new_vid: int
+                      ) -> InodeHeader:
+        new = ops.read_header(conn, new_vid)
+        if new.snap_id == base.snap_id + 1:
+            return ops.read_header(conn, base.vdi_id)
+        # rebase: our NEW_VDI froze the then-current inode, not ``base``
+        frozen = [v for v in ops.list_family(conn, self.raw, self.window)
+                  if v.is_snapshot and v.snap_id == new.snap_id - 1]
+        if len(frozen) != 1:
+            raise ReconcileConflict(f"cannot tell which snapshot of {self.name!r} the "
+                                    f"snapshot request froze (working {new_vid:#x})")
+        cur = ops.read_header(conn, frozen[0].vid)
+        # the working VDI was built from the stale base: rebuild it from cur
+        ops.new_vdi(conn, rq.new_vdi_from(self.raw, cur.vdi_size, cur, snapshot=True))
+        spurious = ops.read_header(conn, new_vid)
+        if spurious.is_snapshot and not spurious.tag:
+            ops.clear_slots(conn, spurious, self.window)
+            ops.del_vdi(conn, self.raw, b"", spurious.snap_id)
+        return cur
+
+    def _reconcile(self, conn: Connection, base_vid: int) -> VdiInfo | None:
+        """After a lost reply: find the snapshot an earlier attempt made."""
+        done = find(conn, self.raw, self.rawtag)
+        if done is not None and done.is_snapshot:
+            return VdiInfo.from_header(done)
+        working = find(conn, self.raw)
+        if working is None or working.vdi_id == base_vid:
+            return None  # NEW_VDI did not happen
+        base = ops.read_header(conn, base_vid)
+        if base.is_snapshot and base.tag in (self.rawtag, b""):
+            return self._claim(conn, base)
+        later = sorted((v for v in ops.list_family(conn, self.raw, self.window)
+                        if v.is_snapshot and not v.tag and v.snap_id > base.snap_id),
+                       key=lambda v: v.snap_id)
+        if later:
+            return self._claim(conn, ops.read_header(conn, later[0].vid))
+        return None
+
     def __call__(self, conn: Connection) -> VdiInfo:
         state, raw, rawtag = self.state, self.raw, self.rawtag
         if state.maybe_applied:
-            done = find(conn, raw, rawtag)
-            if done is not None and done.is_snapshot:
-                return VdiInfo.from_header(done)
             if isinstance(state.value, int):
+                found = self._reconcile(conn, state.value)
+                if found is not None:
+                    return found
                 self._restore_tag(conn, state.value)
             state.maybe_applied = False
         by_tag, working = ops.pipeline(conn, [rq.get_vdi_info(raw, rawtag),
@@ -175,12 +241,13 @@ class Snapshot:
         state.maybe_applied = True  # from here the tag is on the working inode
         ops.write_tag(conn, hdr, rawtag)
         try:
-            ops.new_vdi(conn, rq.new_vdi_from(raw, hdr.vdi_size, hdr, snapshot=True))
+            new_vid = ops.new_vdi(conn, rq.new_vdi_from(raw, hdr.vdi_size, hdr,
+                                                        snapshot=True))
         except ServerError:
             self._restore_tag(conn, vid)  # definite failure: leave no stray tag behind
             state.maybe_applied = False
             raise
-        return VdiInfo.from_header(ops.read_header(conn, vid))
+        return self._claim(conn, self._frozen_by_us(conn, hdr, new_vid))
 
     @property
     def stray_tag_vid(self) -> int | None:
@@ -287,6 +354,36 @@ def delete(raw: bytes, rawtag: bytes, window: int, snapid: int = 0
         state.maybe_applied = True
         try:
             ops.del_vdi(conn, raw, rawtag, snapid)
+        except (NoVdi, NoTag):
+            return False
+        return True
+    return attempt
+
+
+def delete_vid(vid: int, window: int) -> Callable[[Connection], bool]:
+    """Delete the VDI (working or snapshot) whose inode is ``vid``, found by
+    name + snap_id, so a snapshot whose tag was lost can still be deleted."""
+    state = Attempt()
+
+    def attempt(conn: Connection) -> bool:
+        try:
+            hdr = ops.read_header(conn, vid)
+        except NoObject:
+            return state.maybe_applied
+        if hdr.is_deleted:
+            return state.maybe_applied
+        snapid = hdr.snap_id if hdr.is_snapshot else 0
+        try:
+            found = ops.lookup(conn, hdr.name, b"", snapid).vdi_id
+        except (NoVdi, NoTag):
+            return state.maybe_applied
+        if found != vid:
+            raise ReconcileConflict(f"VDI {vid:#x} is not what {hdr.name!r} snapshot "
+                                    f"{snapid} names ({found:#x})")
+        ops.clear_slots(conn, hdr, window)
+        state.maybe_applied = True
+        try:
+            ops.del_vdi(conn, hdr.name, b"", snapid)
         except (NoVdi, NoTag):
             return False
         return True

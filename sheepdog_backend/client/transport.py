@@ -17,8 +17,12 @@ modest chunks, so little of a following in-place payload is read ahead.
 
 Each request has its own deadline (``request_timeout`` after it was sent);
 a wait gives up with ``ReadTimeout`` when the awaited request's deadline
-passes.  Every transport error carries ``request_sent``: False means nothing
-reached the peer (safe to send elsewhere), True means the outcome is unknown.
+passes.  The user of a connection may also set ``call_deadline`` (an absolute
+``time.monotonic()`` value, the end of the public call it serves): past it no
+request is sent and no wait goes on (``DeadlineExceeded``), so a call that a
+garbage reply would drive into an endless series of requests still ends.
+Every transport error carries ``request_sent``: False means nothing reached
+the peer (safe to send elsewhere), True means the outcome is unknown.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import TypeVar
 from sheepdog_backend.exception import (
     ConnectionClosed,
     ConnectTimeout,
+    DeadlineExceeded,
     InvalidInput,
     ProtocolError,
     ReadTimeout,
@@ -171,6 +176,7 @@ class Connection:
         self._targets: dict[int, memoryview] = {}  # id -> buffer for its payload
         self._next_id = 1
         self._sock: socket.socket | None = None
+        self.call_deadline: float | None = None  # set by the user for one call
         try:
             sock = socket.create_connection((address.host, address.port), connect_timeout)
         except TimeoutError:
@@ -220,6 +226,10 @@ class Connection:
         sock = self._sock
         if sock is None:
             raise mark(ConnectionClosed(f"connection to {self.address} is closed"), False)
+        if self.call_deadline is not None and time.monotonic() >= self.call_deadline:
+            raise mark(self._fail(DeadlineExceeded(
+                f"the call's deadline passed before a request to {self.address} "
+                "could be sent")), True)
         rid = self._next_id
         self._next_id = rid + 1 if rid < 0xFFFFFFFF else 1
         req = request.with_id(rid)
@@ -245,6 +255,10 @@ class Connection:
 
     def _receive_one(self, deadline: float) -> Response:
         """Read until one whole response is decoded (any id)."""
+        call_deadline = self.call_deadline
+        by_call = call_deadline is not None and call_deadline < deadline
+        if call_deadline is not None:
+            deadline = min(deadline, call_deadline)
         sock = self._sock
         if sock is None:
             raise mark(ConnectionClosed(f"connection to {self.address} is closed"), True)
@@ -278,6 +292,10 @@ class Connection:
             self.close()
             raise ProtocolError(f"bad response from {self.address}: {exc}") from exc
         except TimeoutError:
+            if by_call:
+                raise mark(self._fail(DeadlineExceeded(
+                    f"the call's deadline passed waiting for {self.address}")),
+                    True) from None
             raise mark(self._fail(ReadTimeout(
                 f"{self.address} did not answer within {self.request_timeout}s")),
                 True) from None

@@ -13,7 +13,7 @@ Retrying and reconciling after a lost reply is the caller's job
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.models import VdiInfo
@@ -82,7 +82,7 @@ def pipeline(conn: Connection, requests: Iterable[Request], window: int = 16,
 def vdi_body(rsp: Response) -> VdiResponse:
     body = rsp.body
     if not isinstance(body, VdiResponse):
-        raise TypeError("not a VDI response")
+        raise ProtocolError(f"a {type(body).__name__} where a VDI response belongs")
     return body
 
 
@@ -137,7 +137,8 @@ def read_slots(conn: Connection, vid: int, first: int, count: int,
 def cluster_default_shift(conn: Connection) -> int:
     rsp = check(conn.call(Request(Opcode.GET_CLUSTER_DEFAULT)))
     body = rsp.body
-    assert isinstance(body, ClusterDefaultResponse)
+    if not isinstance(body, ClusterDefaultResponse):
+        raise ProtocolError(f"a {type(body).__name__} where GET_CLUSTER_DEFAULT's belongs")
     return body.block_size_shift
 
 
@@ -242,6 +243,12 @@ def _live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[In
 
 def family_candidates(in_use: VidBitmap, deleted: VidBitmap, start: int,
                       cluster_flags: int | None) -> list[int]:
+    """``iter_family_candidates`` as a list."""
+    return list(iter_family_candidates(in_use, deleted, start, cluster_flags))
+
+
+def iter_family_candidates(in_use: VidBitmap, deleted: VidBitmap, start: int,
+                           cluster_flags: int | None) -> Iterator[int]:
     """The vids that can hold a VDI whose name hashes to ``start``.
 
     Without RECYCLE_VID every VDI of a name is created on its probe chain
@@ -249,18 +256,18 @@ def family_candidates(in_use: VidBitmap, deleted: VidBitmap, start: int,
     2^24 - 1 to 1, and in-use bits are never cleared, so the chain keeps the
     whole family.  A recycling cluster (or unknown flags) places vids anywhere:
     then every live vid is a candidate.  Deleted vids are left out as in
-    ``list_vdis``."""
+    ``list_vdis``.  Lazy, so that a garbage bitmap of 2^24 set bits costs
+    only what the call's deadline lets it send."""
     if cluster_flags is None or cluster_flags & ClusterFlag.RECYCLE_VID:
-        return [vid for vid in in_use if vid not in deleted]
-    chain = []
+        yield from (vid for vid in in_use if vid not in deleted)
+        return
     vid = start
     while vid in in_use:
         if vid not in deleted:
-            chain.append(vid)
+            yield vid
         vid = vid + 1 if vid + 1 < SD_NR_VDIS else 1
         if vid == start:
             break
-    return chain
 
 
 def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo]:
@@ -269,8 +276,8 @@ def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo
     stat, in_use_rsp, deleted_rsp = pipeline(
         conn, [rq.stat_cluster_flags(), rq.read_vdis(), rq.read_del_vdis()], 3)
     flags = EpochLog.decode(stat.payload, 0).flags if stat.payload else None
-    vids = family_candidates(VidBitmap(in_use_rsp.payload), VidBitmap(deleted_rsp.payload),
-                             sd_hash_vdi(name), flags)
+    vids = iter_family_candidates(VidBitmap(in_use_rsp.payload),
+                                  VidBitmap(deleted_rsp.payload), sd_hash_vdi(name), flags)
     return [VdiInfo.from_header(h) for h in _live_headers(conn, vids, window)
             if h.name == name]
 

@@ -119,6 +119,8 @@ def test_snapshot_matches_dog_vdi_snapshot() -> None:
     g = GoldenResponder("16-vdi-snapshot", "19-vdi-read-snapshot")
     snap_state = load_transcript("19-vdi-read-snapshot")
     after_images = GoldenResponder("19-vdi-read-snapshot").inodes
+    # the new working inode 7c2b26 (its head is the same after dog's next write)
+    after_images.update(GoldenResponder("18-vdi-write-after-snapshot").inodes)
 
     def switch(req: Request) -> None:
         if req.opcode == Opcode.NEW_VDI:
@@ -127,10 +129,13 @@ def test_snapshot_matches_dog_vdi_snapshot() -> None:
     sent, info = run(g, lambda c: c.snapshot_vdi("test", "snap1"))
     assert snap_state.exit_code == 0
     # dog: lookup(tag) -> NO_TAG, lookup(name), header, tag write, NEW_VDI(snapid=1);
-    # we pipeline the two lookups and read the snapshot's head afterwards.
+    # we pipeline the two lookups, then read the new working inode's head (its
+    # snap_id tells which inode this request froze) and the snapshot's head,
+    # which carries our tag already, so no second tag write.
     assert [r.opcode for r in sent] == [Opcode.GET_VDI_INFO, Opcode.GET_VDI_INFO,
                                         Opcode.READ_OBJ, Opcode.WRITE_OBJ, Opcode.NEW_VDI,
-                                        Opcode.READ_OBJ]
+                                        Opcode.READ_OBJ, Opcode.READ_OBJ]
+    assert sent[5].body.oid == 0x807C2B2600000000  # type: ignore[attr-defined]
     for opcode in (Opcode.GET_VDI_INFO, Opcode.WRITE_OBJ, Opcode.NEW_VDI):
         for mine, dogs in zip(ours(sent, opcode), g.dog(opcode), strict=True):
             assert same(mine, dogs), (mine, dogs)
