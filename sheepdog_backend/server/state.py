@@ -4,7 +4,9 @@ and the inode helpers the op modules share (slot/gref access, reference GC).
 How it works: one re-entrant ``meta_lock`` serialises everything that reads
 and then changes VDI metadata (cluster ops, VDI ops, inode writes, garbage
 collection), like sheep's cluster-op serialisation; plain data-object reads
-and writes do not take it and run concurrently.
+and writes do not take it and run concurrently.  Data writes hold ``gate``
+shared instead, and snapshots and deletes hold it exclusive (gate.py), so a
+data write never lands in a VDI that was frozen or deleted under it.
 
 Garbage collection: sheep keeps generational reference counts (gref + ledger
 objects).  We keep the ``gref`` bytes in inodes exactly as sheep writes them
@@ -35,6 +37,7 @@ from sheepdog_backend.protocol.constants import (
 from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import NodeId, SdNode
+from sheepdog_backend.server.gate import Gate
 from sheepdog_backend.server.registry import Registry
 from sheepdog_backend.server.store import ClusterConfig, ObjectStore
 
@@ -67,6 +70,7 @@ class ServerState:
         self.store = ObjectStore(data_dir, sync=sync)
         self.registry = Registry(self.store)
         self.meta_lock = threading.RLock()
+        self.gate = Gate()  # data writes (shared) vs snapshot/delete (exclusive)
         self.clock = clock
         self.node_id = node or NodeId("127.0.0.1", 7000)
         self.config: ClusterConfig = self.store.load_config()
