@@ -73,7 +73,7 @@ def test_check_reports_every_planted_problem_and_changes_nothing(
 
 def test_repair_fixes_what_it_can_and_the_data_reads_back(
         planted: tuple[Path, bytes, int, int], capsys: pytest.CaptureFixture[str]) -> None:
-    data_dir, payload, keep, hurt = planted
+    data_dir, payload, keep, _hurt = planted
     assert main(["serve", "--data-dir", str(data_dir), "--repair"]) == 1  # missing is left
     out = capsys.readouterr().out
     assert out.count("repaired orphan-object") == 2
