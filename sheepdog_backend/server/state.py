@@ -33,6 +33,7 @@ from sheepdog_backend.protocol.constants import (
     SD_INODE_DATA_INDEX,
     SD_INODE_GREF_OFFSET,
     SD_INODE_INDEX_OFFSET,
+    SD_NR_VDIS,
 )
 from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
@@ -126,6 +127,9 @@ class ServerState:
     def collect(self, dropped: Iterable[tuple[int, int]]) -> int:
         """Remove the data objects of dropped references nobody holds any more."""
         with self.meta_lock:
+            # a slot may hold any u32 (a client wrote it): only a 24-bit vid
+            # and an index below 2**20 can name an object
             garbage = [vid_to_data_oid(vid, idx) for vid, idx in sorted(set(dropped))
-                       if not self.references(vid, idx)]
+                       if 0 < vid < SD_NR_VDIS and 0 <= idx < SD_INODE_DATA_INDEX
+                       and not self.references(vid, idx)]
             return self.store.remove_many(garbage)
