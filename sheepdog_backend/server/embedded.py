@@ -112,6 +112,12 @@ class EmbeddedServer:
             raise RuntimeError("the embedded server is not running")
         self._server.stop_listener(index)
 
+    def restart_listener(self, index: int) -> None:
+        """Serve again on the port of a listener stopped with stop_listener."""
+        if self._server is None:
+            raise RuntimeError("the embedded server is not running")
+        self._server.restart_listener(index)
+
     def __enter__(self) -> EmbeddedServer:
         return self.start()
 

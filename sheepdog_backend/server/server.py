@@ -491,6 +491,19 @@ class SheepServer:
             except OSError:
                 pass
 
+    def restart_listener(self, index: int) -> None:
+        """Listen again on a listener's port after ``stop_listener``."""
+        old = self.listeners[index]
+        if not old.stopped.is_set():
+            raise RuntimeError(f"listener {index} is still running")
+        listener = self._bind(old.address[1])
+        self.listeners[index] = listener
+        thread = threading.Thread(target=self._accept_loop, args=(listener,),
+                                  name=f"sheep-accept-{index}", daemon=True)
+        listener.thread = thread
+        thread.start()
+        self._advertise()
+
     def stop(self) -> None:
         for index in range(len(self.listeners)):
             self.stop_listener(index)
