@@ -31,6 +31,8 @@ Back-pressure and limits (all options of SheepServer, EmbeddedServer and
   the reader reads nothing more from that connection (TCP pushes back on the
   client), so memory held for requests and replies stays within the budget
   plus a 64 KiB receive buffer per connection, whatever the clients do;
+* while a connection holding nothing waits for budget, connections that
+  hold some get no more (a newcomer is not kept out by a few hoarders);
 * a reply that makes no progress for ``send_timeout`` seconds (the client
   stopped reading) closes the connection and frees what it held; while
   other requests wait for budget, a stall of ``pressure_stall`` seconds is
@@ -95,29 +97,39 @@ DEFAULT_PRESSURE_STALL = 5.0
 
 
 class Budget:
-    """Bytes admitted and not yet answered, across all connections."""
+    """Bytes admitted and not yet answered, across all connections.
+
+    Fairness: while a connection that holds nothing waits, connections that
+    already hold some budget get no more, so a few clients pipelining large
+    requests (and never reading the replies) cannot keep a newcomer out."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self.peak = 0
         self.waiting = 0
+        self._fresh_waiting = 0  # waiters whose connection holds nothing
         self._cond = threading.Condition()
 
-    def acquire(self, cost: int, cancelled: threading.Event) -> bool:
-        """Wait for room (one request always fits an empty budget); False if
+    def acquire(self, cost: int, held: int, cancelled: threading.Event) -> bool:
+        """Wait for room for ``cost`` more bytes on a connection that holds
+        ``held`` (one request always fits an empty budget); False if
         ``cancelled`` is set first."""
         with self._cond:
             self.waiting += 1
+            self._fresh_waiting += not held
             try:
-                while self.used and self.used + cost > self.limit:
+                while not ((not self.used or self.used + cost <= self.limit)
+                           and (not held or not self._fresh_waiting)):
                     if cancelled.is_set():
                         return False
                     self._cond.wait(_TICK)
             finally:
                 self.waiting -= 1
+                self._fresh_waiting -= not held
             self.used += cost
             self.peak = max(self.peak, self.used)
+            self._cond.notify_all()  # a held waiter may proceed now
             return True
 
     def release(self, cost: int) -> None:
@@ -157,9 +169,10 @@ class _Connection:
                 if self.closing.is_set():
                     return False
                 self.cond.wait(_TICK)
+            held = self.inflight_bytes
             self.inflight += 1
             self.inflight_bytes += cost
-        if self.budget.acquire(cost, self.closing):
+        if self.budget.acquire(cost, held, self.closing):
             return True
         with self.cond:
             self.inflight -= 1
