@@ -16,6 +16,7 @@ objects some inode names; then it reports, as ``Finding``s:
   clears them, so something wrote into a deleted inode);
 * ``missing-object``: a live inode's slot names an object that is not on
   disk (data lost; reads of it fail with NO_OBJ) - reported, never "fixed";
+* ``bad-slot``: a slot holding a value that is no VDI id (reported only);
 * ``unknown-file``: a file in ``obj/`` that is not an object - left alone.
 
 ``repair=True`` opens the directory as the server would (``ServerState``:
@@ -45,6 +46,7 @@ from sheepdog_backend.protocol.constants import (
     SD_INODE_GREF_OFFSET,
     SD_INODE_HEADER_SIZE,
     SD_INODE_INDEX_OFFSET,
+    SD_NR_VDIS,
 )
 from sheepdog_backend.protocol.inode import InodeHeader
 from sheepdog_backend.protocol.oid import (
@@ -177,6 +179,11 @@ def _scan(data_dir: str, report: CheckReport) -> None:
                 continue
             stale = 0
             for idx, holder in nonzero_slots(fd):
+                if holder >= SD_NR_VDIS or idx >= SD_INODE_DATA_INDEX:
+                    report.findings.append(Finding(
+                        "bad-slot", f"slot {idx} of VDI {vid:#x} holds {holder:#x}, "
+                        "which is no VDI id", oid))
+                    continue
                 data = vid_to_data_oid(holder, idx)
                 referenced.add(data)
                 if header.is_deleted:

@@ -2,7 +2,9 @@
 
 How it works: each listening address has an accept thread (polling a 0.2 s
 timeout so it notices ``stop``).  Each accepted connection gets a reader
-thread and a writer thread.  The reader feeds received bytes into a
+thread, and a writer thread while it has replies to send (started by the
+first reply, it stays ``_LINGER`` s for more, then ends: an idle connection
+costs one thread).  The reader feeds received bytes into a
 RequestReader and hands every complete request to an executor, the way sheep
 hands requests to its worker pools (sheepdog-protocol.md §2.4):
 
@@ -15,7 +17,7 @@ hands requests to its worker pools (sheepdog-protocol.md §2.4):
 
 The store is safe under this (see state.py/store.py: inode changes take
 ``meta_lock``, creates are temp file + rename, writes are pwrite).  A worker
-puts its response on the connection's outbox; the writer thread sends
+puts its response on the connection's outbox; the writer sends
 responses one by one in completion order, so responses never interleave and
 workers never block on a socket.  Clients match responses by id.
 
@@ -58,10 +60,10 @@ with ``stop_listener``.
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -81,6 +83,7 @@ LOG = logging.getLogger(__name__)
 _RECV = 1 << 20  # most bytes received into an admitted payload at once
 _HEAD_RECV = 64 << 10  # most bytes received while no payload is admitted
 _TICK = 0.5  # socket timeout: how often blocked loops look at their clocks
+_LINGER = 1.0  # how long an idle writer thread waits for the next reply
 
 IO_OPS = frozenset({
     Opcode.CREATE_AND_WRITE_OBJ, Opcode.READ_OBJ, Opcode.WRITE_OBJ, Opcode.REMOVE_OBJ,
@@ -154,7 +157,11 @@ class _Connection:
     def __init__(self, sock: socket.socket, budget: Budget) -> None:
         self.sock = sock
         self.budget = budget
-        self.outbox: queue.SimpleQueue[tuple[Response, int] | None] = queue.SimpleQueue()
+        self.outbox: deque[tuple[Response, int]] = deque()
+        self.out_cond = threading.Condition()  # guards outbox, writing, finished
+        self.writing = False  # a writer thread runs for this connection
+        self.finished = False  # the reader is done: a writer ends once the outbox is empty
+        self.broken = False  # a send failed: later replies are dropped
         self.cond = threading.Condition()
         self.inflight = 0
         self.inflight_bytes = 0
@@ -242,7 +249,7 @@ class SheepServer:
         self.max_inflight_bytes = max_inflight_bytes
         self.listeners: list[_Listener] = []
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._threads: set[threading.Thread] = set()  # readers and writers alive
         self._pool: ThreadPoolExecutor | None = None
         self._serial: ThreadPoolExecutor | None = None
 
@@ -322,12 +329,9 @@ class SheepServer:
                     break
                 listener.connections.add(sock)
                 listener.conns.add(conn)
-                writer = threading.Thread(target=self._write_loop, args=(conn,),
-                                          name="sheep-conn-send", daemon=True)
-                reader = threading.Thread(target=self._serve, args=(listener, conn, writer),
+                reader = threading.Thread(target=self._serve, args=(listener, conn),
                                           name="sheep-conn", daemon=True)
-                self._threads += [reader, writer]
-            writer.start()
+                self._threads.add(reader)
             reader.start()
 
     def _refuse(self, sock: socket.socket) -> None:
@@ -356,8 +360,7 @@ class SheepServer:
 
     # -- one connection ------------------------------------------------------
 
-    def _serve(self, listener: _Listener, conn: _Connection,
-               writer: threading.Thread) -> None:
+    def _serve(self, listener: _Listener, conn: _Connection) -> None:
         reader = RequestReader(max_payload=self.handler.max_payload)
         admitted: int | None = None  # cost admitted for the pending header
         quiet_since = time.monotonic()
@@ -409,13 +412,15 @@ class SheepServer:
         finally:
             if admitted is not None:  # admitted, never dispatched
                 conn.done(admitted)
-            conn.drain()
-            conn.outbox.put(None)
-            writer.join()
+            conn.drain()  # every admitted request answered (sent or dropped)
+            with conn.out_cond:
+                conn.finished = True
+                conn.out_cond.notify_all()
             with self._lock:
                 listener.connections.discard(conn.sock)
                 listener.conns.discard(conn)
                 self._connections -= 1
+                self._threads.discard(threading.current_thread())
             conn.sock.close()
 
     def _dispatch(self, conn: _Connection, request: Request, cost: int) -> None:
@@ -435,29 +440,49 @@ class SheepServer:
             response = Response(opcode=request.opcode, result=int(SystemError_.code),
                                 body=response_body_class(request.opcode)(), id=request.id,
                                 epoch=self.handler.state.epoch)
-        conn.outbox.put((response, cost))
+        self._post(conn, response, cost)
+
+    def _post(self, conn: _Connection, response: Response, cost: int) -> None:
+        """Queue a reply; start a writer thread if none runs."""
+        with conn.out_cond:
+            conn.outbox.append((response, cost))
+            if conn.writing:
+                conn.out_cond.notify()
+                return
+            conn.writing = True
+        writer = threading.Thread(target=self._write_loop, args=(conn,),
+                                  name="sheep-conn-send", daemon=True)
+        with self._lock:
+            self._threads.add(writer)
+        writer.start()
 
     def _write_loop(self, conn: _Connection) -> None:
-        broken = False
-        while True:
-            item = conn.outbox.get()
-            if item is None:
-                return
-            response, cost = item
-            if not broken:
-                try:
-                    self._send(conn, response.encode_header())
-                    if response.payload:
-                        self._send(conn, response.payload)
-                except OSError:
-                    broken = True  # stop reading too: nobody hears our answers
-                    conn.closing.set()
+        try:
+            while True:
+                with conn.out_cond:
+                    while not conn.outbox:
+                        if conn.finished or not conn.out_cond.wait(_LINGER):
+                            if not conn.outbox:
+                                conn.writing = False
+                                return
+                    response, cost = conn.outbox.popleft()
+                if not conn.broken:
                     try:
-                        conn.sock.shutdown(socket.SHUT_RDWR)
+                        self._send(conn, response.encode_header())
+                        if response.payload:
+                            self._send(conn, response.payload)
                     except OSError:
-                        pass
-            del response, item  # free the payload before the budget says so
-            conn.done(cost)
+                        conn.broken = True  # stop reading too: nobody hears our answers
+                        conn.closing.set()
+                        try:
+                            conn.sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                del response  # free the payload before the budget says so
+                conn.done(cost)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
 
     def _send(self, conn: _Connection, data: bytes) -> None:
         """Send all of ``data``; give up (OSError) when the client takes
@@ -521,10 +546,14 @@ class SheepServer:
         for index in range(len(self.listeners)):
             self.stop_listener(index)
         with self._lock:
-            threads, self._threads = self._threads, []
+            threads = list(self._threads)
         for thread in threads:
             thread.join(timeout=5)
         for executor in (self._pool, self._serial):
             if executor is not None:
                 executor.shutdown(wait=True)
         self._pool = self._serial = None
+        with self._lock:  # writers started by the last replies
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout=5)
