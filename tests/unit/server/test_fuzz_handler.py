@@ -33,7 +33,7 @@ from tests.unit.server.helpers import (
     write_obj,
 )
 
-FUZZ = settings(max_examples=60, deadline=5000,
+FUZZ = settings(max_examples=40, deadline=5000,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 NEVER = {Opcode.MAKE_FS}  # a valid format wipes the store by design
 
