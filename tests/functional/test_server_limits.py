@@ -144,3 +144,23 @@ def test_idle_connections_are_closed(tmp_path: Path) -> None:
             client.create_vdi("v", MIB)
             time.sleep(2.5)
             assert client.get_vdi("v").name == "v"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--memory-budget", "0"], "memory budget must be a size of at least 1M"),
+    (["--memory-budget", "12X"], "memory budget must be a size"),
+    (["--max-connections", "0"], "max-connections must be at least 1"),
+    (["--max-connections", "many"], "max-connections must be a number"),
+    (["--idle-timeout", "-1"], "timeout must be in 0..86400"),
+    (["--send-timeout", "soon"], "timeout must be a number of seconds"),
+    (["--check", "--repair"], "not allowed with argument"),
+])
+def test_bad_limit_arguments_are_refused(tmp_path: Path, argv: list[str], message: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from sheepdog_backend.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--data-dir", str(tmp_path / "d"), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
