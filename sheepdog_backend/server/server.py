@@ -26,7 +26,7 @@ Back-pressure and limits (all options of SheepServer, EmbeddedServer and
 
 * a request is *admitted* as soon as its header is read and before its
   payload is received; its cost is the payload it carries plus the reply
-  payload it may get (``_cost``).  It needs room on its connection (at most
+  payload it may get (``header_cost`` in admission.py).  It needs room on its connection (at most
   ``max_inflight`` requests and about ``max_inflight_bytes``) and in the
   server-wide ``memory_budget`` shared by every connection (``Budget``; one
   request always fits when nothing else is in flight).  Until it is admitted
@@ -63,26 +63,30 @@ import logging
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sheepdog_backend.exception import ProtocolError, SystemError_
-from sheepdog_backend.protocol.constants import Flag, Opcode
+from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.framing import RequestReader
 from sheepdog_backend.protocol.header import (
     Request,
-    RequestHeader,
     Response,
     response_body_class,
 )
 from sheepdog_backend.protocol.structs import NodeId
+from sheepdog_backend.server.admission import (
+    TICK,
+    Budget,
+    ConnectionState,
+    header_cost,
+    request_cost,
+)
 from sheepdog_backend.server.handler import Handler
 
 LOG = logging.getLogger(__name__)
 _RECV = 1 << 20  # most bytes received into an admitted payload at once
 _HEAD_RECV = 64 << 10  # most bytes received while no payload is admitted
-_TICK = 0.5  # socket timeout: how often blocked loops look at their clocks
 _LINGER = 1.0  # how long an idle writer thread waits for the next reply
 
 IO_OPS = frozenset({
@@ -99,48 +103,6 @@ DEFAULT_SEND_TIMEOUT = 60.0
 DEFAULT_PRESSURE_STALL = 5.0
 
 
-class Budget:
-    """Bytes admitted and not yet answered, across all connections.
-
-    Fairness: while a connection that holds nothing waits, connections that
-    already hold some budget get no more, so a few clients pipelining large
-    requests (and never reading the replies) cannot keep a newcomer out."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self.waiting = 0
-        self._fresh_waiting = 0  # waiters whose connection holds nothing
-        self._cond = threading.Condition()
-
-    def acquire(self, cost: int, held: int, cancelled: threading.Event) -> bool:
-        """Wait for room for ``cost`` more bytes on a connection that holds
-        ``held`` (one request always fits an empty budget); False if
-        ``cancelled`` is set first."""
-        with self._cond:
-            self.waiting += 1
-            self._fresh_waiting += not held
-            try:
-                while not ((not self.used or self.used + cost <= self.limit)
-                           and (not held or not self._fresh_waiting)):
-                    if cancelled.is_set():
-                        return False
-                    self._cond.wait(_TICK)
-            finally:
-                self.waiting -= 1
-                self._fresh_waiting -= not held
-            self.used += cost
-            self.peak = max(self.peak, self.used)
-            self._cond.notify_all()  # a held waiter may proceed now
-            return True
-
-    def release(self, cost: int) -> None:
-        with self._cond:
-            self.used -= cost
-            self._cond.notify_all()
-
-
 class _Listener:
     def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
         self.sock = sock
@@ -148,72 +110,7 @@ class _Listener:
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
         self.connections: set[socket.socket] = set()
-        self.conns: set[_Connection] = set()
-
-
-class _Connection:
-    """One accepted socket: its outbox and its in-flight accounting."""
-
-    def __init__(self, sock: socket.socket, budget: Budget) -> None:
-        self.sock = sock
-        self.budget = budget
-        self.outbox: deque[tuple[Response, int]] = deque()
-        self.out_cond = threading.Condition()  # guards outbox, writing, finished
-        self.writing = False  # a writer thread runs for this connection
-        self.finished = False  # the reader is done: a writer ends once the outbox is empty
-        self.broken = False  # a send failed: later replies are dropped
-        self.cond = threading.Condition()
-        self.inflight = 0
-        self.inflight_bytes = 0
-        self.closing = threading.Event()  # stop waiting for room: the connection goes
-
-    def admit(self, cost: int, max_count: int, max_bytes: int) -> bool:
-        """Wait until the request fits this connection's limits (one always
-        fits) and the server's budget, then count it; False when closing."""
-        with self.cond:
-            while self.inflight and (self.inflight >= max_count
-                                     or self.inflight_bytes + cost > max_bytes):
-                if self.closing.is_set():
-                    return False
-                self.cond.wait(_TICK)
-            held = self.inflight_bytes
-            self.inflight += 1
-            self.inflight_bytes += cost
-        if self.budget.acquire(cost, held, self.closing):
-            return True
-        with self.cond:
-            self.inflight -= 1
-            self.inflight_bytes -= cost
-            self.cond.notify_all()
-        return False
-
-    def done(self, cost: int) -> None:
-        self.budget.release(cost)
-        with self.cond:
-            self.inflight -= 1
-            self.inflight_bytes -= cost
-            self.cond.notify_all()
-
-    def drain(self) -> None:
-        """Wait until every admitted request has been answered (or dropped)."""
-        with self.cond:
-            while self.inflight:
-                self.cond.wait()
-
-
-def _header_cost(header: RequestHeader) -> int:
-    """Bytes a request may hold while in flight: the payload it carries plus
-    the reply payload it may get (none for a WRITE without PIGGYBACK, as the
-    handler enforces)."""
-    reply = 0 if header.flags & Flag.WRITE and not header.flags & Flag.PIGGYBACK \
-        else header.data_length
-    return header.payload_length + reply
-
-
-def _cost(request: Request) -> int:
-    reply = 0 if request.flags & Flag.WRITE and not request.flags & Flag.PIGGYBACK \
-        else request.data_length
-    return len(request.payload) + reply
+        self.conns: set[ConnectionState] = set()
 
 
 class SheepServer:
@@ -319,9 +216,9 @@ class SheepServer:
             if full:
                 self._refuse(sock)
                 continue
-            sock.settimeout(_TICK)
+            sock.settimeout(TICK)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(sock, self.budget)
+            conn = ConnectionState(sock, self.budget)
             with self._lock:
                 if listener.stopped.is_set():
                     self._connections -= 1
@@ -360,7 +257,7 @@ class SheepServer:
 
     # -- one connection ------------------------------------------------------
 
-    def _serve(self, listener: _Listener, conn: _Connection) -> None:
+    def _serve(self, listener: _Listener, conn: ConnectionState) -> None:
         reader = RequestReader(max_payload=self.handler.max_payload)
         admitted: int | None = None  # cost admitted for the pending header
         quiet_since = time.monotonic()
@@ -368,7 +265,7 @@ class SheepServer:
             while True:
                 request = reader.next_message()
                 if request is not None:
-                    cost = admitted if admitted is not None else _cost(request)
+                    cost = admitted if admitted is not None else request_cost(request)
                     if admitted is None and not conn.admit(cost, self.max_inflight,
                                                            self.max_inflight_bytes):
                         break
@@ -377,7 +274,7 @@ class SheepServer:
                     continue
                 header = reader.pending_header
                 if header is not None and admitted is None:
-                    cost = _header_cost(header)
+                    cost = header_cost(header)
                     if not conn.admit(cost, self.max_inflight, self.max_inflight_bytes):
                         break
                     admitted = cost
@@ -423,7 +320,7 @@ class SheepServer:
                 self._threads.discard(threading.current_thread())
             conn.sock.close()
 
-    def _dispatch(self, conn: _Connection, request: Request, cost: int) -> None:
+    def _dispatch(self, conn: ConnectionState, request: Request, cost: int) -> None:
         executor = self._pool if request.opcode in IO_OPS else self._serial
         assert executor is not None
         try:
@@ -432,7 +329,7 @@ class SheepServer:
             conn.done(cost)
             raise OSError("the server is stopping") from None
 
-    def _work(self, conn: _Connection, request: Request, cost: int) -> None:
+    def _work(self, conn: ConnectionState, request: Request, cost: int) -> None:
         try:
             response = self.handler.handle(request)
         except Exception:  # a bug: answer it rather than leave the client waiting
@@ -442,7 +339,7 @@ class SheepServer:
                                 epoch=self.handler.state.epoch)
         self._post(conn, response, cost)
 
-    def _post(self, conn: _Connection, response: Response, cost: int) -> None:
+    def _post(self, conn: ConnectionState, response: Response, cost: int) -> None:
         """Queue a reply; start a writer thread if none runs."""
         with conn.out_cond:
             conn.outbox.append((response, cost))
@@ -456,7 +353,7 @@ class SheepServer:
             self._threads.add(writer)
         writer.start()
 
-    def _write_loop(self, conn: _Connection) -> None:
+    def _write_loop(self, conn: ConnectionState) -> None:
         try:
             while True:
                 with conn.out_cond:
@@ -484,7 +381,7 @@ class SheepServer:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _send(self, conn: _Connection, data: bytes) -> None:
+    def _send(self, conn: ConnectionState, data: bytes) -> None:
         """Send all of ``data``; give up (OSError) when the client takes
         nothing for ``send_timeout`` s, or ``pressure_stall`` s while other
         requests wait for budget."""
