@@ -562,6 +562,11 @@ class InvalidBackingImage(SheepdogError, ValueError):
     an image file is unsafe (backing file, data file, unknown format)."""
 
 
+class DataDirBusy(SheepdogError):
+    """The embedded server's data directory is in use by another server or
+    check (its lock is held)."""
+
+
 class DriverLoadError(SheepdogError):
     """A volume driver could not be found or loaded."""
 

@@ -4,10 +4,16 @@ WRITE_OBJ, REMOVE_OBJ, DISCARD_OBJ, EXIST.
 Pure functions of (state, request) that return the response payload or raise
 the shared ServerError classes.  Writes to an inode go through
 ``write_inode`` so that slot writes drop references (§10.3) and header writes
-are journalled (never torn) and reflected in the registry.
+are journalled (never torn) and reflected in the registry.  Data-object
+changes check, under the data gate (gate.py), that their VDI is still a live
+working VDI, so none lands in a snapshot or behind a delete.
 """
 
 from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sheepdog_backend.exception import (
     InvalidParameters,
@@ -68,9 +74,27 @@ def _check_range(offset: int, length: int, size: int) -> None:
             f"range {offset}+{length} exceeds the object size {size}")
 
 
-def _refuse_snapshot_data(state: ServerState, oid: int) -> None:
-    if is_data_obj(oid) and state.registry.is_snapshot(oid_to_vid(oid)):
+def _require_working_vdi(state: ServerState, oid: int) -> None:
+    """A data object may only change while its VDI is a live working VDI.
+
+    Called under ``state.gate`` shared (see gate.py), so the answer holds
+    until the change is done: snapshots and deletes wait for it.  Sheep 1.0
+    refuses only snapshot objects (READONLY); the objects of a deleted VDI
+    or of a vid without an inode are refused too (NO_VDI), because nothing
+    would ever reference or collect them, or (for a deleted VDI whose
+    objects a derived VDI still shares) the write would change that VDI."""
+    record = state.registry.get(oid_to_vid(oid))
+    if record is None or record.deleted:
+        raise NoVdi(f"data object {oid:#018x} belongs to no live VDI")
+    if record.snapshot:
         raise ReadOnly()
+
+
+@contextmanager
+def _data_change(state: ServerState, oid: int) -> Iterator[None]:
+    with state.gate.shared():
+        _require_working_vdi(state, oid)
+        yield
 
 
 def read_obj(state: ServerState, request: Request, max_length: int) -> bytes:
@@ -91,7 +115,9 @@ def read_obj(state: ServerState, request: Request, max_length: int) -> bytes:
 def create_and_write(state: ServerState, request: Request) -> None:
     body = request_body(request, ObjRequest)
     oid = _valid_oid(body.oid)
-    _refuse_snapshot_data(state, oid)
+    data = is_data_obj(oid)
+    if data:
+        _require_working_vdi(state, oid)  # early, before staging; again at the rename
     size = object_size(state, oid)
     _check_range(body.offset, len(request.payload), size)
     cow_from: int | None = None
@@ -106,21 +132,46 @@ def create_and_write(state: ServerState, request: Request) -> None:
             state.store.create(oid, size, extents, cow_from)
             state.registry.refresh(oid_to_vid(oid))
         return
-    state.store.create(oid, size, extents, cow_from)
+    state.store.create(oid, size, extents, cow_from,
+                       guard=(lambda: _data_change(state, oid)) if data else None)
 
 
 def write_obj(state: ServerState, request: Request) -> None:
     body = request_body(request, ObjRequest)
     oid = _valid_oid(body.oid)
-    _refuse_snapshot_data(state, oid)
     size = state.store.size(oid)
     if size is None:
         raise NoObject()
     _check_range(body.offset, len(request.payload), max(size, object_size(state, oid)))
     if object_kind(oid) is ObjectKind.INODE:
         write_inode(state, oid_to_vid(oid), body.offset, request.payload)
-    elif not state.store.write(oid, body.offset, request.payload):
+        return
+    if is_data_obj(oid):
+        with _data_change(state, oid):
+            written = state.store.write(oid, body.offset, request.payload)
+    else:
+        written = state.store.write(oid, body.offset, request.payload)
+    if not written:
         raise NoObject()
+
+
+def _refuse_link_into_deleted(state: ServerState, vid: int, offset: int, data: bytes) -> None:
+    """A write that would set slots of a deleted inode: refuse it (NO_VDI) and
+    collect the objects it would have linked, which nobody else may name (a
+    client created them for the VDI, then lost the race with DEL_VDI)."""
+    end = offset + len(data)
+    lo, hi = max(offset, SD_INODE_INDEX_OFFSET), min(end, SD_INODE_GREF_OFFSET)
+    if lo >= hi or data[lo - offset:hi - offset].count(0) == hi - lo:
+        return
+    first = (lo - SD_INODE_INDEX_OFFSET) // 4
+    count = (hi - 1 - SD_INODE_INDEX_OFFSET) // 4 - first + 1
+    merged = bytearray(state.read_slots(vid, first, count).tobytes())
+    base = SD_INODE_INDEX_OFFSET + 4 * first
+    merged[lo - base:hi - base] = data[lo - offset:hi - offset]
+    values = array("I")
+    values.frombytes(bytes(merged))
+    state.collect([(v, first + i) for i, v in enumerate(values) if v])
+    raise NoVdi(f"VDI {vid:#x} is deleted; its slots cannot be set")
 
 
 def write_inode(state: ServerState, vid: int, offset: int, data: bytes) -> None:
@@ -130,6 +181,9 @@ def write_inode(state: ServerState, vid: int, offset: int, data: bytes) -> None:
     with state.meta_lock:
         if not state.store.exists(oid):
             raise NoObject()
+        record = state.registry.get(vid)
+        if record is not None and record.deleted:
+            _refuse_link_into_deleted(state, vid, offset, data)
         in_slots = SD_INODE_INDEX_OFFSET <= offset and end <= SD_INODE_GREF_OFFSET
         if not in_slots or not data:
             txn = Transaction()

@@ -2,7 +2,9 @@
 
 How it works: each listening address has an accept thread (polling a 0.2 s
 timeout so it notices ``stop``).  Each accepted connection gets a reader
-thread and a writer thread.  The reader feeds received bytes into a
+thread, and a writer thread while it has replies to send (started by the
+first reply, it stays ``_LINGER`` s for more, then ends: an idle connection
+costs one thread).  The reader feeds received bytes into a
 RequestReader and hands every complete request to an executor, the way sheep
 hands requests to its worker pools (sheepdog-protocol.md §2.4):
 
@@ -15,17 +17,40 @@ hands requests to its worker pools (sheepdog-protocol.md §2.4):
 
 The store is safe under this (see state.py/store.py: inode changes take
 ``meta_lock``, creates are temp file + rename, writes are pwrite).  A worker
-puts its response on the connection's outbox; the writer thread sends
+puts its response on the connection's outbox; the writer sends
 responses one by one in completion order, so responses never interleave and
 workers never block on a socket.  Clients match responses by id.
 
-Back-pressure: a connection has at most ``max_inflight`` requests (and about
-``max_inflight_bytes`` of request/response payload) between being read and
-being answered; beyond that the reader stops reading, so one client cannot
-exhaust memory or the pool.  A malformed frame (a payload above the cap, a
-truncated header at EOF) stops reading on that connection only: requests
-already read are still answered, then the connection closes.  At EOF the
-same happens (a client may half-close and still read its answers).
+Back-pressure and limits (all options of SheepServer, EmbeddedServer and
+``serve``):
+
+* a request is *admitted* as soon as its header is read and before its
+  payload is received; its cost is the payload it carries plus the reply
+  payload it may get (``header_cost`` in admission.py).  It needs room on its connection (at most
+  ``max_inflight`` requests and about ``max_inflight_bytes``) and in the
+  server-wide ``memory_budget`` shared by every connection (``Budget``; one
+  request always fits when nothing else is in flight).  Until it is admitted
+  the reader reads nothing more from that connection (TCP pushes back on the
+  client), so memory held for requests and replies stays within the budget
+  plus a 64 KiB receive buffer per connection, whatever the clients do;
+* while a connection holding nothing waits for budget, connections that
+  hold some get no more (a newcomer is not kept out by a few hoarders);
+* a reply that makes no progress for ``send_timeout`` seconds (the client
+  stopped reading) closes the connection and frees what it held; while
+  other requests wait for budget, a stall of ``pressure_stall`` seconds is
+  enough, so clients that never read their replies cannot keep well-behaved
+  ones waiting for long;
+* a connection with nothing in flight (or a half-received request) that
+  sends nothing for ``idle_timeout`` seconds is closed (tgt and QEMU
+  reconnect on their next request);
+* at most ``max_connections`` connections are served (each costs two
+  threads); one more is accepted and closed at once.
+
+``stats()`` reports connections, bytes in flight and their peak, and how
+many connections each limit closed.  A malformed frame (a payload above the
+cap, a truncated header at EOF) stops reading on that connection only:
+requests already read are still answered, then the connection closes.  At
+EOF the same happens (a client may half-close and still read its answers).
 ``stop``/``stop_listener`` shut the sockets down, and ``stop`` joins every
 reader, writer, accept and worker thread.  Several listeners share one
 handler, i.e. one store: a "cluster" whose gateways can be killed one by one
@@ -35,21 +60,34 @@ with ``stop_listener``.
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from sheepdog_backend.exception import ProtocolError, SystemError_
 from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.framing import RequestReader
-from sheepdog_backend.protocol.header import Request, Response, response_body_class
+from sheepdog_backend.protocol.header import (
+    Request,
+    Response,
+    response_body_class,
+)
 from sheepdog_backend.protocol.structs import NodeId
+from sheepdog_backend.server.admission import (
+    TICK,
+    Budget,
+    ConnectionState,
+    header_cost,
+    request_cost,
+)
 from sheepdog_backend.server.handler import Handler
 
 LOG = logging.getLogger(__name__)
-_RECV = 1 << 20
+_RECV = 1 << 20  # most bytes received into an admitted payload at once
+_HEAD_RECV = 64 << 10  # most bytes received while no payload is admitted
+_LINGER = 1.0  # how long an idle writer thread waits for the next reply
 
 IO_OPS = frozenset({
     Opcode.CREATE_AND_WRITE_OBJ, Opcode.READ_OBJ, Opcode.WRITE_OBJ, Opcode.REMOVE_OBJ,
@@ -58,6 +96,11 @@ IO_OPS = frozenset({
 DEFAULT_WORKERS = 8
 DEFAULT_MAX_INFLIGHT = 16
 DEFAULT_MAX_INFLIGHT_BYTES = 64 << 20
+DEFAULT_MEMORY_BUDGET = 256 << 20
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_SEND_TIMEOUT = 60.0
+DEFAULT_PRESSURE_STALL = 5.0
 
 
 class _Listener:
@@ -67,54 +110,34 @@ class _Listener:
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
         self.connections: set[socket.socket] = set()
-
-
-class _Connection:
-    """One accepted socket: its outbox and its in-flight accounting."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.outbox: queue.SimpleQueue[tuple[Response, int] | None] = queue.SimpleQueue()
-        self.cond = threading.Condition()
-        self.inflight = 0
-        self.inflight_bytes = 0
-
-    def admit(self, cost: int, max_count: int, max_bytes: int) -> None:
-        """Wait until the request fits the limits (one always fits), then count it."""
-        with self.cond:
-            while self.inflight and (self.inflight >= max_count
-                                     or self.inflight_bytes + cost > max_bytes):
-                self.cond.wait()
-            self.inflight += 1
-            self.inflight_bytes += cost
-
-    def done(self, cost: int) -> None:
-        with self.cond:
-            self.inflight -= 1
-            self.inflight_bytes -= cost
-            self.cond.notify_all()
-
-    def drain(self) -> None:
-        """Wait until every admitted request has been answered (or dropped)."""
-        with self.cond:
-            while self.inflight:
-                self.cond.wait()
-
-
-def _cost(request: Request) -> int:
-    """Bytes a request holds while in flight: its payload or its reply's."""
-    return max(len(request.payload), request.data_length)
+        self.conns: set[ConnectionState] = set()
 
 
 class SheepServer:
     def __init__(self, handler: Handler, *, host: str = "127.0.0.1",
                  ports: Sequence[int] = (7000,), workers: int = DEFAULT_WORKERS,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT,
-                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES) -> None:
+                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT,
+                 pressure_stall: float = DEFAULT_PRESSURE_STALL) -> None:
         if not ports:
             raise ValueError("at least one port is needed")
-        if workers < 1 or max_inflight < 1 or max_inflight_bytes < 1:
-            raise ValueError("workers and in-flight limits must be positive")
+        if min(workers, max_inflight, max_inflight_bytes, memory_budget, max_connections) < 1:
+            raise ValueError("workers, in-flight limits, the memory budget and the "
+                             "connection limit must be positive")
+        if min(idle_timeout, send_timeout, pressure_stall) < 0:
+            raise ValueError("timeouts must be >= 0 (0: none)")
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.pressure_stall = pressure_stall
+        self.budget = Budget(memory_budget)
+        self.counters = {"refused": 0, "idle_closed": 0, "stall_closed": 0}
+        self._connections = 0
+        self._last_refusal_log = 0.0
         self.handler = handler
         self.host = host
         self.ports = list(ports)
@@ -123,7 +146,7 @@ class SheepServer:
         self.max_inflight_bytes = max_inflight_bytes
         self.listeners: list[_Listener] = []
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._threads: set[threading.Thread] = set()  # readers and writers alive
         self._pool: ThreadPoolExecutor | None = None
         self._serial: ThreadPoolExecutor | None = None
 
@@ -184,50 +207,120 @@ class SheepServer:
                 continue
             except OSError:
                 break
-            sock.settimeout(None)
+            with self._lock:
+                full = self._connections >= self.max_connections
+                if full:
+                    self.counters["refused"] += 1
+                else:
+                    self._connections += 1
+            if full:
+                self._refuse(sock)
+                continue
+            sock.settimeout(TICK)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(sock)
+            conn = ConnectionState(sock, self.budget)
             with self._lock:
                 if listener.stopped.is_set():
+                    self._connections -= 1
                     sock.close()
                     break
                 listener.connections.add(sock)
-                writer = threading.Thread(target=self._write_loop, args=(conn,),
-                                          name="sheep-conn-send", daemon=True)
-                reader = threading.Thread(target=self._serve, args=(listener, conn, writer),
+                listener.conns.add(conn)
+                reader = threading.Thread(target=self._serve, args=(listener, conn),
                                           name="sheep-conn", daemon=True)
-                self._threads += [reader, writer]
-            writer.start()
+                self._threads.add(reader)
             reader.start()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Over the connection limit: close at once (the client sees EOF)."""
+        now = time.monotonic()
+        if now - self._last_refusal_log > 10:
+            self._last_refusal_log = now
+            LOG.warning("refusing connections beyond the limit of %d", self.max_connections)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        except OSError:
+            pass
+        sock.close()
+
+    def stats(self) -> dict[str, int]:
+        """Connections served, bytes in flight now and at the peak, and how
+        many connections each limit closed or refused."""
+        with self._lock:
+            return {"connections": self._connections, "inflight_bytes": self.budget.used,
+                    "peak_inflight_bytes": self.budget.peak,
+                    "waiting_for_budget": self.budget.waiting, **self.counters}
+
+    def _count(self, counter: str) -> None:
+        with self._lock:
+            self.counters[counter] += 1
 
     # -- one connection ------------------------------------------------------
 
-    def _serve(self, listener: _Listener, conn: _Connection,
-               writer: threading.Thread) -> None:
+    def _serve(self, listener: _Listener, conn: ConnectionState) -> None:
         reader = RequestReader(max_payload=self.handler.max_payload)
+        admitted: int | None = None  # cost admitted for the pending header
+        quiet_since = time.monotonic()
         try:
             while True:
-                data = conn.sock.recv(_RECV)
-                if not data:
+                request = reader.next_message()
+                if request is not None:
+                    cost = admitted if admitted is not None else request_cost(request)
+                    if admitted is None and not conn.admit(cost, self.max_inflight,
+                                                           self.max_inflight_bytes):
+                        break
+                    admitted = None
+                    self._dispatch(conn, request, cost)
+                    continue
+                header = reader.pending_header
+                if header is not None and admitted is None:
+                    cost = header_cost(header)
+                    if not conn.admit(cost, self.max_inflight, self.max_inflight_bytes):
+                        break
+                    admitted = cost
+                try:
+                    if reader.payload_missing:
+                        view = reader.payload_buffer()
+                        n = conn.sock.recv_into(view, min(len(view), _RECV))
+                        if n:
+                            reader.commit(n)
+                    else:
+                        data = conn.sock.recv(_HEAD_RECV)
+                        n = len(data)
+                        reader.feed(data)
+                except TimeoutError:
+                    if conn.closing.is_set():
+                        break
+                    waiting_for_us = conn.inflight - (admitted is not None)
+                    if (self.idle_timeout and time.monotonic() - quiet_since
+                            >= self.idle_timeout
+                            and (not waiting_for_us or admitted is not None)):
+                        self._count("idle_closed")
+                        LOG.info("closing a connection idle for %.0f s", self.idle_timeout)
+                        break
+                    continue
+                if not n:
                     break
-                reader.feed(data)
-                for request in reader:
-                    self._dispatch(conn, request)
+                quiet_since = time.monotonic()
         except ProtocolError as exc:
             LOG.info("closing a connection after a malformed frame: %s", exc)
         except OSError:
             pass  # peer went away or we are stopping
         finally:
-            conn.drain()
-            conn.outbox.put(None)
-            writer.join()
+            if admitted is not None:  # admitted, never dispatched
+                conn.done(admitted)
+            conn.drain()  # every admitted request answered (sent or dropped)
+            with conn.out_cond:
+                conn.finished = True
+                conn.out_cond.notify_all()
             with self._lock:
                 listener.connections.discard(conn.sock)
+                listener.conns.discard(conn)
+                self._connections -= 1
+                self._threads.discard(threading.current_thread())
             conn.sock.close()
 
-    def _dispatch(self, conn: _Connection, request: Request) -> None:
-        cost = _cost(request)
-        conn.admit(cost, self.max_inflight, self.max_inflight_bytes)
+    def _dispatch(self, conn: ConnectionState, request: Request, cost: int) -> None:
         executor = self._pool if request.opcode in IO_OPS else self._serial
         assert executor is not None
         try:
@@ -236,7 +329,7 @@ class SheepServer:
             conn.done(cost)
             raise OSError("the server is stopping") from None
 
-    def _work(self, conn: _Connection, request: Request, cost: int) -> None:
+    def _work(self, conn: ConnectionState, request: Request, cost: int) -> None:
         try:
             response = self.handler.handle(request)
         except Exception:  # a bug: answer it rather than leave the client waiting
@@ -244,27 +337,73 @@ class SheepServer:
             response = Response(opcode=request.opcode, result=int(SystemError_.code),
                                 body=response_body_class(request.opcode)(), id=request.id,
                                 epoch=self.handler.state.epoch)
-        conn.outbox.put((response, cost))
+        self._post(conn, response, cost)
 
-    def _write_loop(self, conn: _Connection) -> None:
-        broken = False
-        while True:
-            item = conn.outbox.get()
-            if item is None:
+    def _post(self, conn: ConnectionState, response: Response, cost: int) -> None:
+        """Queue a reply; start a writer thread if none runs."""
+        with conn.out_cond:
+            conn.outbox.append((response, cost))
+            if conn.writing:
+                conn.out_cond.notify()
                 return
-            response, cost = item
-            if not broken:
-                try:
-                    conn.sock.sendall(response.encode_header())
-                    if response.payload:
-                        conn.sock.sendall(response.payload)
-                except OSError:
-                    broken = True  # stop reading too: nobody hears our answers
+            conn.writing = True
+        writer = threading.Thread(target=self._write_loop, args=(conn,),
+                                  name="sheep-conn-send", daemon=True)
+        with self._lock:
+            self._threads.add(writer)
+        writer.start()
+
+    def _write_loop(self, conn: ConnectionState) -> None:
+        try:
+            while True:
+                with conn.out_cond:
+                    while not conn.outbox:
+                        if conn.finished or not conn.out_cond.wait(_LINGER):
+                            if not conn.outbox:
+                                conn.writing = False
+                                return
+                    response, cost = conn.outbox.popleft()
+                if not conn.broken:
                     try:
-                        conn.sock.shutdown(socket.SHUT_RDWR)
+                        self._send(conn, response.encode_header())
+                        if response.payload:
+                            self._send(conn, response.payload)
                     except OSError:
-                        pass
-            conn.done(cost)
+                        conn.broken = True  # stop reading too: nobody hears our answers
+                        conn.closing.set()
+                        try:
+                            conn.sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                del response  # free the payload before the budget says so
+                conn.done(cost)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def _send(self, conn: ConnectionState, data: bytes) -> None:
+        """Send all of ``data``; give up (OSError) when the client takes
+        nothing for ``send_timeout`` s, or ``pressure_stall`` s while other
+        requests wait for budget."""
+        view = memoryview(data)
+        stalled_since = time.monotonic()
+        while view:
+            try:
+                sent = conn.sock.send(view)
+            except TimeoutError:
+                if conn.closing.is_set():
+                    raise OSError("the connection is closing") from None
+                stalled = time.monotonic() - stalled_since
+                if ((self.send_timeout and stalled >= self.send_timeout)
+                        or (self.pressure_stall and self.budget.waiting
+                            and stalled >= self.pressure_stall)):
+                    self._count("stall_closed")
+                    LOG.info("closing a connection whose client read nothing for %.1f s",
+                             stalled)
+                    raise OSError("the client stopped reading") from None
+                continue
+            view = view[sent:]
+            stalled_since = time.monotonic()
 
     # -- stopping ------------------------------------------------------------
 
@@ -279,20 +418,39 @@ class SheepServer:
         listener.sock.close()
         with self._lock:
             socks = list(listener.connections)
+            for conn in listener.conns:
+                conn.closing.set()
         for sock in socks:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
+    def restart_listener(self, index: int) -> None:
+        """Listen again on a listener's port after ``stop_listener``."""
+        old = self.listeners[index]
+        if not old.stopped.is_set():
+            raise RuntimeError(f"listener {index} is still running")
+        listener = self._bind(old.address[1])
+        self.listeners[index] = listener
+        thread = threading.Thread(target=self._accept_loop, args=(listener,),
+                                  name=f"sheep-accept-{index}", daemon=True)
+        listener.thread = thread
+        thread.start()
+        self._advertise()
+
     def stop(self) -> None:
         for index in range(len(self.listeners)):
             self.stop_listener(index)
         with self._lock:
-            threads, self._threads = self._threads, []
+            threads = list(self._threads)
         for thread in threads:
             thread.join(timeout=5)
         for executor in (self._pool, self._serial):
             if executor is not None:
                 executor.shutdown(wait=True)
         self._pool = self._serial = None
+        with self._lock:  # writers started by the last replies
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout=5)

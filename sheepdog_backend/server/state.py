@@ -4,7 +4,9 @@ and the inode helpers the op modules share (slot/gref access, reference GC).
 How it works: one re-entrant ``meta_lock`` serialises everything that reads
 and then changes VDI metadata (cluster ops, VDI ops, inode writes, garbage
 collection), like sheep's cluster-op serialisation; plain data-object reads
-and writes do not take it and run concurrently.
+and writes do not take it and run concurrently.  Data writes hold ``gate``
+shared instead, and snapshots and deletes hold it exclusive (gate.py), so a
+data write never lands in a VDI that was frozen or deleted under it.
 
 Garbage collection: sheep keeps generational reference counts (gref + ledger
 objects).  We keep the ``gref`` bytes in inodes exactly as sheep writes them
@@ -31,10 +33,12 @@ from sheepdog_backend.protocol.constants import (
     SD_INODE_DATA_INDEX,
     SD_INODE_GREF_OFFSET,
     SD_INODE_INDEX_OFFSET,
+    SD_NR_VDIS,
 )
 from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import NodeId, SdNode
+from sheepdog_backend.server.gate import Gate
 from sheepdog_backend.server.registry import Registry
 from sheepdog_backend.server.store import ClusterConfig, ObjectStore
 
@@ -67,6 +71,7 @@ class ServerState:
         self.store = ObjectStore(data_dir, sync=sync)
         self.registry = Registry(self.store)
         self.meta_lock = threading.RLock()
+        self.gate = Gate()  # data writes (shared) vs snapshot/delete (exclusive)
         self.clock = clock
         self.node_id = node or NodeId("127.0.0.1", 7000)
         self.config: ClusterConfig = self.store.load_config()
@@ -122,6 +127,9 @@ class ServerState:
     def collect(self, dropped: Iterable[tuple[int, int]]) -> int:
         """Remove the data objects of dropped references nobody holds any more."""
         with self.meta_lock:
+            # a slot may hold any u32 (a client wrote it): only a 24-bit vid
+            # and an index below 2**20 can name an object
             garbage = [vid_to_data_oid(vid, idx) for vid, idx in sorted(set(dropped))
-                       if not self.references(vid, idx)]
+                       if 0 < vid < SD_NR_VDIS and 0 <= idx < SD_INODE_DATA_INDEX
+                       and not self.references(vid, idx)]
             return self.store.remove_many(garbage)

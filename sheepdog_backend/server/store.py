@@ -62,6 +62,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 from sheepdog_backend.server.slots import SlotIndex, inode_vid
@@ -285,6 +286,18 @@ class ObjectStore:
             data += bytes(length - len(data))
         return data
 
+    def data_oids(self, vid: int) -> list[int]:
+        """The data objects of ``vid`` on disk (one directory listing)."""
+        prefix = f"{vid:08x}"  # a data oid is vid << 32 | idx, type bits zero
+        out = []
+        for name in os.listdir(self.obj_dir):
+            if len(name) == 16 and name.startswith(prefix):
+                try:
+                    out.append(int(name, 16))
+                except ValueError:
+                    continue
+        return out
+
     def oids(self) -> Iterator[int]:
         for name in os.listdir(self.obj_dir):
             if len(name) == 16 and not name.startswith("."):
@@ -351,10 +364,28 @@ class ObjectStore:
             self.slots.note_fd(vid, fd, offset, len(data))
 
     def create(self, oid: int, size: int, extents: list[tuple[int, bytes]],
-               cow_from: int | None = None) -> None:
-        """Create or replace an object atomically (temp file + rename)."""
+               cow_from: int | None = None, *,
+               guard: Callable[[], AbstractContextManager[object]] | None = None) -> None:
+        """Create or replace an object atomically (temp file + rename).
+
+        ``guard()`` (if given) is entered around the rename only: it may
+        refuse the create by raising, and the staged file is then removed
+        (objects.py checks there, under the data gate, that the object's VDI
+        can still be written)."""
         name = self.stage(oid, size, extents, cow_from)
-        os.replace(os.path.join(self.obj_dir, name), self.path(oid))
+        staged = os.path.join(self.obj_dir, name)
+        try:
+            if guard is None:
+                os.replace(staged, self.path(oid))
+            else:
+                with guard():
+                    os.replace(staged, self.path(oid))
+        except BaseException:
+            try:
+                os.unlink(staged)
+            except FileNotFoundError:
+                pass
+            raise
         self._obj_dir_sync.sync()
 
     # -- in-place writes -------------------------------------------------------

@@ -8,7 +8,10 @@ snapshot (old inode frozen + new working inode) is all-or-nothing on disk.
 
 DEL_VDI policy: sheep 1.0 leaves an inode whose slots are still set untouched
 (yet says SUCCESS); we instead do a full delete (drop every reference, clear
-the inode), so QEMU's "delete working VDI, then create a branch" works.
+the inode), so QEMU's "delete working VDI, then create a branch" works;
+and it also collects the VDI's objects that no slot names (created, never
+linked).  Snapshots and deletes change the registry under ``state.gate``
+exclusive, so no data write straddles them (see gate.py and objects.py).
 """
 
 from __future__ import annotations
@@ -225,9 +228,10 @@ def new_vdi(state: ServerState, request: Request) -> VdiResponse:
             extents.append((SD_INODE_INDEX_OFFSET, encode_index_header()))
         staged = state.store.stage(vid_to_vdi_oid(new_vid), SD_INODE_SIZE, extents)
         txn.renames.append((staged, vid_to_vdi_oid(new_vid)))
-        state.store.commit(txn)
-        for vid in {new_vid, parent, found.vid or 0} - {0}:
-            state.registry.refresh(vid)
+        with state.gate.exclusive():  # no data write straddles the freeze
+            state.store.commit(txn)
+            for vid in {new_vid, parent, found.vid or 0} - {0}:
+                state.registry.refresh(vid)
         return VdiResponse(vdi_id=new_vid, copies=copies, block_size_shift=shift)
 
 
@@ -262,11 +266,16 @@ def del_vdi(state: ServerState, request: Request) -> VdiResponse:
             if nonzero:
                 txn.writes.append((oid, SD_INODE_GREF_OFFSET + 8 * nonzero[0],
                                    bytes(8 * (nonzero[-1] - nonzero[0] + 1))))
-        state.store.commit(txn)
-        refreshed = state.registry.refresh(vid)
+        with state.gate.exclusive():  # data writes before it finish, later ones see it
+            state.store.commit(txn)
+            refreshed = state.registry.refresh(vid)
         if refreshed is not None:
             refreshed.lock_state = LockState.UNLOCKED
             refreshed.participants = []
+        if not header.store_policy:
+            # also objects created but never linked (a client that died, or
+            # whose slot write loses to this delete): no slot names them
+            dropped += [(vid, oid & 0xFFFFFFFF) for oid in state.store.data_oids(vid)]
         state.collect(dropped)
         return VdiResponse(vdi_id=vid)
 
