@@ -82,12 +82,12 @@ def _check_transcript(transcript: Transcript) -> Counter[str]:
     assert not transcript.failures, transcript.failures
     assert transcript.requests and len(transcript.requests) == len(transcript.responses)
     kinds: Counter[str] = Counter()
-    for raw, (_, request) in zip(transcript.raw_requests, transcript.requests):
+    for raw, (_, request) in zip(transcript.raw_requests, transcript.requests, strict=True):
         op = Opcode(request.opcode)  # a kind the codec knows, or ValueError
         assert request.encode() == raw, f"{op.name} request does not re-encode"
         kinds[f"req {op.name}"] += 1
     pending = list(transcript.requests)
-    for raw, (conn, response) in zip(transcript.raw_responses, transcript.responses):
+    for raw, (conn, response) in zip(transcript.raw_responses, transcript.responses, strict=True):
         # dog and QEMU keep replies in request order per connection here.
         index = next(i for i, (c, q) in enumerate(pending)
                      if c == conn and q.id == response.id and q.opcode == response.opcode)
@@ -125,7 +125,7 @@ def test_transcript_checker_catches_an_unknown_frame_kind(real_target: Target) -
         Target("real", proxy.host, proxy.port).dog("node", "list")
     transcript = proxy.transcript()
     _check_transcript(transcript)
-    conn, request = transcript.requests[0]
+    conn, _ = transcript.requests[0]
     raw = bytearray(transcript.raw_requests[0])
     raw[1] = 0x7E
     transcript.requests[0] = (conn, decode_request(bytes(raw)))
