@@ -193,6 +193,8 @@ def test_vdi_lock_list_and_unlock(pair: tuple[Target, Target]) -> None:
 def test_vdi_check(pair: tuple[Target, Target]) -> None:
     assert same(pair, "vdi", "check", "vol").rc == 0
     same(pair, "vdi", "check", "kid")
+    same(pair, "vdi", "check", "-s", "s1", "vol")
+    assert same(pair, "cluster", "check").rc == 0
 
 
 def test_vdi_delete_and_rollback(pair: tuple[Target, Target]) -> None:
