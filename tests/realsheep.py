@@ -284,10 +284,22 @@ class SheepCluster:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
         return proc
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every living node at once, wait for all together, SIGKILL
+        what is left (a node takes ~2 s to vanish here: one by one, a 3-node
+        teardown cost 7 s)."""
+        living = [node for node in self.nodes if node.pid is not None and node.alive()]
+        for node in living:
+            try:
+                os.kill(node.pid, signal.SIGTERM)  # type: ignore[arg-type]
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while any(node.alive() for node in living) and time.monotonic() < deadline:
+            time.sleep(0.02)
         for node in self.nodes:
             try:
-                node.stop()
+                node.kill()  # SIGKILL if still there; forgets the pid either way
             except Exception:  # stop every node whatever one does
                 pass
 
