@@ -13,7 +13,11 @@ provide it.
 since tgt's Sheepdog store keeps only four digits of a port), waits until each
 accepts, formats the cluster with ``dog cluster format`` and stops every node
 by the pid it wrote, whatever happens (``stop()`` is idempotent; the context
-manager and the fixtures call it in ``finally``).  Nothing is shared between
+manager and the fixtures call it in ``finally``).  A multi-node cluster gives
+each node its own zone (``-z``), as a real deployment would.  ``add_node()``
+starts one more node (a node joining), ``nodes[i].kill()`` one dying,
+``power_cut()`` all of them at the same instant; ``wait_ready()`` waits until
+every living node reports the cluster running.  Nothing is shared between
 clusters; one cluster's state is touched only by the thread that owns it.
 """
 
@@ -283,6 +287,19 @@ class SheepCluster:
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
         return proc
+
+    def power_cut(self) -> None:
+        """SIGKILL every node at the same moment: no node sees another leave, so
+        each keeps the last epoch with all of them (a restarted node then waits
+        for the others to rejoin)."""
+        living = [node for node in self.nodes if node.pid is not None and node.alive()]
+        for node in living:
+            try:
+                os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
+            except ProcessLookupError:
+                pass
+        for node in living:
+            node.kill()  # reaps; forgets the pid
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every living node at once, wait for all together, SIGKILL

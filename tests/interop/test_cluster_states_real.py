@@ -84,11 +84,15 @@ def test_cluster_waiting_for_nodes_to_rejoin(tmp_path: Path) -> None:
         with SheepdogClient(cluster.gateways) as client:
             client.create_vdi("kept", 8 * MiB)
             client.write("kept", 3 * MiB, data)
-        cluster.stop()  # the whole cluster goes down; only one node comes back
+        cluster.power_cut()  # the whole cluster goes down at once; one node comes back
         first, second = cluster.nodes
         first.start()
-        assert "Waiting for other nodes to join" in cluster.run_dog(
-            "cluster", "info", node=first.index).stdout
+        deadline = time.monotonic() + 10
+        status = ""
+        while "Waiting for other nodes to join" not in status and time.monotonic() < deadline:
+            status = cluster.run_dog("cluster", "info", node=first.index).stdout
+            time.sleep(0.05)
+        assert "Waiting for other nodes to join" in status
         once = RetryPolicy(attempts=1)
         with SheepdogClient([first.gateway], retry=once) as client:
             with pytest.raises(RetryExhausted) as caught:
