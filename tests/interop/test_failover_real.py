@@ -102,6 +102,9 @@ OPS: dict[str, tuple[Setup, Call, Callable[[Request], bool], list[tuple[str, str
                lambda r: r.opcode == Opcode.NEW_VDI, [("=", "", 8 * MiB)]),
     "snapshot": (lambda c, n: c.create_vdi(n, 8 * MiB), lambda c, n: c.snapshot_vdi(n, "t"),
                  lambda r: r.opcode == Opcode.NEW_VDI, [("=", "", 8 * MiB), ("s", "t", 8 * MiB)]),
+    "clone": (lambda c, n: (c.create_vdi(n, 8 * MiB), c.snapshot_vdi(n, "t")),
+              lambda c, n: c.clone_vdi(n, "t", n + "-c"),
+              lambda r: r.opcode == Opcode.NEW_VDI, [("=", "", 8 * MiB), ("s", "t", 8 * MiB)]),
     "resize": (lambda c, n: c.create_vdi(n, 8 * MiB), lambda c, n: c.resize_vdi(n, 12 * MiB),
                _inode_write, [("=", "", 12 * MiB)]),
     "delete-snapshot": (lambda c, n: (c.create_vdi(n, 8 * MiB), c.snapshot_vdi(n, "t")),
@@ -130,6 +133,8 @@ def test_lost_reply_from_a_real_node_is_reconciled(real_target: Target, op: str)
         call(client, name)
         assert rule.fired, "the decisive request was never seen"
     assert rows(real_target, name) == expected
+    if op == "clone":
+        assert rows(real_target, name + "-c") == [("c", "", 8 * MiB)]
     if op == "set-attr":
         assert real_target.dog("vdi", "getattr", name, "k").stdout == b"v"
 
@@ -175,7 +180,8 @@ def target_of(cluster: SheepCluster, index: int) -> Target:
 
 
 @pytest.mark.parametrize(("op", "action"), [
-    ("create", "lose_reply"), ("snapshot", "lose_reply"), ("resize", "lose_reply"),
+    ("create", "lose_reply"), ("snapshot", "lose_reply"), ("clone", "lose_reply"),
+    ("resize", "lose_reply"),
     ("delete-snapshot", "lose_reply"), ("delete", "lose_reply"),
     # the node dies between the steps: the snapshot's tag (or the delete's
     # released slots) written, the decisive request never reaching it
@@ -196,6 +202,8 @@ def test_node_killed_mid_operation_completes_through_another(healed: SheepCluste
         assert rule.fired and killer.killed and not victim.alive()
     for index in (1, 2):
         assert rows(target_of(healed, index), name) == expected
+        if op == "clone":
+            assert rows(target_of(healed, index), name + "-c") == [("c", "", 8 * MiB)]
 
 
 class KillingReader(io.BytesIO):
