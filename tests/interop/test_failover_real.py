@@ -25,13 +25,16 @@ import io
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from sheepdog_backend.client import RetryPolicy, SheepdogClient
+from sheepdog_backend.driver.base import Volume
 from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.header import ObjRequest, Request
 from sheepdog_backend.protocol.oid import is_vdi_obj
+from sheepdog_backend.testing.backends import driver_from_config, write_backend_ini
 from tests.interop.conftest import Target, unique
 from tests.realsheep import SheepCluster
 from tests.unit.client.loopback import FaultProxy
@@ -268,3 +271,52 @@ def test_node_killed_mid_read_stream_completes_through_another(healed: SheepClus
         assert client.read_to_file(name, sink) == len(data)
         assert sink.killed and not victim.alive() and proxy.seen > 0
         assert sink.getvalue() == data
+
+
+class KillOnRequest:
+    """FaultProxy rule: at the ``nth`` request ``match`` accepts (once armed),
+    kill the node behind the proxy there and then, and cut without forwarding."""
+
+    def __init__(self, match: Callable[[Request], bool], nth: int,
+                 kill: Callable[[], None]) -> None:
+        self.match, self.nth, self.kill = match, nth, kill
+        self.armed = False
+        self.count = 0
+        self.killed = False
+
+    def __call__(self, req: Request, n: int) -> str:
+        if not self.armed or self.killed or not self.match(req):
+            return "pass"
+        self.count += 1
+        if self.count < self.nth:
+            return "pass"
+        self.killed = True
+        self.kill()
+        return "cut_before"
+
+
+def test_driver_clone_of_a_volume_survives_its_node_dying_between_steps(
+        healed: SheepCluster, tmp_path: Path) -> None:
+    """create_cloned_volume is three steps (temporary snapshot, clone, delete
+    the snapshot); the node dies as the clone is asked for, the driver finishes
+    through the other nodes: the clone has the source's bytes, nothing is left
+    over, and the source is untouched."""
+    victim = healed.nodes[0]
+    rule = KillOnRequest(lambda r: r.opcode == Opcode.NEW_VDI, 2, victim.kill)
+    with FaultProxy((victim.host, victim.port), rule) as proxy:
+        ini = write_backend_ini(tmp_path / "site.ini", [proxy.address, *healed.gateways[1:]],
+                                backend="site")
+        with driver_from_config(ini) as drv:
+            src, dst = Volume(id=unique("src"), size=1), Volume(id=unique("dst"), size=1)
+            drv.create_volume(src)
+            data = os.urandom(MiB)
+            with SheepdogClient(healed.gateways[1:], retry=retry()) as client:
+                client.write(drv.vdi_name(src), 5 * MiB, data)
+            rule.armed = True
+            drv.create_cloned_volume(dst, src)
+            assert rule.killed and not victim.alive()
+            src_name, dst_name = drv.vdi_name(src), drv.vdi_name(dst)
+    survivor = target_of(healed, 2)
+    assert rows(survivor, src_name) == [("=", "", 1 << 30)]  # no temporary snapshot left
+    assert rows(survivor, dst_name) == [("c", "", 1 << 30)]
+    assert survivor.dog("vdi", "read", dst_name, str(5 * MiB), str(MiB)).stdout == data
