@@ -9,6 +9,7 @@ its ``data_length``.
 
 from __future__ import annotations
 
+import os
 import struct
 
 from sheepdog_backend.exception import (
@@ -121,9 +122,24 @@ def node_list(state: ServerState, request: Request) -> tuple[NodeResponse, bytes
     return NodeResponse(nr_nodes=1), state.node().encode()
 
 
+def _objects_usage(state: ServerState) -> int:
+    """Bytes the stored objects occupy on disk (allocated blocks, as sheep's
+    md_get_size counts them)."""
+    used = 0
+    for oid in state.store.oids():
+        try:
+            used += os.stat(state.store.path(oid)).st_blocks * 512
+        except FileNotFoundError:  # removed meanwhile
+            continue
+    return used
+
+
 def stat_sheep(state: ServerState) -> NodeResponse:
-    total, free = state.capacity()
-    return NodeResponse(store_size=total, store_free=free)
+    """sheep's STAT_SHEEP: store_size = free space + what the objects use,
+    store_free = free space, so `dog node info` shows the node's own usage
+    (not everything else on the filesystem) as Used."""
+    _, free = state.capacity()
+    return NodeResponse(store_size=free + _objects_usage(state), store_free=free)
 
 
 def store_list(request: Request) -> bytes:

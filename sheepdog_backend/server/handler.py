@@ -13,12 +13,14 @@ request's buffer nor present for a WRITE request without PIGGYBACK.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 from collections.abc import Callable
 
 from sheepdog_backend.exception import (
     InvalidParameters,
+    NoObject,
     NoSpace,
     ServerError,
     ServerIOError,
@@ -35,14 +37,17 @@ from sheepdog_backend.protocol.constants import (
 )
 from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD
 from sheepdog_backend.protocol.header import (
+    HashResponse,
+    ObjRequest,
     Request,
     Response,
     ResponseBody,
     response_body_class,
 )
+from sheepdog_backend.protocol.oid import oid_is_valid
 from sheepdog_backend.protocol.structs import NodeId
 from sheepdog_backend.server import cluster, objects, vdis
-from sheepdog_backend.server.state import ServerState
+from sheepdog_backend.server.state import ServerState, request_body
 
 LOG = logging.getLogger(__name__)
 
@@ -79,6 +84,19 @@ def _obsolete_flush(request: Request) -> None:
     raise InvalidParameters("FLUSH_VDI is obsolete")
 
 
+def _get_hash(state: ServerState, request: Request) -> HashResponse:
+    """GET_HASH (``dog vdi check`` / ``cluster check``): the SHA-1 of the whole
+    object as this node stores it, zero-padded to its nominal size, as sheep's
+    plain store computes it; NO_OBJ when this node does not hold it."""
+    oid = request_body(request, ObjRequest).oid
+    if not oid_is_valid(oid):
+        raise InvalidParameters(f"invalid object id {oid:#018x}")
+    data = state.store.read(oid, 0, objects.object_size(state, oid))
+    if data is None:
+        raise NoObject()
+    return HashResponse(digest=hashlib.sha1(data, usedforsecurity=False).digest())
+
+
 class Handler:
     """Answers Sheepdog requests from a ServerState; thread-safe."""
 
@@ -94,6 +112,7 @@ class Handler:
             Opcode.REMOVE_OBJ: _none(lambda r: objects.remove_obj(s, r)),
             Opcode.DISCARD_OBJ: _none(lambda r: objects.discard_obj(s, r)),
             Opcode.EXIST: _none(lambda r: objects.exist(s, r)),
+            Opcode.GET_HASH: _body(lambda r: _get_hash(s, r)),
             Opcode.NEW_VDI: _body(lambda r: vdis.new_vdi(s, r)),
             Opcode.LOCK_VDI: _body(lambda r: vdis.lock_vdi(s, r)),
             Opcode.RELEASE_VDI: _body(lambda r: vdis.release_vdi(s, r)),

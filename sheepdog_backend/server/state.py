@@ -37,7 +37,7 @@ from sheepdog_backend.protocol.constants import (
 )
 from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
-from sheepdog_backend.protocol.structs import NodeId, SdNode
+from sheepdog_backend.protocol.structs import NodeId, SdNode, encode_addr
 from sheepdog_backend.server.gate import Gate
 from sheepdog_backend.server.registry import Registry
 from sheepdog_backend.server.store import ClusterConfig, ObjectStore
@@ -92,7 +92,10 @@ class ServerState:
         return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
     def node(self) -> SdNode:
-        return SdNode(nid=self.node_id, nr_vnodes=128, zone=0, space=self.capacity()[0])
+        # sheep without -z: the zone is the address's last 4 bytes, little-endian
+        # (127.0.0.1 -> 16777343), as `dog node list` shows it.
+        zone = int.from_bytes(encode_addr(self.node_id.addr)[12:16], "little")
+        return SdNode(nid=self.node_id, nr_vnodes=128, zone=zone, space=self.capacity()[0])
 
     # -- inode slot / gref access ------------------------------------------------
 
