@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 SUITE_MODULE = "sheepdog_backend.testing.test_conformance"
+CONFIG_ENV = "SHEEPDOG_BACKEND_CONFIG"
 ORDER = {"FAIL": 0, "GAP": 1, "SKIP": 2, "PASS": 3}
 
 
@@ -182,7 +183,8 @@ def preflight(config_file: str, backend: str | None) -> tuple[int, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = args.config_file
+    config = getattr(args, "config_file", None) or os.environ.get(CONFIG_ENV) or None
+    args.backend = getattr(args, "backend", None)
     if config is not None:
         config = os.path.abspath(config)
         problem = preflight(config, args.backend)
@@ -214,10 +216,12 @@ def register(subparsers: Any) -> None:
         description="Run the driver conformance suite against one backend of an ini file "
         "(or, without --config-file, the built-in driver on an embedded server) and print "
         "a PASS/FAIL/GAP table. Exit status 0 only when nothing failed.")
-    parser.add_argument("--config-file", metavar="FILE", default=None,
+    # Defaults SUPPRESS: the same options given before the command still count.
+    parser.add_argument("--config-file", metavar="FILE", default=argparse.SUPPRESS,
                         help="ini file with [DEFAULT] enabled_backends and the backend "
-                        "sections (default: start an embedded server)")
-    parser.add_argument("--backend", metavar="NAME", default=None,
+                        "sections (default: $SHEEPDOG_BACKEND_CONFIG, else start an "
+                        "embedded server)")
+    parser.add_argument("--backend", metavar="NAME", default=argparse.SUPPRESS,
                         help="backend section to test (default: the first enabled)")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
                         help="run only tests matching this pytest -k expression")

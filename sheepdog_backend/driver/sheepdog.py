@@ -19,7 +19,7 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sheepdog_backend import __version__
-from sheepdog_backend.driver import clones, images, manage
+from sheepdog_backend.driver import clones, images, manage, sizing
 from sheepdog_backend.driver.addresses import format_gateway, parse_gateway, same_endpoint
 from sheepdog_backend.driver.base import (
     BackendConfiguration,
@@ -55,7 +55,7 @@ from sheepdog_backend.exception import (
 )
 from sheepdog_backend.opts import parse_erasure_code
 from sheepdog_backend.protocol.constants import ClusterStatus
-from sheepdog_backend.protocol.naming import validate_name, validate_tag
+from sheepdog_backend.protocol.naming import check_snapshot_tag, check_volume_name
 from sheepdog_backend.protocol.structs import ec_policy
 
 if TYPE_CHECKING:  # the client is imported on first use, not at driver import
@@ -118,17 +118,13 @@ class SheepdogDriver(VolumeDriver):
         if not isinstance(volume, Volume):
             raise InvalidInput(f"expected a Volume, got {type(volume).__name__}")
         name = volume.vdi_name_for(self.configuration.volume_name_template)
-        validate_name(name)
-        return name
+        return check_volume_name(name)  # the user alphabet (protocol/naming.py)
 
     def snapshot_tag(self, snapshot: Snapshot) -> str:
         if not isinstance(snapshot, Snapshot):
             raise InvalidInput(f"expected a Snapshot, got {type(snapshot).__name__}")
         tag = snapshot.tag_for(self.configuration.snapshot_name_template)
-        if not tag:
-            raise InvalidInput("a snapshot tag must not be empty")
-        validate_tag(tag)
-        return tag
+        return check_snapshot_tag(tag)  # the user alphabet (protocol/naming.py)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -230,8 +226,7 @@ class SheepdogDriver(VolumeDriver):
         try:
             self.client.create_vdi(name, size, copies=self._copies,
                                    copy_policy=self._copy_policy,
-                                   block_size_shift=int(
-                                       self.configuration.sheepdog_block_size_shift))
+                                   block_size_shift=sizing.shift_for_new_volume(self, size))
         except VdiExists:
             if not self._create_checked(name, size, parent_vid=None):
                 raise
@@ -263,6 +258,7 @@ class SheepdogDriver(VolumeDriver):
             raise InvalidInput(f"volume {name!r} is {info.size} bytes; it can only grow, not "
                                f"shrink to {new_size} GiB")
         if new_bytes > info.size:
+            sizing.check_extend(self.configuration, name, info.block_size_shift, new_bytes)
             self.client.resize_vdi(name, new_bytes)
             self._invalidate_stats()
 
@@ -465,7 +461,9 @@ class SheepdogDriver(VolumeDriver):
                 "size_bytes": info.size, "size_gib": round(info.size / GiB, 3),
                 "vid": info.vid, "parent_vid": info.parent_vid,
                 "is_snapshot": bool(info.is_snapshot), "copies": info.nr_copies,
-                "copy_policy": info.copy_policy, "block_size_shift": info.block_size_shift}
+                "copy_policy": info.copy_policy, "block_size_shift": info.block_size_shift,
+                "created": (info.snap_ctime if info.is_snapshot else info.create_time) >> 32,
+                "used_bytes": info.used, "shared_bytes": info.shared}
 
     def describe_volume(self, volume: Volume) -> dict[str, Any]:
         """The volume's VDI and its snapshots; VolumeNotFound when absent."""
@@ -479,13 +477,13 @@ class SheepdogDriver(VolumeDriver):
         return self._describe(self._snapshot_info(name, self.snapshot_tag(snapshot)))
 
     def list_volumes(self) -> list[dict[str, Any]]:
-        return [self._describe(v) for v in sorted(self.client.list_vdis(),
+        return [self._describe(v) for v in sorted(self.client.list_vdis(with_usage=True),
                                                    key=lambda v: (v.name, v.snap_id))
                 if not v.is_snapshot]
 
     def list_snapshots(self, volume: Volume | None = None) -> list[dict[str, Any]]:
-        vdis = self.client.list_vdis()
         name = self.vdi_name(volume) if volume is not None else None
+        vdis = self.client.list_vdis(with_usage=True)
         return [self._describe(v) for v in sorted(vdis, key=lambda v: (v.name, v.snap_id))
                 if v.is_snapshot and (name is None or v.name == name)]
 
