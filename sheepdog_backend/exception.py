@@ -555,3 +555,8 @@ class InvalidBackingImage(SheepdogError, ValueError):
 
 class DriverLoadError(SheepdogError):
     """A volume driver could not be found or loaded."""
+
+
+class ForeignCluster(ConfigError):
+    """A configured gateway belongs to another Sheepdog cluster than the others
+    (its cluster creation time differs); client/identity.py."""
