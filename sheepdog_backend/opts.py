@@ -199,6 +199,13 @@ SIZING_OPTS = [
         "doubles that, 2 GiB objects hold 2 PiB. Larger objects make the first write "
         "after a snapshot copy more data. Without a ceiling a volume can grow only to "
         "what its object size holds; extending past that fails with the reason."),
+    cfg.StrOpt(
+        "sheepdog_cluster_id", default=None, regex=r"^(0x)?[0-9a-fA-F]{1,16}$",
+        help="The Sheepdog cluster this backend belongs to: its creation time in hex, as "
+        "'sheepdog-backend stats' prints it (cluster_id). A gateway of any other cluster "
+        "is refused even when it is the only one that answers. Unset: every gateway "
+        "that answers at set-up must report the same cluster, and the first one that "
+        "answers defines it for failover."),
 ]
 
 BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS

@@ -45,7 +45,7 @@ from sheepdog_backend.exception import (
     VolumeNotFound,
     WaitForFormat,
 )
-from sheepdog_backend.protocol.naming import check_snapshot_tag, check_volume_name
+from sheepdog_backend.protocol.naming import check_snapshot_tag, check_volume_name, to_bytes
 
 DEFAULT_CONFIG = "/etc/sheepdog-backend/sheepdog-backend.conf"
 CONFIG_ENV = "SHEEPDOG_BACKEND_CONFIG"
@@ -208,6 +208,8 @@ def validate_names(args: argparse.Namespace, names: dict[str, str]) -> None:
             check_snapshot_tag(value)
         elif kind == "snapshot":
             split_snapshot(value)
+        elif kind == "text":
+            to_bytes(value)
 
 
 @contextmanager

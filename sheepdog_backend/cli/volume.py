@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                    "volumes")
     vsub = volume.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = _add(vsub, "create", "create a volume (empty, from a snapshot, or a backing "
-             "reference)", _volume_create, {"name": "volume", "snapshot": "snapshot"})
+             "reference)", _volume_create, {"name": "volume", "snapshot": "snapshot", "backing": "text"})
     p.add_argument("name", help="VDI name")
     p.add_argument("--size", type=_gib, help="GiB (default: the snapshot's size when "
                    "--snapshot is given; otherwise required)")
@@ -425,7 +425,16 @@ def _disconnect(driver: VolumeDriver, args: argparse.Namespace) -> Result:
 
 
 STATS_COLUMNS = ("volume_backend_name", "total_capacity_gb", "free_capacity_gb",
-                 "provisioned_capacity_gb", "total_volumes", "error")
+                 "provisioned_capacity_gb", "total_volumes", "cluster_id", "error")
+
+
+def _cluster_id(driver: VolumeDriver) -> str | None:
+    """The cluster's creation time in hex (for sheepdog_cluster_id), when known."""
+    client = getattr(driver, "client", None)
+    if client is None or not hasattr(client, "cluster_info"):
+        return None
+    ctime = int(client.cluster_info().ctime)
+    return f"{ctime:#x}" if ctime else None
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -446,7 +455,8 @@ def _stats(args: argparse.Namespace) -> int:
         try:
             with backend(args, name) as driver:
                 rows.append({"volume_backend_name": name,
-                             **driver.get_volume_stats(refresh=True), "error": None})
+                             **driver.get_volume_stats(refresh=True),
+                             "cluster_id": _cluster_id(driver), "error": None})
         except (SheepdogError, NotImplementedError) as exc:
             code = exit_code_for(exc)
             if len(names) == 1:
@@ -458,5 +468,5 @@ def _stats(args: argparse.Namespace) -> int:
                 headers={"volume_backend_name": "BACKEND", "total_capacity_gb": "TOTAL GiB",
                          "free_capacity_gb": "FREE GiB",
                          "provisioned_capacity_gb": "PROVISIONED GiB",
-                         "total_volumes": "VOLUMES"}), args)
+                         "total_volumes": "VOLUMES", "cluster_id": "CLUSTER ID"}), args)
     return worst

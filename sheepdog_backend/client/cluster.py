@@ -154,7 +154,7 @@ class Cluster:
         pool = self.pool(address)
         try:
             with pool.connection() as conn:
-                self.identity.verify(conn)  # a gateway of another cluster: ForeignCluster
+                self.identity.verify(conn, several=len(self._health) > 1)  # identity.py
                 result = fn(conn)
         except (TransportError, ProtocolError, *_NODE_STATE_ERRORS) as exc:
             self.mark_failed(address, exc)

@@ -154,6 +154,9 @@ class SheepdogDriver(VolumeDriver):
     def check_for_setup_error(self) -> None:
         where = ", ".join(self._gateways)
         try:
+            from sheepdog_backend.client.identity import check_gateways  # one cluster only
+
+            check_gateways(self.client.cluster, self.configuration.sheepdog_cluster_id)
             info = self.client.cluster_info()
         except (TransportError, RetryExhausted) as exc:
             raise NoGatewayAvailable(f"backend {self.backend_name}: no Sheepdog gateway "
