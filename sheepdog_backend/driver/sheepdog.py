@@ -117,12 +117,16 @@ class SheepdogDriver(VolumeDriver):
         """The VDI name of ``volume``; InvalidInput when it cannot exist."""
         if not isinstance(volume, Volume):
             raise InvalidInput(f"expected a Volume, got {type(volume).__name__}")
+        if not volume.name and not volume.id:
+            raise InvalidInput("a volume needs a name or an id")
         name = volume.vdi_name_for(self.configuration.volume_name_template)
         return check_volume_name(name)  # the user alphabet (protocol/naming.py)
 
     def snapshot_tag(self, snapshot: Snapshot) -> str:
         if not isinstance(snapshot, Snapshot):
             raise InvalidInput(f"expected a Snapshot, got {type(snapshot).__name__}")
+        if not snapshot.name and not snapshot.id:
+            raise InvalidInput("a snapshot needs a name or an id")
         tag = snapshot.tag_for(self.configuration.snapshot_name_template)
         return check_snapshot_tag(tag)  # the user alphabet (protocol/naming.py)
 
@@ -268,8 +272,8 @@ class SheepdogDriver(VolumeDriver):
     # -- snapshots and clones ---------------------------------------------
 
     def create_snapshot(self, snapshot: Snapshot) -> dict[str, Any]:
+        tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
-        tag = self.snapshot_tag(snapshot)
         self._existing(name)
         existing = self.client.find_vdi(name, tag)
         if existing is not None and existing.is_snapshot:
@@ -286,8 +290,8 @@ class SheepdogDriver(VolumeDriver):
         return {}
 
     def delete_snapshot(self, snapshot: Snapshot) -> None:
+        tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
-        tag = self.snapshot_tag(snapshot)
         info = self.client.find_vdi(name, tag)
         if info is None or not info.is_snapshot:
             LOG.info("snapshot %s of %s is already gone", tag, name)
@@ -301,8 +305,8 @@ class SheepdogDriver(VolumeDriver):
                                     snapshot: Snapshot) -> dict[str, Any]:
         name = self.vdi_name(volume)
         size = gib(volume.size) * GiB
+        tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         src = self.vdi_name(snapshot.volume)
-        tag = self.snapshot_tag(snapshot)
         snap = self._snapshot_info(src, tag)
         return clones.clone_snapshot(self, snap, src, tag, name, size)
 
