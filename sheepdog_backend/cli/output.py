@@ -97,10 +97,12 @@ def _pick(columns: Sequence[str], wanted: Sequence[str]) -> list[str]:
 def table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    head = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    lines = [head.rstrip(),
              "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 

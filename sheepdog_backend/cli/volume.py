@@ -91,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                    "volumes")
     vsub = volume.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = _add(vsub, "create", "create a volume (empty, from a snapshot, or a backing "
-             "reference)", _volume_create, {"name": "volume", "snapshot": "snapshot", "backing": "text"})
+             "reference)", _volume_create,
+             {"name": "volume", "snapshot": "snapshot", "backing": "text"})
     p.add_argument("name", help="VDI name")
     p.add_argument("--size", type=_gib, help="GiB (default: the snapshot's size when "
                    "--snapshot is given; otherwise required)")
@@ -378,7 +379,7 @@ def _snapshot_delete(driver: VolumeDriver, args: argparse.Namespace) -> Result:
         present = True
         if hasattr(driver, "describe_snapshot"):
             try:
-                driver.describe_snapshot(_snapshot(args.volume, tag))  # type: ignore[attr-defined]
+                driver.describe_snapshot(_snapshot(args.volume, tag))
             except (SnapshotNotFound, VolumeNotFound):
                 present = False
     except (SnapshotNotFound, VolumeNotFound):

@@ -75,10 +75,11 @@ def _is_control(char: str) -> bool:
 
 def _check_text(value: str | bytes, what: str) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
+        raw_value = bytes(value)
         try:
-            value = bytes(value).decode("utf-8")
+            value = raw_value.decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidInput(f"a {what} must be valid UTF-8, got {bytes(value)!r}") from None
+            raise InvalidInput(f"a {what} must be valid UTF-8, got {raw_value!r}") from None
     if not isinstance(value, str):
         raise InvalidInput(f"a {what} must be text, got {type(value).__name__}")
     raw = to_bytes(value)
@@ -88,8 +89,8 @@ def _check_text(value: str | bytes, what: str) -> str:
         raise InvalidInput(f"a {what} is at most {SD_MAX_VDI_LEN - 1} bytes, got {len(raw)}")
     bad = next((c for c in value if _is_control(c)), None)
     if bad is not None:
-        raise InvalidInput(f"a {what} must not contain control characters: {ascii(value)} "
-                           f"holds {ascii(bad)}")
+        raise InvalidInput(f"a {what} must not contain control characters: {value!a} "
+                           f"holds {bad!a}")
     return value
 
 

@@ -26,6 +26,7 @@ from sheepdog_backend.exception import (
     DriverLoadError,
     InvalidBackingImage,
     InvalidInput,
+    InvalidPayload,
     MessageTooLarge,
     ProtocolError,
     SnapshotNotFound,
@@ -33,7 +34,6 @@ from sheepdog_backend.exception import (
     VolumeIsBusy,
     VolumeNotFound,
 )
-from sheepdog_backend.exception import InvalidPayload
 from sheepdog_backend.protocol.framing import RequestReader, ResponseReader
 from sheepdog_backend.protocol.naming import decode_lookup_payload
 from sheepdog_backend.protocol.structs import ClusterInfo, EpochLog
@@ -94,6 +94,10 @@ def ini_case(env: Env, body: str) -> object:
 def ini_with(option: str) -> Callable[[Env], object]:
     return lambda env: ini_case(env, "[DEFAULT]\nenabled_backends = b\n\n[b]\n"
                                 f"sheepdog_gateways = {env.server.gateways[0]}\n{option}\n")
+
+
+def _backing(ref: str) -> Callable[[Env], object]:
+    return lambda env: env.driver.create_volume(vol("bk"), backing=ref)
 
 
 def feed(reader: RequestReader | ResponseReader, data: bytes) -> object:
@@ -200,8 +204,7 @@ CASES: list[Case] = [
          lambda e: e.driver.manage_existing(vol("m"), {"source-name": "nosuch"}),
          VolumeNotFound),
     # -- backing references ------------------------------------------------------------
-    *(Case(f"backing-{i}", (lambda ref: lambda e: e.driver.create_volume(
-        vol("bk"), backing=ref))(ref), InvalidBackingImage) for i, ref in enumerate(REFS)),
+    *(Case(f"backing-{i}", _backing(ref), InvalidBackingImage) for i, ref in enumerate(REFS)),
     # -- image files -------------------------------------------------------------------
     Case("image-missing-file",
          lambda e: e.driver.copy_image_to_volume(vol("imgdst"), str(e.tmp / "absent")),
