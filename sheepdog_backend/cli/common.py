@@ -22,10 +22,9 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.cli.output import FORMATS, Result, render
-from sheepdog_backend.driver.base import VolumeDriver
 from sheepdog_backend.exception import (
     ConfigError,
     DriverLoadError,
@@ -46,6 +45,9 @@ from sheepdog_backend.exception import (
     WaitForFormat,
 )
 from sheepdog_backend.protocol.naming import check_snapshot_tag, check_volume_name, to_bytes
+
+if TYPE_CHECKING:  # the driver (oslo.config, stevedore) is imported only to run a command
+    from sheepdog_backend.driver.base import VolumeDriver
 
 DEFAULT_CONFIG = "/etc/sheepdog-backend/sheepdog-backend.conf"
 CONFIG_ENV = "SHEEPDOG_BACKEND_CONFIG"
@@ -77,7 +79,7 @@ FORMAT_HINT = ("format it: for the embedded server start 'sheepdog-backend serve
                "comes with Sheepdog, e.g. Debian's 'sheepdog' package)")
 
 LOG = logging.getLogger("sheepdog_backend.cli")
-Command = Callable[[VolumeDriver, argparse.Namespace], Result]
+Command = Callable[["VolumeDriver", argparse.Namespace], Result]
 
 
 def exit_code_for(exc: BaseException) -> int:

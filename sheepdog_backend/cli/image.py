@@ -29,13 +29,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.cli.common import add_command
 from sheepdog_backend.cli.output import Result, human_size
-from sheepdog_backend.driver import images
-from sheepdog_backend.driver.base import Volume, VolumeDriver
 from sheepdog_backend.exception import InvalidInput, SheepdogError, VolumeNotFound
+
+if TYPE_CHECKING:  # the driver is imported only to run a command
+    from sheepdog_backend.driver.base import VolumeDriver
 
 GiB = 1 << 30
 
@@ -134,6 +135,9 @@ def _throughput(verb: str, size: int, seconds: float, what: str) -> str:
 
 
 def _import(driver: VolumeDriver, args: argparse.Namespace) -> Result:
+    from sheepdog_backend.driver import images
+    from sheepdog_backend.driver.base import Volume
+
     path = os.path.realpath(args.file)
     inspection = images.inspect_image(args.file)  # refuses unsafe files before any change
     volume = Volume(id=args.name, size=1, name=args.name)
@@ -208,6 +212,9 @@ def _qcow2_target(path: str, qemu_img: str) -> Iterator[str]:
 
 
 def _export(driver: VolumeDriver, args: argparse.Namespace) -> Result:
+    from sheepdog_backend.driver import images
+    from sheepdog_backend.driver.base import Volume
+
     path = args.file
     if os.path.isdir(path):
         raise InvalidInput(f"{path} is a directory")

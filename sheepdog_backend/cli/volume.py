@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.cli.common import (  # noqa: F401 (re-exported for scripts/tests)
     CONFIG_ENV,
@@ -49,8 +49,6 @@ from sheepdog_backend.cli.common import (  # noqa: F401 (re-exported for scripts
     split_snapshot,
 )
 from sheepdog_backend.cli.output import Result, human_size
-from sheepdog_backend.driver import sizing
-from sheepdog_backend.driver.base import Connector, Snapshot, Volume, VolumeDriver
 from sheepdog_backend.exception import (
     InvalidInput,
     SheepdogError,
@@ -58,6 +56,9 @@ from sheepdog_backend.exception import (
     VdiExists,
     VolumeNotFound,
 )
+
+if TYPE_CHECKING:  # the driver is imported only to run a command (fast usage errors)
+    from sheepdog_backend.driver.base import Snapshot, Volume, VolumeDriver
 
 GiB = 1 << 30
 VOLUME_COLUMNS = ("name", "size_bytes", "used_bytes", "shared_bytes", "object_size",
@@ -170,11 +171,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _volume(name: str, size: int = 1) -> Volume:
+    from sheepdog_backend.driver.base import Volume
+
     return Volume(id=name, size=size, name=name)
 
 
 def _snapshot(volume: str, tag: str) -> Snapshot:
+    from sheepdog_backend.driver.base import Snapshot
+
     return Snapshot(id=tag, volume=_volume(volume), name=tag)
+
+
+def _connector(host: str) -> Any:
+    from sheepdog_backend.driver.base import Connector
+
+    return Connector(host=host)
 
 
 def _inspect(driver: VolumeDriver, method: str) -> Callable[..., Any]:
@@ -291,6 +302,8 @@ def _volume_list(driver: VolumeDriver, args: argparse.Namespace) -> Result:
 
 def _volume_show(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     info = _with_human(_inspect(driver, "describe_volume")(_volume(args.name)))
+    from sheepdog_backend.driver import sizing
+
     info.update(sizing.describe(int(info.get("block_size_shift") or 0)))
     record = dict(info)
     snaps = record.pop("snapshots", [])
@@ -407,7 +420,7 @@ def _snapshot_list(driver: VolumeDriver, args: argparse.Namespace) -> Result:
 def _connect(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     from sheepdog_backend.driver import connection
 
-    info = driver.initialize_connection(_volume(args.name), Connector(host=args.host))
+    info = driver.initialize_connection(_volume(args.name), _connector(args.host))
     if args.format == "json":
         return Result(data=info, text=json.dumps(info, indent=2))
     forms = connection.renderings(info)
@@ -419,7 +432,7 @@ def _connect(driver: VolumeDriver, args: argparse.Namespace) -> Result:
 def _disconnect(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     if hasattr(driver, "describe_volume") and _find_volume(driver, args.name) is None:
         raise VolumeNotFound(f"volume {args.name!r} does not exist")
-    driver.terminate_connection(_volume(args.name), Connector(host=args.host))
+    driver.terminate_connection(_volume(args.name), _connector(args.host))
     return _done(f"disconnected volume {args.name} from host {args.host} (Sheepdog keeps "
                  "no per-host export state; a hypervisor still attached keeps its access)",
                  volume=args.name, host=args.host)

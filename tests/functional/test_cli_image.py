@@ -50,8 +50,8 @@ def pattern(size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-def test_raw_round_trip_creates_the_volume(ini: str, server: EmbeddedServer,
-                                           tmp_path: pathlib.Path) -> None:
+def test_raw_import_creates_the_volume(ini: str, server: EmbeddedServer,
+                                       tmp_path: pathlib.Path) -> None:
     image = tmp_path / "disk.raw"
     data = pattern(3 * MiB) + bytes(MiB) + b"tail"
     image.write_bytes(data)
@@ -63,39 +63,52 @@ def test_raw_round_trip_creates_the_volume(ini: str, server: EmbeddedServer,
         info = client.find_vdi("imgv")
         assert info is not None and info.size == 1 << 30
         assert client.read("imgv", 0, len(data)) == data
+        client.delete_vdi("imgv")
+
+
+def test_raw_export_of_an_existing_volume(ini: str, server: EmbeddedServer,
+                                          tmp_path: pathlib.Path) -> None:
+    data = pattern(5 * MiB)
+    with SheepdogClient(server.gateways) as client:
+        client.create_vdi("expv", 8 * MiB)
+        client.write("expv", 0, data)
     out = tmp_path / "out.raw"
-    exported = cli(ini, "image", "export", "imgv", str(out), "-f", "json")
+    exported = cli(ini, "image", "export", "expv", str(out), "-f", "json")
     assert exported.returncode == 0, exported.stderr
-    assert json.loads(exported.stdout)["bytes"] == 1 << 30
-    assert out.stat().st_size == 1 << 30
-    with out.open("rb") as f:
-        assert f.read(len(data)) == data
-    again = cli(ini, "image", "export", "imgv", str(out))
+    assert json.loads(exported.stdout)["bytes"] == 8 * MiB
+    assert out.read_bytes() == data + bytes(3 * MiB)
+    again = cli(ini, "image", "export", "expv", str(out))
     assert again.returncode == 5 and "--force" in again.stderr
-    assert cli(ini, "image", "export", "imgv", str(out), "--force").returncode == 0
-    assert cli(ini, "volume", "delete", "imgv").returncode == 0
+    out.write_bytes(b"keep")
+    assert out.read_bytes() == b"keep"
+    assert cli(ini, "image", "export", "expv", str(out), "--force").returncode == 0
+    assert out.stat().st_size == 8 * MiB
+    back = cli(ini, "image", "import", "expv", str(out))  # into the existing volume
+    assert back.returncode == 0 and "new volume" not in back.stdout, back.stderr
+    with SheepdogClient(server.gateways) as client:
+        assert client.read("expv", 0, len(data)) == data
+        client.delete_vdi("expv")
 
 
 @pytest.mark.skipif(QEMU_IMG is None, reason="qemu-img (qemu-utils) is not installed")
 def test_qcow2_export_and_unsafe_import(ini: str, server: EmbeddedServer,
                                         tmp_path: pathlib.Path) -> None:
     assert QEMU_IMG is not None
-    raw = tmp_path / "src.raw"
     data = pattern(2 * MiB)
-    raw.write_bytes(data)
-    assert cli(ini, "image", "import", "q1", str(raw), "--size", "1").returncode == 0
+    with SheepdogClient(server.gateways) as client:
+        client.create_vdi("q1", 16 * MiB)
+        client.write("q1", 0, data)
     out = tmp_path / "q1.qcow2"
     done = cli(ini, "image", "export", "q1", str(out), "--format", "qcow2")
     assert done.returncode == 0, done.stderr
     info = json.loads(subprocess.run([QEMU_IMG, "info", "--output=json", str(out)],
                                      capture_output=True, text=True, check=True).stdout)
-    assert info["format"] == "qcow2" and info["virtual-size"] == 1 << 30
-    assert out.stat().st_size < 64 * MiB  # zeros left out
+    assert info["format"] == "qcow2" and info["virtual-size"] == 16 * MiB
+    assert out.stat().st_size < 8 * MiB  # zeros left out
     back = tmp_path / "back.raw"
     subprocess.run([QEMU_IMG, "convert", "-f", "qcow2", "-O", "raw", str(out), str(back)],
                    check=True)
-    with back.open("rb") as f:
-        assert f.read(len(data)) == data
+    assert back.read_bytes() == data + bytes(14 * MiB)
 
     base = tmp_path / "base.raw"
     base.write_bytes(bytes(MiB))
@@ -106,7 +119,7 @@ def test_qcow2_export_and_unsafe_import(ini: str, server: EmbeddedServer,
     assert refused.returncode == 5 and "unsafe" in refused.stderr, refused.stderr
     with SheepdogClient(server.gateways) as client:
         assert client.find_vdi("q2") is None
-    assert cli(ini, "volume", "delete", "q1").returncode == 0
+        client.delete_vdi("q1")
 
 
 def test_too_small_volume_and_missing_file(ini: str, server: EmbeddedServer,
