@@ -50,3 +50,36 @@ def test_no_match_is_one_line_without_pytest_text(site_ini: Path, tmp_path: Path
                                    "'no_such_test_xyz'"), proc.stderr
     assert "deselected" not in proc.stdout + proc.stderr
     assert "RESULT" not in proc.stdout
+
+
+def test_ctrl_c_prints_the_finished_tests_and_no_pytest_text(site_ini: Path,
+                                                             tmp_path: Path) -> None:
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTEST_ADDOPTS", "SHEEPDOG_BACKEND_CONFIG")}
+    proc = subprocess.Popen([sys.executable, "-m", "sheepdog_backend", "check",
+                             "--config-file", str(site_ini)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 180
+        seen = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith("[") and line[1:].lstrip().startswith("1/"):
+                break
+        assert seen and seen[-1][1:].lstrip().startswith("1/"), seen
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted after" in err and "KeyboardInterrupt" not in out + err
+    assert out.splitlines()[1].startswith("RESULT") and "\nPASS " in out
