@@ -200,6 +200,9 @@ CASES: list[Case] = [
          InvalidInput),
     Case("manage-not-a-dict", lambda e: e.driver.manage_existing(vol("m"), "base-vol"),  # type: ignore[arg-type]
          InvalidInput),
+    Case("manage-name-outside-alphabet",
+         lambda e: e.driver.manage_existing(vol("m"), {"source-name": "made@by-dog"}),
+         InvalidInput, "@"),
     Case("manage-missing-vdi",
          lambda e: e.driver.manage_existing(vol("m"), {"source-name": "nosuch"}),
          VolumeNotFound),
