@@ -225,7 +225,9 @@ class SheepCluster:
             for node in self.nodes:
                 node.start()
             if self.format:
-                self.run_dog("cluster", "format", "-c", str(self.copies))
+                # On loopback every node is in one zone, so dog asks to confirm more
+                # copies than zones; unanswered, it exits 0 without formatting.
+                self.run_dog("cluster", "format", "-c", str(self.copies), input=b"yes\n")
                 self.wait_ready()
         except BaseException:
             self.stop()
@@ -233,11 +235,12 @@ class SheepCluster:
         return self
 
     def wait_ready(self, timeout: float = 15.0) -> None:
-        """Wait until the cluster answers `dog vdi list` (formatted and running)."""
+        """Wait until `dog cluster info` says the cluster is running (formatted);
+        `dog vdi list` alone also succeeds on an unformatted cluster."""
         deadline = time.monotonic() + timeout
         while True:
-            proc = self.run_dog("vdi", "list", "-r", check=False)
-            if proc.returncode == 0:
+            proc = self.run_dog("cluster", "info", check=False)
+            if proc.returncode == 0 and "Cluster status: running" in proc.stdout:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster not ready: {proc.stderr}")
