@@ -62,7 +62,7 @@ def test_command_line_walkthrough_runs(tmp_path: pathlib.Path) -> None:
                         f"sheepdog_gateways = {gateway}\n")
         (tmp_path / "disk.qcow2").unlink(missing_ok=True)
         made = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2",
-                               str(tmp_path / "disk.qcow2"), "1G"], check=False,
+                               str(tmp_path / "disk.qcow2"), "64M"], check=False,
                               capture_output=True, text=True) if _has("qemu-img") else None
         if made is None or made.returncode != 0:
             pytest.skip("qemu-img is needed to make the README's example qcow2 image")
