@@ -601,3 +601,8 @@ class GatewayUnusable(ExportError):
 
 class ExportedVolumeBusy(VolumeIsBusy):
     """The operation is refused while the volume is exported (unless forced)."""
+
+
+class ForeignCluster(ConfigError):
+    """A configured gateway belongs to another Sheepdog cluster than the others
+    (its cluster creation time differs); client/identity.py."""

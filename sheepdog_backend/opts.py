@@ -132,9 +132,10 @@ SHEEPDOG_OPTS = [
     cfg.IntOpt(
         "sheepdog_block_size_shift", default=0, choices=_SHIFT_CHOICES,
         help="Object size of new volumes as a power of two: 22 means 4 MiB objects (the "
-        "Sheepdog default), 20..31 allowed. 0 uses the cluster's default. Larger objects "
-        "allow larger volumes (max size = 2^20 objects) but copy-on-write copies whole "
-        "objects."),
+        "Sheepdog default), 20..31 allowed, for every new volume. 0 chooses per volume: "
+        "the cluster's default, or the smallest larger size that holds the volume (and "
+        "sheepdog_max_volume_size). Larger objects allow larger volumes (max size = 2^20 "
+        "objects) but copy-on-write copies whole objects."),
     cfg.FloatOpt(
         "sheepdog_connect_timeout", default=5.0, min=0.1, max=300.0,
         help="Seconds to wait for a TCP connection to one gateway before trying the next."),
@@ -187,7 +188,27 @@ SHEEPDOG_OPTS = [
         "inspection to raw. When it is not found, only raw images are accepted."),
 ]
 
-BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS
+# -- cli engineer's block: per-volume object size (driver/sizing.py) ----------
+SIZING_OPTS = [
+    cfg.IntOpt(
+        "sheepdog_max_volume_size", default=0, min=0, max=2 * 1024 * 1024,
+        help="Largest size in GiB a volume of this backend may be created or extended to "
+        "(0 = no ceiling). When sheepdog_block_size_shift is 0, each new volume gets the "
+        "smallest object size that holds this ceiling (or its own size, if larger), so "
+        "it can later be extended that far: 4 MiB objects hold 4 TiB, each doubling "
+        "doubles that, 2 GiB objects hold 2 PiB. Larger objects make the first write "
+        "after a snapshot copy more data. Without a ceiling a volume can grow only to "
+        "what its object size holds; extending past that fails with the reason."),
+    cfg.StrOpt(
+        "sheepdog_cluster_id", default=None, regex=r"^(0x)?[0-9a-fA-F]{1,16}$",
+        help="The Sheepdog cluster this backend belongs to: its creation time in hex, as "
+        "'sheepdog-backend stats' prints it (cluster_id). A gateway of any other cluster "
+        "is refused even when it is the only one that answers. Unset: every gateway "
+        "that answers at set-up must report the same cluster, and the first one that "
+        "answers defines it for failover."),
+]
+
+BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS
 
 
 def validate_template(name: str, template: str) -> None:

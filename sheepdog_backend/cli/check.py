@@ -5,12 +5,16 @@ How it works: runs ``pytest.main`` on the shipped module
 ``--sheepdog-backend`` and a small plugin (``ResultCollector``) that records
 one outcome per test: PASS, FAIL (a failed call, setup or teardown, e.g. a
 cleanup that leaked), GAP (a capability the driver declares unsupported) or
-SKIP.  pytest's own output is kept out of the way (shown with ``--verbose``
-or when pytest itself could not run); then a table is printed.  Exit status:
-0 only when no test failed and at least one passed; 1 otherwise; 2 for a usage
-error; 3 for an unusable configuration file; 7 when the backend loads but
-cannot serve (its set-up check fails, e.g. no gateway answers), as the other
-subcommands.
+SKIP.  A line per test goes to stderr as each test finishes (``[3/43] PASS
+name``); pytest's own output is kept out of the way (shown with ``--verbose``,
+or on stderr when pytest itself could not run); then a table is printed on
+stdout.  The ini file is ``--config-file``, else ``$SHEEPDOG_BACKEND_CONFIG``,
+else an embedded server.  Exit status: 0 only when no test failed and at
+least one passed; 1 otherwise (also when ``-k`` matches no test, said in one
+line); 2 for a usage error; 3 for an unusable configuration file; 7 when the
+backend loads but cannot serve (its set-up check fails, e.g. no gateway
+answers), as the other subcommands; 130 when interrupted (Ctrl-C), after the
+table of the tests that finished.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 SUITE_MODULE = "sheepdog_backend.testing.test_conformance"
+CONFIG_ENV = "SHEEPDOG_BACKEND_CONFIG"
 ORDER = {"FAIL": 0, "GAP": 1, "SKIP": 2, "PASS": 3}
 
 
@@ -56,9 +61,31 @@ def _failure_detail(report: Any) -> str:
 class ResultCollector:
     """pytest plugin: one TestResult per test, in run order."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: TextIO | None = None) -> None:
         self.results: dict[str, TestResult] = {}
         self.collect_errors: list[str] = []
+        self.total = 0
+        self.interrupted = False
+        self._progress = progress
+        self._reported: set[str] = set()
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        self.total = len(session.items)
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        self.interrupted = True
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        """One progress line per finished test (stderr), as it finishes."""
+        name = nodeid.split("::")[-1]
+        result = self.results.get(name)
+        if self._progress is None or result is None or name in self._reported:
+            return
+        self._reported.add(name)
+        width = len(str(self.total or 0))
+        self._progress.write(f"[{len(self._reported):>{width}}/{self.total}] "
+                             f"{result.outcome:<4}  {name}\n")
+        self._progress.flush()
 
     def pytest_collectreport(self, report: Any) -> None:
         if report.failed:
@@ -134,12 +161,15 @@ def pytest_args(config_file: str | None, backend: str | None, keyword: str | Non
 
 def run_suite(config_file: str | None, backend: str | None = None, *,
               keyword: str | None = None, verbose: bool = False,
-              out: TextIO | None = None) -> tuple[int, ResultCollector]:
-    """Run the suite; returns (pytest exit code, collector)."""
+              out: TextIO | None = None, progress: TextIO | None = None
+              ) -> tuple[int, ResultCollector]:
+    """Run the suite; returns (pytest exit code, collector).  ``progress`` gets a
+    line per finished test; pytest's own text is shown only with ``verbose`` or
+    when pytest could not run (internal or usage error: exit 3 or 4), on stderr."""
     import pytest
 
     out = out or sys.stdout
-    collector = ResultCollector()
+    collector = ResultCollector(progress=None if verbose else progress)
     with tempfile.TemporaryDirectory(prefix="sheepdog-check-") as tmp:
         ini = os.path.join(tmp, "pytest.ini")
         with open(ini, "w", encoding="utf-8") as fh:
@@ -154,8 +184,8 @@ def run_suite(config_file: str | None, backend: str | None = None, *,
             plugins.append(plugin)
         with contextlib.redirect_stdout(target):
             code = int(pytest.main(args, plugins=plugins))
-    if not verbose and (code not in (0, 1) or collector.collect_errors):
-        out.write(captured.getvalue())
+    if not verbose and code in (3, 4):
+        sys.stderr.write(captured.getvalue())
     return code, collector
 
 
@@ -182,7 +212,8 @@ def preflight(config_file: str, backend: str | None) -> tuple[int, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = args.config_file
+    config = getattr(args, "config_file", None) or os.environ.get(CONFIG_ENV) or None
+    args.backend = getattr(args, "backend", None)
     if config is not None:
         config = os.path.abspath(config)
         problem = preflight(config, args.backend)
@@ -197,11 +228,21 @@ def run(args: argparse.Namespace) -> int:
         target = "the built-in driver on an embedded server (no --config-file)"
     print(f"sheepdog-backend conformance suite: {target}", flush=True)
     code, collector = run_suite(config, args.backend, keyword=args.keyword,
-                                verbose=args.verbose)
+                                verbose=args.verbose, progress=sys.stderr)
+    if code == 5 or (not collector.results and not collector.collect_errors
+                     and not collector.interrupted and code in (0, 1)):
+        what = f"matches -k {args.keyword!r}" if args.keyword else "was collected"
+        print(f"sheepdog-backend check: no conformance test {what}", file=sys.stderr)
+        return 1
     print_table(collector, sys.stdout)
     counts = collector.counts()
-    if code == 5 or not collector.results:
-        print("no conformance test ran", file=sys.stderr)
+    if collector.interrupted or code == 2:
+        print(f"sheepdog-backend check: interrupted after {len(collector.results)} of "
+              f"{collector.total} tests; the table shows those", file=sys.stderr)
+        return 130
+    if code in (3, 4):
+        print("sheepdog-backend check: pytest could not run the suite (its output is "
+              "above)", file=sys.stderr)
         return 1
     ok = code == 0 and counts["FAIL"] == 0 and not collector.collect_errors \
         and counts["PASS"] > 0
@@ -214,10 +255,12 @@ def register(subparsers: Any) -> None:
         description="Run the driver conformance suite against one backend of an ini file "
         "(or, without --config-file, the built-in driver on an embedded server) and print "
         "a PASS/FAIL/GAP table. Exit status 0 only when nothing failed.")
-    parser.add_argument("--config-file", metavar="FILE", default=None,
+    # Defaults SUPPRESS: the same options given before the command still count.
+    parser.add_argument("--config-file", metavar="FILE", default=argparse.SUPPRESS,
                         help="ini file with [DEFAULT] enabled_backends and the backend "
-                        "sections (default: start an embedded server)")
-    parser.add_argument("--backend", metavar="NAME", default=None,
+                        "sections (default: $SHEEPDOG_BACKEND_CONFIG, else start an "
+                        "embedded server)")
+    parser.add_argument("--backend", metavar="NAME", default=argparse.SUPPRESS,
                         help="backend section to test (default: the first enabled)")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", default=None,
                         help="run only tests matching this pytest -k expression")

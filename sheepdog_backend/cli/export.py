@@ -16,43 +16,37 @@ import argparse
 import json
 from typing import Any
 
-from sheepdog_backend.cli.volume import EXIT_HELP, run
+from sheepdog_backend.cli.common import add_command, run
+from sheepdog_backend.cli.output import Result
 from sheepdog_backend.driver.base import Connector, Snapshot, Volume, VolumeDriver
 from sheepdog_backend.exception import ConfigError
 
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config-file", default=None, metavar="FILE",
-                        help="ini file (default $SHEEPDOG_BACKEND_CONFIG or "
-                        "/etc/sheepdog-backend/sheepdog-backend.conf)")
-    parser.add_argument("--backend", default=None, metavar="NAME",
-                        help="backend section (default: first of enabled_backends)")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+EXPORT_COLUMNS = ("vdi", "iqn", "gateway", "initiators", "problems")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = subparsers.add_parser("export", help="export volumes over iSCSI through tgt")
     esub = export.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    def add(name: str, help_: str, func: Any) -> argparse.ArgumentParser:
-        parser = esub.add_parser(name, help=help_, description=help_, epilog=EXIT_HELP)
-        _common(parser)
-        parser.set_defaults(func=lambda args: run(args, func))
-        return parser
+    def add(action: str, help_: str, func: Any,
+            names: dict[str, str] | None = None) -> argparse.ArgumentParser:
+        return add_command(esub, action, help_, func, names=names)
 
     p = add("create", "export a volume (or a snapshot, read-only) and print its "
-            "connection info", _create)
+            "connection info", _create, {"name": "volume", "snapshot": "tag"})
     p.add_argument("name", help="VDI name")
     p.add_argument("--snapshot", metavar="TAG", help="export this snapshot read-only "
                    "(through a temporary clone)")
     p.add_argument("--initiator", metavar="IQN", help="allow only this initiator "
                    "(repeat the command to add more); default: any initiator with CHAP")
-    p = add("delete", "remove a volume's export (or one initiator's access)", _delete)
+    p = add("delete", "remove a volume's export (or one initiator's access)", _delete,
+            {"name": "volume", "snapshot": "tag"})
     p.add_argument("name")
     p.add_argument("--snapshot", metavar="TAG")
     p.add_argument("--initiator", metavar="IQN")
     add("list", "list recorded exports and whether tgtd serves them", _list)
-    p = add("check", "check one export: target present, gateway alive", _check)
+    p = add("check", "check one export: target present, gateway alive", _check,
+            {"name": "volume"})
     p.add_argument("name")
     add("sync", "re-create every recorded export on tgtd (after a restart), move "
         "those on dead gateways, drop unrecorded targets", _sync)
@@ -64,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "sheepdog_attach_protocol); iscsi exports the volume")
         connect.add_argument("--initiator", metavar="IQN", default=None,
                              help="connector initiator name (iscsi ACL)")
-        connect.set_defaults(func=lambda args: run(args, _connect))
+        connect.set_defaults(func=lambda args: run(args, _connect, {"name": "volume"}))
 
 
 def _attach(driver: VolumeDriver) -> Any:
@@ -81,7 +75,7 @@ def _volume(name: str) -> Volume:
     return Volume(id=name, size=1, name=name)
 
 
-def _create(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+def _create(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
     connector = Connector(host="cli", initiator=args.initiator)
     if args.snapshot:
@@ -89,10 +83,10 @@ def _create(driver: VolumeDriver, args: argparse.Namespace) -> Any:
         info = attach.initialize_connection_snapshot(drv.core, snap, connector)
     else:
         info = attach.initialize_connection(drv.core, _volume(args.name), connector)
-    return info if args.json else json.dumps(info, indent=2)
+    return Result(data=info, text=json.dumps(info, indent=2))
 
 
-def _delete(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+def _delete(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
     mgr = attach.manager(drv.core)
     if args.snapshot:
@@ -100,27 +94,30 @@ def _delete(driver: VolumeDriver, args: argparse.Namespace) -> Any:
     else:
         gone = mgr.unexport(args.name, initiator=args.initiator)
     what = f"{args.name}@{args.snapshot}" if args.snapshot else args.name
-    return {"message": f"export of {what} removed" if gone else f"{what} was not exported",
-            "removed": gone}
+    message = f"export of {what} removed" if gone else f"{what} was not exported"
+    return Result(message=message, data={"message": message, "removed": gone})
 
 
-def _list(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+def _list(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
     mgr = attach.manager(drv.core)
-    return [mgr.check(rec.vdi) for rec in mgr.records()]
+    rows = [mgr.check(rec.vdi) for rec in mgr.records()]
+    return Result(rows=rows, data=rows, columns=_columns(rows), message="no exports")
 
 
-def _check(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+def _check(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
-    return attach.manager(drv.core).check(args.name)
+    found = attach.manager(drv.core).check(args.name)
+    return Result(record=found, data=found)
 
 
-def _sync(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+def _sync(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
-    return attach.manager(drv.core).sync()
+    done = attach.manager(drv.core).sync()
+    return Result(data=done, text=json.dumps(done, indent=2))
 
 
-def _connect(driver: VolumeDriver, args: argparse.Namespace) -> Any:
+def _connect(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     from sheepdog_backend.driver import connection
     from sheepdog_backend.driver.connection import connection_info
 
@@ -136,8 +133,12 @@ def _connect(driver: VolumeDriver, args: argparse.Namespace) -> Any:
     else:
         info = driver.initialize_connection(volume, connector)
     if args.format == "json":
-        return info if args.json else json.dumps(info, indent=2)
+        return Result(data=info, text=json.dumps(info, indent=2))
     form = connection.renderings(info)[args.format]
-    if args.json:
-        return form if args.format == "blockdev" else {args.format: form}
-    return form if isinstance(form, str) else json.dumps(form)
+    return Result(data=form if args.format == "blockdev" else {args.format: form},
+                  text=form if isinstance(form, str) else json.dumps(form))
+
+
+def _columns(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    keys = [k for k in EXPORT_COLUMNS if any(k in row for row in rows)]
+    return tuple(keys) or tuple(rows[0]) if rows else EXPORT_COLUMNS

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sheepdog_backend.client.identity import ClusterIdentity
 from sheepdog_backend.client.pool import ConnectionPool
 from sheepdog_backend.client.transport import (
     Address,
@@ -76,6 +77,7 @@ class Cluster:
         self._lock = threading.Lock()
         self._health: dict[Address, GatewayHealth] = {}
         self._pools: dict[Address, ConnectionPool] = {}
+        self.identity = ClusterIdentity()  # client/identity.py
         parsed = [g if isinstance(g, Address) else parse_address(g) for g in gateways]
         for address in parsed:
             self.add_gateway(address)
@@ -154,6 +156,7 @@ class Cluster:
         pool = self.pool(address)
         try:
             with pool.connection() as conn:
+                self.identity.verify(conn, several=len(self._health) > 1)  # identity.py
                 conn.call_deadline = deadline
                 try:
                     result = fn(conn)

@@ -45,7 +45,7 @@ from sheepdog_backend.exception import (
     VolumeNotFound,
 )
 from sheepdog_backend.opts import parse_erasure_code
-from sheepdog_backend.protocol.naming import validate_name, validate_tag
+from sheepdog_backend.protocol.naming import check_snapshot_tag, check_volume_name
 from sheepdog_backend.protocol.structs import ec_policy
 
 if TYPE_CHECKING:  # the client is imported on first use, not at driver import
@@ -131,19 +131,19 @@ class DriverCore:
         InvalidInput when it cannot be a VDI name."""
         if not isinstance(volume, Volume):
             raise InvalidInput(f"expected a Volume, got {type(volume).__name__}")
+        if not volume.name and not volume.id:
+            raise InvalidInput("a volume needs a name or an id")
         name = volume.vdi_name_for(self.configuration.volume_name_template)
-        validate_name(name)
-        return name
+        return check_volume_name(name)  # the user alphabet (protocol/naming.py)
 
     def snapshot_tag(self, snapshot: Snapshot) -> str:
         """``snapshot.name`` when given, else ``snapshot_name_template % id``."""
         if not isinstance(snapshot, Snapshot):
             raise InvalidInput(f"expected a Snapshot, got {type(snapshot).__name__}")
+        if not snapshot.name and not snapshot.id:
+            raise InvalidInput("a snapshot needs a name or an id")
         tag = snapshot.tag_for(self.configuration.snapshot_name_template)
-        if not tag:
-            raise InvalidInput("a snapshot tag must not be empty")
-        validate_tag(tag)
-        return tag
+        return check_snapshot_tag(tag)  # the user alphabet (protocol/naming.py)
 
     # -- lookups and checks ----------------------------------------------------
 

@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from typing import IO, cast
 from urllib.parse import unquote
 
-from oslo_utils.imageutils import format_inspector
-
 from sheepdog_backend.driver.addresses import parse_gateway
 from sheepdog_backend.exception import InvalidBackingImage, InvalidInput
 from sheepdog_backend.protocol.naming import validate_name, validate_tag
@@ -206,6 +204,8 @@ class _ReadOnly:
 
 def inspect_fileobj(fileobj: IO[bytes], path: str) -> ImageInspection:
     """Detect the format of an open file and run its safety checks."""
+    from oslo_utils.imageutils import format_inspector  # ~0.5 s to import: only when used
+
     size = os.fstat(fileobj.fileno()).st_size
     fileobj.seek(0)
     wrapper = format_inspector.InspectWrapper(cast(IO[bytes], _ReadOnly(fileobj)))

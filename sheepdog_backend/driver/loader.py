@@ -32,15 +32,17 @@ from sheepdog_backend.exception import ConfigError, DriverLoadError, InvalidInpu
 NAMESPACE = "sheepdog_backend.volume_drivers"
 
 
-def load_backends(config_file: str) -> dict[str, VolumeDriver]:
+def load_backends(config_file: str, *, config_dir: str | None = None
+                  ) -> dict[str, VolumeDriver]:
     """Every backend of ``enabled_backends``, in order, constructed (not set up)."""
-    loaded = _LoadedFile(config_file)
+    loaded = _LoadedFile(config_file, config_dir)
     return {name: loaded.build(name) for name in loaded.enabled}
 
 
-def load_backend(config_file: str, backend: str | None = None) -> VolumeDriver:
+def load_backend(config_file: str, backend: str | None = None, *,
+                 config_dir: str | None = None) -> VolumeDriver:
     """One backend: ``backend`` or, when None, the first of enabled_backends."""
-    loaded = _LoadedFile(config_file)
+    loaded = _LoadedFile(config_file, config_dir)
     if backend is None:
         backend = loaded.enabled[0]
     elif backend not in loaded.enabled:
@@ -49,9 +51,9 @@ def load_backend(config_file: str, backend: str | None = None) -> VolumeDriver:
     return loaded.build(backend)
 
 
-def enabled_backends(config_file: str) -> list[str]:
+def enabled_backends(config_file: str, *, config_dir: str | None = None) -> list[str]:
     """The names in ``[DEFAULT] enabled_backends`` (validated like a load)."""
-    return list(_LoadedFile(config_file).enabled)
+    return list(_LoadedFile(config_file, config_dir).enabled)
 
 
 def resolve_driver_class(name_or_path: str) -> type[VolumeDriver]:
@@ -128,24 +130,29 @@ def _check_class(obj: object, name: str) -> type[VolumeDriver]:
 class _LoadedFile:
     """One parsed ini file and its private ConfigOpts."""
 
-    def __init__(self, config_file: str) -> None:
+    def __init__(self, config_file: str, config_dir: str | None = None) -> None:
         self.path = os.fspath(config_file)
-        if not os.path.isfile(self.path):
-            raise ConfigError(f"{self.path}: no such configuration file")
-        if not os.access(self.path, os.R_OK):
-            raise ConfigError(f"{self.path}: configuration file is not readable")
+        files = [self.path, *_dir_files(config_dir)]
         self.raw: dict[str, dict[str, list[str]]] = {}
-        try:
-            cfg.ConfigParser(self.path, self.raw).parse()
-        except cfg.ParseError as exc:
-            raise ConfigError(f"{self.path}: cannot parse: {exc}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{self.path}: cannot read: {exc}") from None
+        for path in files:
+            if not os.path.isfile(path):
+                raise ConfigError(f"{path}: no such configuration file")
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"{path}: configuration file is not readable")
+            try:
+                cfg.ConfigParser(path, self.raw).parse()
+            except cfg.ParseError as exc:
+                raise ConfigError(f"{path}: cannot parse: {exc}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read: {exc}") from None
+        if len(files) > 1:
+            self.path = f"{self.path} (+ {len(files) - 1} file(s) of {config_dir})"
+        self._check_default_section()
         self.conf = cfg.ConfigOpts()
         self.conf.register_opts(opts.DEFAULT_OPTS)
         self.conf.register_opts(opts.BACKEND_OPTS, group=opts.BACKEND_DEFAULTS_GROUP)
         try:
-            self.conf(args=[], project="sheepdog-backend", default_config_files=[self.path],
+            self.conf(args=[], project="sheepdog-backend", default_config_files=files,
                       default_config_dirs=[], use_env=False)
         except cfg.Error as exc:
             raise ConfigError(f"{self.path}: {exc}") from None
@@ -166,6 +173,27 @@ class _LoadedFile:
             if name not in self.raw:
                 raise ConfigError(f"{self.path}: [DEFAULT] enabled_backends names "
                                   f"{name!r} but the file has no [{name}] section")
+
+    def _check_default_section(self) -> None:
+        """[DEFAULT] holds only enabled_backends.  oslo.config does not let
+        [DEFAULT] values reach options of other groups, so a backend option put
+        there would be silently ignored: refuse it, and say where it belongs."""
+        known = {o.dest for o in opts.DEFAULT_OPTS}
+        backend_opts = {o.dest for o in opts.BACKEND_OPTS}
+        for key in self.raw.get("DEFAULT", {}):
+            dest = key.replace("-", "_")
+            if dest in known:
+                continue
+            if dest in backend_opts:
+                raise ConfigError(
+                    f"{self.path}: [DEFAULT] {key}: backend options are not read from "
+                    "[DEFAULT] (oslo.config keeps groups apart); put it in "
+                    f"[{opts.BACKEND_DEFAULTS_GROUP}] for every backend, or in a backend's "
+                    "own section")
+            close = difflib.get_close_matches(dest, sorted(known | backend_opts), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{self.path}: [DEFAULT] {key}: unknown option; [DEFAULT] "
+                              f"holds only enabled_backends{hint}")
 
     def _value(self, group: str, opt: cfg.Opt) -> Any:
         try:
@@ -230,6 +258,16 @@ class _LoadedFile:
             raise
         except InvalidInput as exc:
             raise ConfigError(f"{self.path}: [{section}]: {exc}") from None
+
+
+def _dir_files(config_dir: str | None) -> list[str]:
+    """The *.conf files of ``config_dir`` in name order (oslo's --config-dir)."""
+    if config_dir is None:
+        return []
+    if not os.path.isdir(config_dir):
+        raise ConfigError(f"{config_dir}: no such configuration directory")
+    return [os.path.join(config_dir, name) for name in sorted(os.listdir(config_dir))
+            if name.endswith(".conf") and os.path.isfile(os.path.join(config_dir, name))]
 
 
 def _opt_named(name: str) -> cfg.Opt:

@@ -16,7 +16,7 @@ from sheepdog_backend.driver import revert
 from sheepdog_backend.driver.base import GiB, Volume
 from sheepdog_backend.driver.core import DriverCore
 from sheepdog_backend.exception import InvalidInput, VolumeNotFound
-from sheepdog_backend.protocol.naming import validate_name
+from sheepdog_backend.protocol.naming import check_volume_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from sheepdog_backend.client import VdiInfo
@@ -29,7 +29,7 @@ def _source_name(existing_ref: Any) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidInput("existing_ref needs 'source-name': the VDI name to adopt "
                            f"(got keys {sorted(existing_ref)})")
-    validate_name(name)
+    check_volume_name(name)  # a name outside the alphabet could be adopted but never used
     return name
 
 
@@ -80,11 +80,16 @@ def get_manageable_volumes(core: DriverCore) -> list[dict[str, Any]]:
         if info.is_snapshot:
             continue
         match = pattern.match(info.name)
+        try:
+            check_volume_name(info.name)
+            bad_name = None
+        except InvalidInput as exc:
+            bad_name = f"name outside the accepted alphabet: {exc}"
         out.append({
             "reference": {"source-name": info.name},
             "size": _gib_ceil(info.size),
-            "safe_to_manage": match is None,
-            "reason_not_safe": "already managed" if match else None,
+            "safe_to_manage": match is None and bad_name is None,
+            "reason_not_safe": "already managed" if match else bad_name,
             "cinder_id": match.group(1) if match else None,
             "extra_info": {"vid": info.vid, "copies": info.nr_copies,
                            "block_size_shift": info.block_size_shift},

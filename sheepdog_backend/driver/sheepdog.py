@@ -28,7 +28,7 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sheepdog_backend import __version__
-from sheepdog_backend.driver import attach, clones, images, manage, revert, stats
+from sheepdog_backend.driver import attach, clones, images, manage, revert, sizing, stats
 from sheepdog_backend.driver import backing as _backing
 from sheepdog_backend.driver.base import (
     BackendConfiguration,
@@ -108,6 +108,9 @@ class SheepdogDriver(VolumeDriver):
     def check_for_setup_error(self) -> None:
         where = ", ".join(self._core.gateways)
         try:
+            from sheepdog_backend.client.identity import check_gateways  # one cluster only
+
+            check_gateways(self.client.cluster, self.configuration.sheepdog_cluster_id)
             info = self.client.cluster_info()
         except (TransportError, RetryExhausted) as exc:
             raise NoGatewayAvailable(f"backend {self.backend_name}: no Sheepdog gateway "
@@ -156,8 +159,7 @@ class SheepdogDriver(VolumeDriver):
         try:
             self.client.create_vdi(name, size, copies=core.copies,
                                    copy_policy=core.copy_policy,
-                                   block_size_shift=int(
-                                       self.configuration.sheepdog_block_size_shift))
+                                   block_size_shift=sizing.shift_for_new_volume(core, size))
         except VdiExists:
             if not core.create_checked(name, size, parent_vid=None):
                 raise
@@ -190,6 +192,7 @@ class SheepdogDriver(VolumeDriver):
             raise InvalidInput(f"volume {name!r} is {info.size} bytes; it can only grow, not "
                                f"shrink to {new_size} GiB")
         if new_bytes > info.size:
+            sizing.check_extend(self.configuration, name, info.block_size_shift, new_bytes)
             self.client.resize_vdi(name, new_bytes)
             self._core.invalidate_stats()
             attach.after_extend(self._core, name)
@@ -198,8 +201,8 @@ class SheepdogDriver(VolumeDriver):
 
     def create_snapshot(self, snapshot: Snapshot, *, force: bool = False) -> dict[str, Any]:
         core = self._core
+        tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
-        tag = self.snapshot_tag(snapshot)
         with core.volume_lock(name):  # concurrent snapshots of one VDI lose their tags
             self._existing(snapshot.volume)
             attach.refuse_if_exported(core, name, "snapshot", force=force)
@@ -218,8 +221,8 @@ class SheepdogDriver(VolumeDriver):
         return {}
 
     def delete_snapshot(self, snapshot: Snapshot) -> None:
+        tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
-        tag = self.snapshot_tag(snapshot)
         with self._core.volume_lock(name):
             revert.settle(self._core, name)  # a pending revert may need this snapshot
             info = self.client.find_vdi(name, tag)
@@ -235,8 +238,8 @@ class SheepdogDriver(VolumeDriver):
                                     snapshot: Snapshot) -> dict[str, Any]:
         name = self.vdi_name(volume)
         size = gib(volume.size) * GiB
+        tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         src = self.vdi_name(snapshot.volume)
-        tag = self.snapshot_tag(snapshot)
         snap = self._core.snapshot_info(src, tag)
         revert.settle(self._core, name)
         return clones.clone_snapshot(self._core, snap, src, tag, name, size)

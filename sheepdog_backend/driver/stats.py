@@ -30,7 +30,7 @@ def collect_stats(core: DriverCore, version: str) -> dict[str, Any]:
         # node list) leaves the capacity unknown; Cinder's scheduler accepts that.
         LOG.warning("backend %s: capacity unknown: %s", core.backend_name, exc)
         total_gb = free_gb = "unknown"
-    working = [v for v in core.client.list_vdis() if not v.is_snapshot]
+    working = [v for v in core.client.list_vdis(with_usage=True) if not v.is_snapshot]
     return {
         "volume_backend_name": conf.volume_backend_name or core.backend_name,
         "vendor_name": "Open Source",
@@ -54,16 +54,18 @@ def describe(info: VdiInfo) -> dict[str, Any]:
             "size_bytes": info.size, "size_gib": round(info.size / GiB, 3),
             "vid": info.vid, "parent_vid": info.parent_vid,
             "is_snapshot": bool(info.is_snapshot), "copies": info.nr_copies,
-            "copy_policy": info.copy_policy, "block_size_shift": info.block_size_shift}
+            "copy_policy": info.copy_policy, "block_size_shift": info.block_size_shift,
+            "created": (info.snap_ctime if info.is_snapshot else info.create_time) >> 32,
+            "used_bytes": info.used, "shared_bytes": info.shared}
 
 
 def list_volumes(core: DriverCore) -> list[dict[str, Any]]:
-    return [describe(v) for v in sorted(core.client.list_vdis(),
+    return [describe(v) for v in sorted(core.client.list_vdis(with_usage=True),
                                         key=lambda v: (v.name, v.snap_id))
             if not v.is_snapshot]
 
 
 def list_snapshots(core: DriverCore, name: str | None) -> list[dict[str, Any]]:
-    vdis = core.client.list_vdis()
+    vdis = core.client.list_vdis(with_usage=True)
     return [describe(v) for v in sorted(vdis, key=lambda v: (v.name, v.snap_id))
             if v.is_snapshot and (name is None or v.name == name)]

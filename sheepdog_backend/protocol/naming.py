@@ -4,6 +4,23 @@ Names and tags travel as NUL-padded 256-byte fields.  A name may hold any byte
 except NUL and at most 255 bytes (so a terminator always fits).  Sheep would
 accept a 256-byte tag without NUL (it compares the whole field), but dog and
 QEMU print tags as C strings, so we hold tags to 255 bytes as well.
+
+Two levels of rules:
+
+* ``validate_name`` / ``validate_tag``: what the wire can carry (any byte but
+  NUL, at most 255 bytes).  The client uses them, so it can still address a VDI
+  that ``dog`` created with an odd name.
+* ``check_volume_name`` / ``check_snapshot_tag``: the alphabet of names the
+  driver and the CLI accept from a user, chosen so that every name can be
+  written in each form that addresses it: our CLI's ``VOLUME@TAG``, QEMU's
+  ``sheepdog://host:port/VOLUME#TAG`` and a shell argument.  A name is valid
+  UTF-8 text, 1-255 bytes, without control characters (C0, DEL, C1, U+2028/
+  U+2029, so no newline can forge a line of output).  A volume name also
+  holds no ``@`` (it separates volume and tag on the CLI) and no ``#`` (it
+  starts the tag in a URI).  A tag may hold ``@`` and ``#`` (everything after
+  the first separator is the tag) but is not made of digits only: in both
+  ``VOLUME@N`` and ``sheepdog:///VOLUME#N`` digits name the snapshot *id*, as
+  QEMU reads them.  Cinder's ``volume-<uuid>`` / ``snapshot-<uuid>`` fit.
 """
 
 from __future__ import annotations
@@ -33,7 +50,68 @@ def sd_hash_vdi(name: bytes) -> int:
 
 
 def to_bytes(value: str | bytes) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    """UTF-8 bytes of a name; InvalidInput for text that is not valid UTF-8
+    (e.g. argv bytes that Python kept as surrogate escapes)."""
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidInput(f"{_shown(value)} is not valid UTF-8 text") from None
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise InvalidInput(f"a name must be text, got {type(value).__name__}")
+    return bytes(value)
+
+
+def _shown(value: str) -> str:
+    """A name as it can be printed safely (escapes, no raw control bytes)."""
+    return ascii(value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")) \
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else ascii(value)
+
+
+def _is_control(char: str) -> bool:
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029)
+
+
+def _check_text(value: str | bytes, what: str) -> str:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw_value = bytes(value)
+        try:
+            value = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"a {what} must be valid UTF-8, got {raw_value!r}") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"a {what} must be text, got {type(value).__name__}")
+    raw = to_bytes(value)
+    if not raw:
+        raise InvalidInput(f"a {what} must not be empty")
+    if len(raw) > SD_MAX_VDI_LEN - 1:
+        raise InvalidInput(f"a {what} is at most {SD_MAX_VDI_LEN - 1} bytes, got {len(raw)}")
+    bad = next((c for c in value if _is_control(c)), None)
+    if bad is not None:
+        raise InvalidInput(f"a {what} must not contain control characters: {value!a} "
+                           f"holds {bad!a}")
+    return value
+
+
+def check_volume_name(name: str | bytes) -> str:
+    """A volume (VDI) name a user may give; InvalidInput with the reason otherwise."""
+    text = _check_text(name, "volume name")
+    for char, why in (("@", "it separates volume and snapshot in VOLUME@SNAPSHOT"),
+                      ("#", "it starts the snapshot in sheepdog://host:port/VOLUME#TAG")):
+        if char in text:
+            raise InvalidInput(f"volume name {text!r} must not contain {char!r}: {why}")
+    return text
+
+
+def check_snapshot_tag(tag: str | bytes) -> str:
+    """A snapshot tag a user may give; InvalidInput with the reason otherwise."""
+    text = _check_text(tag, "snapshot tag")
+    if text.isascii() and text.isdigit():
+        raise InvalidInput(f"snapshot tag {text!r} is only digits: VOLUME@{text} and "
+                           f"sheepdog:///VOLUME#{text} mean snapshot id {text}; add a "
+                           "letter")
+    return text
 
 
 def validate_name(name: str | bytes) -> bytes:
