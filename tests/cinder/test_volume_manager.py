@@ -2,13 +2,15 @@
 
 The database is made offline by ``cinder-manage db sync`` (sqlite); the
 manager runs in a child process that monkey-patches with eventlet first, as
-cinder-volume does, against the embedded server started here (unpatched).
+cinder-volume does, against the embedded server started here (unpatched) and
+against a real sheep (skipped when sheep/dog are absent).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from sheepdog_backend.server.embedded import EmbeddedServer
 from tests.cinder.conftest import CINDER_MISSING
+from tests.realsheep import SheepCluster
 
 pytestmark = pytest.mark.skipif(bool(CINDER_MISSING), reason=CINDER_MISSING or "-")
 
@@ -52,13 +55,27 @@ def run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, check=False)
 
 
-def test_volume_manager_takes_volumes_through_their_life(
-        tmp_path: Path, embedded_server: EmbeddedServer) -> None:
-    conf = write_cinder_conf(tmp_path, embedded_server.gateways)
+@pytest.fixture(scope="module")
+def synced_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database made by ``cinder-manage db sync`` (offline), once per module;
+    each test works on a copy."""
+    tmp = tmp_path_factory.mktemp("cinder-db")
+    conf = tmp / "db.conf"
+    conf.write_text(f"[database]\nconnection = sqlite:///{tmp / 'cinder.sqlite'}\n")
     manage = Path(sys.executable).with_name("cinder-manage")
     done = run([str(manage), "--config-file", str(conf), "db", "sync"], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "cinder.sqlite").stat().st_size > 0
+    assert (tmp / "cinder.sqlite").stat().st_size > 0
+    return tmp / "cinder.sqlite"
+
+
+@pytest.mark.parametrize("storage", ["embedded_server", "real_sheep"])
+def test_volume_manager_takes_volumes_through_their_life(
+        tmp_path: Path, storage: str, request: pytest.FixtureRequest,
+        synced_db: Path) -> None:
+    server: EmbeddedServer | SheepCluster = request.getfixturevalue(storage)
+    conf = write_cinder_conf(tmp_path, server.gateways)
+    shutil.copyfile(synced_db, tmp_path / "cinder.sqlite")
 
     done = run([sys.executable, str(RUNNER), str(conf)], timeout=300)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
