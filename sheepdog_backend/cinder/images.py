@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from typing import Any
 
 from cinder.image import image_utils
@@ -70,8 +71,9 @@ def copy_image_to_volume(core: SheepdogDriver, context: Any, volume: Any,
 
 def copy_volume_to_image(core: SheepdogDriver, context: Any, volume: Any,
                          image_service: Any, image_meta: dict[str, Any]) -> None:
-    directory = volume_utils.image_conversion_dir()
-    path = os.path.join(directory, f"sheepdog-export-{volume.id}-{image_meta['id']}")
+    fd, path = tempfile.mkstemp(prefix="sheepdog-export-", suffix=".raw",
+                                dir=volume_utils.image_conversion_dir())
+    os.close(fd)  # the core driver replaces it with the finished export
     try:
         with cinder_errors(volume=volume):
             core.copy_volume_to_image(core_volume(volume), path)

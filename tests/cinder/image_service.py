@@ -53,3 +53,31 @@ class MemoryImageService:
             self.uploads[image_id] = (size, digest.hexdigest(), bytes(head))
         self.images[image_id].update(image_meta)
         return dict(self.images[image_id])
+
+
+class FileImageService(MemoryImageService):
+    """Images that are files: ``download`` streams the file named by the image
+    id, ``update`` writes the uploaded data to that path."""
+
+    def show(self, context: Any, image_id: str) -> dict[str, Any]:
+        return {"id": image_id, "disk_format": "raw", "container_format": "bare",
+                "status": "active"}
+
+    def download(self, context: Any, image_id: str, data: Any = None) -> Any:
+        with open(image_id, "rb") as src:
+            while True:
+                chunk = src.read(1 << 20)
+                if not chunk:
+                    return None
+                data.write(chunk)
+
+    def update(self, context: Any, image_id: str, image_meta: dict[str, Any], data: Any = None,
+               purge_props: bool = True, store_id: str | None = None,
+               base_image_ref: str | None = None) -> dict[str, Any]:
+        with open(image_id, "wb") as out:
+            while True:
+                chunk = data.read(8 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+        return self.show(context, image_id)
