@@ -187,4 +187,5 @@ class CinderAdapterDriver(VolumeDriver):
             return listed
 
     def data_access(self) -> VolumeDataAccess:
-        return self.cinder.core.data_access()
+        access: VolumeDataAccess = self.cinder.core.data_access()
+        return access

@@ -39,12 +39,10 @@ class CinderBackend:
     """One backend section on Cinder's CONF and the driver Cinder builds for it."""
 
     def __init__(self, gateways: list[str], **overrides: Any) -> None:
-        from cinder import context
+        from cinder import context, objects
         from cinder.volume import configuration, driver
         from oslo_config import cfg
         from oslo_utils import importutils
-
-        from cinder import objects
 
         objects.register_all()
         self.conf = cfg.CONF
@@ -109,12 +107,12 @@ class CinderBackend:
     def read(self, vol: Any, offset: int, length: int) -> bytes:
         from sheepdog_backend.cinder.translate import core_volume
 
-        return self.driver.core.data_access().read(core_volume(vol), offset, length)
+        return bytes(self.driver.core.data_access().read(core_volume(vol), offset, length))
 
     def size_bytes(self, vol: Any) -> int:
         from sheepdog_backend.cinder.translate import core_volume
 
-        return self.driver.core.data_access().size_bytes(core_volume(vol))
+        return int(self.driver.core.data_access().size_bytes(core_volume(vol)))
 
     def vdis(self) -> list[str]:
         return sorted(v["name"] for v in self.driver.core.list_volumes())

@@ -21,13 +21,13 @@ if sys.argv[2] == "patched":
 
     monkey_patch.patch()
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from typing import Any
 
 THREADS = 4
 PATCHED = sys.argv[2] == "patched"
@@ -35,10 +35,10 @@ MiB = 1 << 20
 
 
 def main(gateway: str) -> dict[str, Any]:
+    import socket
+
     from tests.cinder.conftest import CinderBackend
     from tests.cinder.image_service import MemoryImageService
-
-    import socket
 
     out: dict[str, Any] = {"green_socket": "green" in socket.socket.__module__,
                            "green_lock": "eventlet" in type(threading.Lock()).__module__}

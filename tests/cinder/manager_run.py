@@ -20,13 +20,13 @@ if "--no-monkey-patch" not in sys.argv:
 
     monkey_patch.patch()
 
-import json  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+from typing import Any
 
-from cinder import context, objects  # noqa: E402
-from cinder import rpc as cinder_rpc  # noqa: E402
-from cinder.common import config  # noqa: E402, F401
-from oslo_config import cfg  # noqa: E402
+from cinder import context, objects
+from cinder import rpc as cinder_rpc
+from cinder.common import config  # noqa: F401
+from oslo_config import cfg
 
 CONF = cfg.CONF
 BACKEND = "sheepdog"

@@ -125,7 +125,7 @@ def test_storage_down_is_a_backend_error(backend: CinderBackend,
                    sheepdog_connect_timeout=0.5)
     try:
         dead.driver.do_setup(dead.ctx)  # must not fail only because the storage is down
-        with pytest.raises(exception.VolumeBackendAPIException, match="127.0.0.1:9"):
+        with pytest.raises(exception.VolumeBackendAPIException, match=r"127\.0\.0\.1:9"):
             dead.driver.check_for_setup_error()
         with pytest.raises(exception.VolumeBackendAPIException):
             dead.driver.create_volume(dead.volume(1))
