@@ -32,6 +32,8 @@ def test_cinder_loads_it_by_class_path_with_only_our_options(backend: CinderBack
 
 
 def test_lifecycle_with_data(backend: CinderBackend) -> None:
+    from cinder import exception
+
     drv, be = backend.driver, backend
     vol = be.created(1)
     assert vol.provider_location == vol.name == f"volume-{vol.id}"
@@ -63,6 +65,8 @@ def test_lifecycle_with_data(backend: CinderBackend) -> None:
     assert drv.create_export(be.ctx, vol, {"host": "compute-1"}) is None
     drv.ensure_export(be.ctx, vol)
     drv.terminate_connection(vol, None)  # a force-detach passes no connector
+    with pytest.raises(exception.InvalidConnectorException):
+        drv.initialize_connection(vol, None)
     drv.remove_export(be.ctx, vol)
 
     drv.delete_snapshot(snap)
