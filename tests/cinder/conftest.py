@@ -23,9 +23,10 @@ try:
 
     CINDER_MISSING = ""
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    CINDER_MISSING = (f"OpenStack Cinder is not installed ({exc}): the [cinder] extra needs "
-                      f"Python >= 3.11 (this is {sys.version.split()[0]}); make test installs "
-                      "it when it can")
+    CINDER_MISSING = f"OpenStack Cinder is not installed ({exc}): " + (
+        "install the [cinder] extra (pip install -e '.[cinder]'; make test does)"
+        if sys.version_info >= (3, 11) else
+        f"the [cinder] extra needs Python >= 3.11, this is {sys.version.split()[0]}")
 
 _sections = itertools.count(1)
 
