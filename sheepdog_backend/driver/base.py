@@ -247,6 +247,21 @@ class VolumeDriver(abc.ABC):
     def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
         """Forget an attachment. Never fails because it is already gone."""
 
+    # Exports: a driver that must set something up on the storage side before
+    # a host can attach (e.g. an iSCSI target) does it here; Sheepdog's native
+    # protocol needs nothing, so by default these do nothing.
+    def create_export(self, volume: Volume,
+                      connector: Connector | None) -> dict[str, Any]:
+        """Make ``volume`` reachable for ``connector``; returns a model update."""
+        return {}
+
+    def ensure_export(self, volume: Volume) -> dict[str, Any]:
+        """Re-create an export after a restart; returns a model update."""
+        return {}
+
+    def remove_export(self, volume: Volume) -> None:  # noqa: B027 - optional hook
+        """Undo ``create_export``. Never fails because it is already gone."""
+
     # -- stats -----------------------------------------------------------
 
     @abc.abstractmethod
