@@ -208,32 +208,6 @@ SIZING_OPTS = [
         "answers defines it for failover."),
 ]
 
-BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS
-
-
-def validate_template(name: str, template: str) -> None:
-    """InvalidInput unless ``template % 'x'`` works with exactly one ``%s``."""
-    if template.replace("%%", "").count("%s") != 1 or template.replace(
-            "%%", "").replace("%s", "").count("%"):
-        raise InvalidInput(f"{name} {template!r} must contain exactly one %s and no "
-                           "other % directive")
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    """Options per sample-file section. Backend sections are named by the user; the
-    sample shows their options under [backend_defaults], which every backend
-    section inherits from."""
-    return [
-        (DEFAULT_GROUP, list(DEFAULT_OPTS)),
-        (BACKEND_DEFAULTS_GROUP, list(BACKEND_OPTS)),
-    ]
-
-
-def default_values() -> dict[str, Any]:
-    """Every backend option at its default value."""
-    return {opt.dest: opt.default for opt in BACKEND_OPTS}
-
-
 # -- export (iSCSI through tgt; sheepdog_backend/export) ---------------------
 
 EXPORT_OPTS = [
@@ -275,4 +249,27 @@ EXPORT_OPTS = [
         "and volumes are exported. Changing it changes every volume's secret."),
 ]
 
-BACKEND_OPTS = BACKEND_OPTS + EXPORT_OPTS
+BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS + EXPORT_OPTS
+
+
+def validate_template(name: str, template: str) -> None:
+    """InvalidInput unless ``template % 'x'`` works with exactly one ``%s``."""
+    if template.replace("%%", "").count("%s") != 1 or template.replace(
+            "%%", "").replace("%s", "").count("%"):
+        raise InvalidInput(f"{name} {template!r} must contain exactly one %s and no "
+                           "other % directive")
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Options per sample-file section. Backend sections are named by the user; the
+    sample shows their options under [backend_defaults], which every backend
+    section inherits from."""
+    return [
+        (DEFAULT_GROUP, list(DEFAULT_OPTS)),
+        (BACKEND_DEFAULTS_GROUP, list(BACKEND_OPTS)),
+    ]
+
+
+def default_values() -> dict[str, Any]:
+    """Every backend option at its default value."""
+    return {opt.dest: opt.default for opt in BACKEND_OPTS}

@@ -32,7 +32,7 @@ from oslo_config import cfg
 
 from sheepdog_backend import __version__, opts
 from sheepdog_backend.cinder import images, manageable
-from sheepdog_backend.cinder.options import SHEEPDOG_CINDER_OPTS
+from sheepdog_backend.cinder.options import CINDER_OWNED_EXPORT_OPTS, SHEEPDOG_CINDER_OPTS
 from sheepdog_backend.cinder.translate import (
     cinder_errors,
     core_connector,
@@ -104,6 +104,10 @@ class SheepdogCinderDriver(cinder_driver.VolumeDriver):  # type: ignore[misc]
             "reserved_percentage": int(conf.safe_get("reserved_percentage") or 0),
             "image_conversion_dir": CONF.image_conversion_dir or None,
         })
+        for name in CINDER_OWNED_EXPORT_OPTS:  # Cinder's iSCSI target options
+            value = conf.safe_get(name)
+            if value is not None:
+                values[name] = value
         return BackendConfiguration(values, section=conf.config_group)
 
     @property
@@ -227,7 +231,9 @@ class SheepdogCinderDriver(cinder_driver.VolumeDriver):  # type: ignore[misc]
         ratio = conf.safe_get("max_over_subscription_ratio")
         stats.update({
             "volume_backend_name": self.backend_name,
-            "storage_protocol": STORAGE_PROTOCOL,
+            # 'sheepdog' (no Cinder constant) or 'iSCSI' (cinder.common.constants.ISCSI),
+            # as sheepdog_attach_protocol decides
+            "storage_protocol": stats.get("storage_protocol") or STORAGE_PROTOCOL,
             "driver_version": self.VERSION,
             "vendor_name": "Open Source",
             # Cinder's own option, as the scheduler expects it ("auto" or a number)

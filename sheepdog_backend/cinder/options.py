@@ -21,7 +21,12 @@ DRIVER_PATH = "sheepdog_backend.cinder.SheepdogCinderDriver"
 SAMPLE_BACKEND = "sheepdog"
 
 SHEEPDOG_CINDER_OPTS: list[cfg.Opt] = [
-    opt for opt in opts.SHEEPDOG_OPTS if opt.dest.startswith("sheepdog_")]
+    opt for opt in opts.BACKEND_OPTS if opt.dest.startswith("sheepdog_")]
+
+# Export options Cinder declares itself (cinder.volume.driver's iSCSI options):
+# read from Cinder's configuration, never re-declared.
+CINDER_OWNED_EXPORT_OPTS = ("target_helper", "target_prefix", "target_ip_address",
+                            "target_port", "use_chap_auth")
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:

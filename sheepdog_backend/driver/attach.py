@@ -94,21 +94,22 @@ def terminate_connection_snapshot(core: DriverCore, snapshot: Snapshot,
 
 def create_export(core: DriverCore, volume: Volume,
                   connector: Connector | None = None) -> dict[str, Any]:
-    """Cinder's create_export: the target exists afterwards (model update
-    carries the IQN as provider_location)."""
+    """Cinder's create_export: the target exists afterwards.  No model update:
+    the export is recorded on the volume (a VDI attribute) and
+    initialize_connection returns the portal, IQN and CHAP; provider_location
+    stays the VDI name the Cinder adapter resolves volumes by."""
     if not uses_iscsi(core):
         return {}
     initiator = connector.initiator if connector is not None else None
-    rec = manager(core).export_volume(core.vdi_name(volume), initiator=initiator)
-    conn = manager(core).connection(rec)
-    host, port = conn["portal"]
-    return {"provider_location": f"{host}:{port},1 {rec.iqn} {conn['lun']}"}
+    manager(core).export_volume(core.vdi_name(volume), initiator=initiator)
+    return {}
 
 
-def ensure_export(core: DriverCore, volume: Volume) -> None:
+def ensure_export(core: DriverCore, volume: Volume) -> dict[str, Any]:
     """Re-create the recorded target of ``volume`` (after a tgtd restart),
-    moving it off a dead gateway."""
+    moving it off a dead gateway; no model update."""
     manager(core).ensure(core.vdi_name(volume))
+    return {}
 
 
 def remove_export(core: DriverCore, volume: Volume) -> None:

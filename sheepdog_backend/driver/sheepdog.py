@@ -295,8 +295,8 @@ class SheepdogDriver(VolumeDriver):
                       connector: Connector | None = None) -> dict[str, Any]:
         return attach.create_export(self._core, volume, connector)
 
-    def ensure_export(self, volume: Volume) -> None:
-        attach.ensure_export(self._core, volume)
+    def ensure_export(self, volume: Volume) -> dict[str, Any]:
+        return attach.ensure_export(self._core, volume)
 
     def remove_export(self, volume: Volume) -> None:
         attach.remove_export(self._core, volume)
