@@ -3,9 +3,10 @@
 Image import inspects the file first (``images.inspect_fileobj``): nothing
 unsafe or unsupported reaches a converter or the volume.  Raw images stream
 straight from the file; qcow2 is converted to a temporary raw file first (see
-``images.raw_view``).  Export always writes raw, through a temporary file in
-the target directory renamed into place, so a failed export leaves no
-half-written image under the requested name.
+``images.raw_view``).  Export always writes raw and sparse (holes where the
+volume is unallocated or zero), through a temporary file in the target
+directory renamed into place, so a failed export leaves no half-written image
+under the requested name.
 """
 
 from __future__ import annotations
@@ -72,8 +73,7 @@ def copy_volume_to_image(client: Any, name: str, volume_size: int, image_path: s
     fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".raw", dir=target_dir)
     try:
         with os.fdopen(fd, "w+b") as out:
-            client.read_to_file(name, out, length=volume_size)
-            out.truncate(volume_size)
+            client.read_to_file(name, out, length=volume_size, sparse=True)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, image_path)
