@@ -20,7 +20,13 @@ from collections.abc import Iterable
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.transport import Connection
-from sheepdog_backend.client.vdi import HEADER_READ, check, family_candidates, vdi_body
+from sheepdog_backend.client.vdi import (
+    HEADER_READ,
+    HEADER_WINDOW,
+    check,
+    family_candidates,
+    vdi_body,
+)
 from sheepdog_backend.protocol.bitmap import VidBitmap
 from sheepdog_backend.protocol.constants import Flag
 from sheepdog_backend.protocol.header import Request, Response
@@ -86,7 +92,8 @@ def show(conn: Connection, name: str, window: int) -> int:
     vids = family_candidates(VidBitmap(in_use.payload), VidBitmap(deleted.payload),
                              sd_hash_vdi(name.encode()), 0)
     return len(pipeline(conn, (rq.read_obj(vid_to_vdi_oid(v), 0, HEADER_READ,
-                                           flags=Flag.DIRECT) for v in vids), window))
+                                           flags=Flag.DIRECT) for v in vids),
+                        max(window, HEADER_WINDOW)))
 
 
 def delete(conn: Connection, name: str, size: int, copies: int, tag: str = "") -> None:
@@ -135,9 +142,11 @@ def read_volume(conn: Connection, name: str, size: int, window: int) -> int:
 
 
 def list_all(conn: Connection, window: int) -> int:
-    """Both bitmaps, then the header of every live vid.  Returns headers read."""
+    """Both bitmaps, then the header of every live vid (568-byte replies: at
+    least HEADER_WINDOW in flight).  Returns headers read."""
     in_use, deleted = (VidBitmap(r.payload) for r in
                        pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2))
     return len(pipeline(conn, (rq.read_obj(vid_to_vdi_oid(v), 0, HEADER_READ,
                                            flags=Flag.DIRECT)
-                               for v in in_use if v not in deleted), window))
+                               for v in in_use if v not in deleted),
+                        max(window, HEADER_WINDOW)))

@@ -47,6 +47,10 @@ from sheepdog_backend.protocol.oid import vid_to_attr_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import EpochLog, VdiAttr
 
 HEADER_READ = SD_INODE_LOOKUP_SIZE  # 568 bytes cover every field a client needs
+# Header reads in flight when listing: a reply is 568 bytes, so the data
+# window (sized for objects of up to 4 MiB) need not bound them; 64 lists 1,003
+# VDIs of a real sheep ~30% faster than 16 (benchmarks/bench_sheep.py).
+HEADER_WINDOW = 64
 SLOT_BATCH = 1 << 16  # slots per slot-range request (256 KiB)
 GAP_MERGE = 12  # zero slots (48 bytes) cost less than another request header
 
@@ -227,8 +231,9 @@ def del_vdi(conn: Connection, name: str | bytes, tag: str | bytes = b"",
 
 
 def _live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[InodeHeader]:
-    """Headers of ``vids`` (pipelined), skipping deleted inodes."""
-    rsps = pipeline(conn, (header_request(vid) for vid in vids), window,
+    """Headers of ``vids`` (pipelined, at least HEADER_WINDOW in flight),
+    skipping deleted inodes."""
+    rsps = pipeline(conn, (header_request(vid) for vid in vids), max(window, HEADER_WINDOW),
                     raise_errors=False)
     headers: list[InodeHeader] = []
     for rsp in rsps:
