@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sheepdog_backend.client import SheepdogClient
+from sheepdog_backend.testing.fixtures import EmbeddedServer
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,3 +37,26 @@ def test_bench_sheep_runs_and_prints_the_table(tmp_path: Path) -> None:
         assert int(sparse.group(2)) <= 5, "the 1 GiB export holding 4 MiB was not sparse"
     probe.unlink()
     assert not os.listdir(tmp_path), "the benchmark left files behind"
+
+
+def test_bench_sheep_on_a_configured_cluster_cleans_up(
+        tmp_path: Path, embedded_server: EmbeddedServer) -> None:
+    """--config targets a cluster the user runs; afterwards none of the
+    benchmark's VDIs are left on it."""
+    with SheepdogClient(embedded_server.gateways) as client:
+        client.create_vdi("users-own", 8 << 20)
+        conf = tmp_path / "my.conf"
+        conf.write_text("[DEFAULT]\nenabled_backends = mine\n\n[mine]\nvolume_driver = sheepdog\n"
+                        f"sheepdog_gateways = {embedded_server.gateways[0]}\n")
+        bench_dir = tmp_path / "bench"
+        bench_dir.mkdir()
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "bench_sheep.py"), "--config", str(conf),
+             "--rounds", "1", "--mib", "4", "--vdis", "4", "--no-dog"],
+            capture_output=True, text=True, timeout=240, cwd=ROOT,
+            env=dict(os.environ, BENCH_DIR=str(bench_dir)))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"cluster of {conf} [mine]" in proc.stdout
+        assert re.search(r"list \d+ VDIs", proc.stdout), proc.stdout
+        left = sorted(f"{v.name}@{v.tag}" if v.tag else v.name for v in client.list_vdis())
+        assert left == ["users-own"], left
