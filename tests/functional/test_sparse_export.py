@@ -17,8 +17,11 @@ from sheepdog_backend.client.io import SPARSE_BLOCK, _sparse_emitter, is_zero
 from sheepdog_backend.driver.base import BackendConfiguration, GiB, Volume
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
 from sheepdog_backend.exception import InvalidInput
+from sheepdog_backend.protocol.constants import Opcode
+from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 from tests.realsheep import SheepCluster
+from tests.unit.client.loopback import FaultProxy
 
 MiB = 1 << 20
 OBJ = 4 * MiB
@@ -210,3 +213,30 @@ def test_real_sheep_export_is_sparse_and_matches_dog(
     with open(out, "rb") as f:
         assert f.read(8 * OBJ) == dog_out.read_bytes()
     assert out.stat().st_size == GiB
+
+
+def test_sparse_export_retried_after_a_cut_is_whole(tmp_path: pathlib.Path) -> None:
+    """The connection is cut before the second data read: the retry rewinds,
+    truncates and rewrites, and the file is the volume, no more, no less."""
+    seen = {"data_reads": 0}
+
+    def rule(req: Request, n: int) -> str:
+        oid = getattr(req.body, "oid", 0)
+        if req.opcode == Opcode.READ_OBJ and oid >> 56 == 0:
+            seen["data_reads"] += 1
+            if seen["data_reads"] == 2:
+                return "cut_before"
+        return "pass"
+
+    with EmbeddedServer(tmp_path / "srv") as server, FaultProxy(server.addresses[0]) as proxy, \
+            SheepdogClient([proxy.address], retry=RetryPolicy(attempts=3)) as c:
+        layout_volume(c, "cut")
+        want = c.read("cut", 0, 32 * MiB)
+        proxy.rule = rule
+        out = tmp_path / "out.raw"
+        with open(out, "w+b") as f:
+            f.write(b"P" * 10)
+            assert c.read_to_file("cut", f, sparse=True) == 32 * MiB
+        assert seen["data_reads"] >= 4, "the cut did not happen mid-export"
+        got = out.read_bytes()
+        assert got[:10] == b"P" * 10 and got[10:] == want
