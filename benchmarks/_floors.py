@@ -23,8 +23,8 @@ from sheepdog_backend.client.transport import Connection
 from sheepdog_backend.client.vdi import (
     HEADER_READ,
     HEADER_WINDOW,
+    chain_through,
     check,
-    family_candidates,
     vdi_body,
 )
 from sheepdog_backend.protocol.bitmap import VidBitmap
@@ -85,12 +85,12 @@ def resize(conn: Connection, name: str, new_size: int, copies: int) -> None:
 
 
 def show(conn: Connection, name: str, window: int) -> int:
-    """The volume and its snapshots: the lookup and both bitmaps in one trip,
-    then the headers of the name's probe chain.  Returns headers read."""
-    _info, in_use, deleted = pipeline(conn, [rq.get_vdi_info(name), rq.read_vdis(),
-                                             rq.read_del_vdis()], 3)
-    vids = family_candidates(VidBitmap(in_use.payload), VidBitmap(deleted.payload),
-                             sd_hash_vdi(name.encode()), 0)
+    """The volume and its snapshots: the lookup with the cluster flags (a
+    recycling cluster needs the bitmaps) in one trip, then the headers of the
+    name's probe chain up to its working VDI (see client.vdi.list_family).
+    Returns headers read."""
+    _flags, info = pipeline(conn, [rq.stat_cluster_flags(), rq.get_vdi_info(name)], 2)
+    vids = chain_through(sd_hash_vdi(name.encode()), vdi_body(info).vdi_id)
     return len(pipeline(conn, (rq.read_obj(vid_to_vdi_oid(v), 0, HEADER_READ,
                                            flags=Flag.DIRECT) for v in vids),
                         max(window, HEADER_WINDOW)))
