@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # without it (older Python) still works; the Cinder tests then skip saying why.
 CINDER_STAMP := $(VENV)/.installed-cinder
 
-.PHONY: venv test lint demo bench genconfig cinder-sample clean
+.PHONY: venv test lint demo bench bench-all genconfig cinder-sample clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,15 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sheepdog_backend.demo --config etc/sheepdog-backend-demo.conf
 
+# bench: issue 13's table (dog, raw floor, ours) on real sheep nodes when
+# SHEEPDOG_INTEROP_BIN (or SHEEPDOG_SHEEP/SHEEPDOG_DOG, PATH) finds sheep and
+# dog, then on the embedded server; BENCH_ARGS="--config FILE" for your own
+# cluster.  bench-all adds the client and server micro-benchmarks.
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+	$(PY) benchmarks/bench_sheep.py $(BENCH_ARGS)
+
+bench-all: bench
+	for b in benchmarks/bench_client.py benchmarks/bench_server.py; do $(PY) $$b || exit 1; done
 
 genconfig: $(STAMP)
 	$(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/sheepdog-backend.conf

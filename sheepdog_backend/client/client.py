@@ -383,11 +383,20 @@ class SheepdogClient:
         return self._run(attempt, what=f"read {name!r}", transfer=True)
 
     def read_to_file(self, name: str, fileobj: BinaryIO, *, tag: str = "",
-                     length: int | None = None) -> int:
+                     length: int | None = None, sparse: bool = False) -> int:
+        """Write the VDI's first ``length`` bytes (all of it by default) to
+        ``fileobj`` from its current position; returns the bytes covered.
+
+        ``sparse=True`` (a seekable file) replaces the file from its position
+        on: it is truncated there, zeros are not written but seeked over
+        (holes where the VDI is unallocated or reads zero), and the file ends
+        exactly at position + length."""
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         if length is not None:
             dio._check_range(0, length)
         start = fileobj.tell() if fileobj.seekable() else None
+        if sparse and start is None:
+            raise InvalidInput("a sparse export needs a seekable target file")
         tries = [0]
 
         def attempt(conn: Connection) -> int:
@@ -396,10 +405,17 @@ class SheepdogClient:
                     raise InvalidInput("transfer failed and the target cannot be rewound")
                 fileobj.seek(start)
             tries[0] += 1
-            hdr = ops.resolve(conn, raw, rawtag)
-            n = hdr.vdi_size if length is None else length
-            layout = dio.open_layout(conn, raw, rawtag, 0, n, self.io_window)
-            return dio.read_stream(conn, layout, 0, n, self.io_window, fileobj.write)
+            layout = dio.open_layout_whole(conn, raw, rawtag, length, self.io_window)
+            n = layout.hdr.vdi_size if length is None else length
+            if not sparse:
+                return dio.read_stream(conn, layout, 0, n, self.io_window, fileobj.write)
+            assert start is not None
+            fileobj.truncate(start)
+            dio.read_stream(conn, layout, 0, n, self.io_window, fileobj.write,
+                            skip=lambda k: fileobj.seek(k, 1))
+            fileobj.truncate(start + n)  # a trailing hole still counts
+            fileobj.seek(start + n)
+            return n
         return self._run(attempt, what=f"read {name!r} to a file", transfer=True)
 
     def write(self, name: str, offset: int, data: bytes) -> None:

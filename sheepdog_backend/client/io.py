@@ -8,6 +8,8 @@ The range is cut into per-object chunks.
 * Read: a chunk whose slot is 0 is zeros, filled locally with no request;
   otherwise READ_OBJ of ``vid_to_data_oid(slot, idx)`` (possibly an
   ancestor's object).  Large objects are read in pieces of at most 4 MiB.
+  A sparse stream (``read_stream`` with ``skip``) reports unallocated
+  objects and all-zero 64 KiB blocks as runs to skip instead of zeros.
 * Writes are ``write.py``'s (they use ``open_layout``, ``chunks`` and
   ``run_window`` from here).
 
@@ -121,6 +123,20 @@ def open_layout(conn: Connection, name: str | bytes, tag: str | bytes, offset: i
     return Layout(hdr, first, slots)
 
 
+def open_layout_whole(conn: Connection, name: str | bytes, tag: str | bytes,
+                      length: int | None, window: int) -> Layout:
+    """The layout for reading [0, length), or the whole VDI when ``length`` is
+    None, with a single lookup (open_layout; without a length: the lookup, the
+    header, then the slots its size covers)."""
+    if length is not None:
+        return open_layout(conn, name, tag, 0, length, window)
+    hdr = ops.read_header(conn, ops.lookup(conn, name, tag).vdi_id)
+    if hdr.store_policy != 0:
+        raise InvalidInput(f"VDI {hdr.name!r} is a hyper volume (B-tree index); data I/O "
+                           "supports flat VDIs only")
+    return Layout(hdr, 0, ops.read_slots(conn, hdr.vdi_id, 0, hdr.count_data_objs, window))
+
+
 def chunks(offset: int, length: int, shift: int, piece: int) -> Iterator[tuple[int, int, int]]:
     """(idx, offset inside the object, length) covering the range."""
     obj = 1 << shift
@@ -194,10 +210,17 @@ def read_bytes(conn: Connection, layout: Layout, offset: int, length: int,
 
 
 def read_stream(conn: Connection, layout: Layout, offset: int, length: int, window: int,
-                sink: Callable[[bytes | memoryview], object]) -> int:
+                sink: Callable[[bytes | memoryview], object],
+                skip: Callable[[int], object] | None = None) -> int:
     """Read [offset, offset+length) and hand it to ``sink`` in order.  Payloads
     are received into reused buffers: ``sink`` must consume what it is given
-    before returning (as ``write()`` of a file does)."""
+    before returning (as ``write()`` of a file does).
+
+    With ``skip``, zeros are not handed to ``sink``: ``skip(n)`` is called for
+    each run of ``n`` zero bytes instead - every unallocated object (no request
+    is sent for it) and every all-zero SPARSE_BLOCK of an allocated one.  A
+    sparse file target seeks forward there and leaves a hole."""
+    emit = _sparse_emitter(sink, skip) if skip is not None else sink
     pieces = list(chunks(offset, length, layout.shift, READ_PIECE))
     free: list[memoryview] = []
     held: dict[int, memoryview] = {}  # piece -> its buffer, received or in flight
@@ -214,11 +237,14 @@ def read_stream(conn: Connection, layout: Layout, offset: int, length: int, wind
         while emitted < len(pieces):
             idx, _in_off, n = pieces[emitted]
             if layout.slot(idx) == 0:
-                sink(_zeros(n))
+                if skip is not None:
+                    skip(n)
+                else:
+                    sink(_zeros(n))
             elif emitted in done:
                 done.discard(emitted)
                 buf = held.pop(emitted)
-                sink(buf[:n])
+                emit(buf[:n])
                 free.append(buf)
             else:
                 return
@@ -235,7 +261,43 @@ def read_stream(conn: Connection, layout: Layout, offset: int, length: int, wind
 
 
 _ZERO = bytes(READ_PIECE)
+SPARSE_BLOCK = 64 << 10  # zero runs shorter than this are written, not skipped
 
 
 def _zeros(n: int) -> bytes | memoryview:
     return memoryview(_ZERO)[:n] if n <= len(_ZERO) else bytes(n)
+
+
+def is_zero(data: bytes | bytearray | memoryview) -> bool:
+    """True when every byte is 0 (a memcmp against a zero buffer: ~25x faster
+    than ``data.count(0) == len(data)``)."""
+    view = memoryview(data).cast("B")
+    for pos in range(0, len(view), len(_ZERO)):
+        if not _ZERO.startswith(view[pos:pos + len(_ZERO)]):
+            return False
+    return True
+
+
+def _sparse_emitter(sink: Callable[[bytes | memoryview], object],
+                    skip: Callable[[int], object]
+                    ) -> Callable[[bytes | memoryview], None]:
+    """A sink that hands runs of non-zero SPARSE_BLOCKs to ``sink`` (one call
+    per run) and calls ``skip(n)`` for runs of all-zero blocks."""
+    def emit(data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        run_start, zero_run = 0, False
+        for pos in range(0, len(view), SPARSE_BLOCK):
+            zero = _ZERO.startswith(view[pos:pos + SPARSE_BLOCK])
+            if zero != zero_run and pos > run_start:
+                if zero_run:
+                    skip(pos - run_start)
+                else:
+                    sink(view[run_start:pos])
+                run_start = pos
+            zero_run = zero
+        if len(view) > run_start:
+            if zero_run:
+                skip(len(view) - run_start)
+            else:
+                sink(view[run_start:])
+    return emit

@@ -47,6 +47,10 @@ from sheepdog_backend.protocol.oid import vid_to_attr_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import EpochLog, VdiAttr
 
 HEADER_READ = SD_INODE_LOOKUP_SIZE  # 568 bytes cover every field a client needs
+# Header reads in flight when listing: a reply is 568 bytes, so the data
+# window (sized for objects of up to 4 MiB) need not bound them; 64 lists 1,003
+# VDIs of a real sheep ~30% faster than 16 (benchmarks/bench_sheep.py).
+HEADER_WINDOW = 64
 SLOT_BATCH = 1 << 16  # slots per slot-range request (256 KiB)
 GAP_MERGE = 12  # zero slots (48 bytes) cost less than another request header
 
@@ -228,8 +232,9 @@ def del_vdi(conn: Connection, name: str | bytes, tag: str | bytes = b"",
 
 
 def _live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[InodeHeader]:
-    """Headers of ``vids`` (pipelined), skipping deleted inodes."""
-    rsps = pipeline(conn, (header_request(vid) for vid in vids), window,
+    """Headers of ``vids`` (pipelined, at least HEADER_WINDOW in flight),
+    skipping deleted inodes."""
+    rsps = pipeline(conn, (header_request(vid) for vid in vids), max(window, HEADER_WINDOW),
                     raise_errors=False)
     headers: list[InodeHeader] = []
     for rsp in rsps:
@@ -270,14 +275,44 @@ def iter_family_candidates(in_use: VidBitmap, deleted: VidBitmap, start: int,
             break
 
 
+CHAIN_READ_LIMIT = 4096  # longer spans to the working VDI fall back to the bitmaps
+
+
+def chain_through(start: int, last: int) -> list[int]:
+    """The probe chain's vids from ``start`` to ``last`` inclusive, wrapping
+    from 2^24 - 1 to 1 (§8.3)."""
+    if last >= start:
+        return list(range(start, last + 1))
+    return list(range(start, SD_NR_VDIS)) + list(range(1, last + 1))
+
+
 def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo]:
     """Every live VDI (working, snapshots) named ``name``, reading only the
-    headers of its probe chain instead of every inode of the cluster."""
-    stat, in_use_rsp, deleted_rsp = pipeline(
-        conn, [rq.stat_cluster_flags(), rq.read_vdis(), rq.read_del_vdis()], 3)
+    headers of its probe chain instead of every inode of the cluster.
+
+    Without RECYCLE_VID a VDI of the name lies on its chain at or before the
+    name's working VDI: a snapshot keeps its vid while the new working VDI
+    takes the chain's next free one, and a name created again (after its
+    working VDI was deleted, or by rollback) lands past every earlier vid.  So
+    when the lookup finds a working VDI, the headers from the chain's start up
+    to it are all that is read (no 2 x 2 MiB bitmaps); without one, or on a
+    recycling cluster, the bitmaps give the candidates (family_candidates)."""
+    stat, found = pipeline(conn, [rq.stat_cluster_flags(), rq.get_vdi_info(name)], 2,
+                           raise_errors=False)
+    check(stat)
+    if found.result not in (Result.SUCCESS, Result.NO_VDI, Result.NO_TAG):
+        raise error_for_code(found.result)
     flags = EpochLog.decode(stat.payload, 0).flags if stat.payload else None
-    vids = iter_family_candidates(VidBitmap(in_use_rsp.payload),
-                                  VidBitmap(deleted_rsp.payload), sd_hash_vdi(name), flags)
+    start = sd_hash_vdi(name)
+    vids: Iterable[int] | None = None
+    if found.result == Result.SUCCESS and flags is not None \
+            and not flags & ClusterFlag.RECYCLE_VID:
+        chain = chain_through(start, vdi_body(found).vdi_id)
+        vids = chain if len(chain) <= CHAIN_READ_LIMIT else None
+    if vids is None:
+        in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
+        vids = iter_family_candidates(VidBitmap(in_use_rsp.payload),
+                                      VidBitmap(deleted_rsp.payload), start, flags)
     return [VdiInfo.from_header(h) for h in _live_headers(conn, vids, window)
             if h.name == name]
 

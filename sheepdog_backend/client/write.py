@@ -42,7 +42,7 @@ from typing import BinaryIO
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client import vdi as ops
 from sheepdog_backend.client.coord import Claim, ObjectClaims
-from sheepdog_backend.client.io import Layout, chunks, drain, open_layout, run_window
+from sheepdog_backend.client.io import Layout, chunks, drain, is_zero, open_layout, run_window
 from sheepdog_backend.client.transport import Connection
 from sheepdog_backend.exception import InvalidInput, ReadOnly, error_for_code
 from sheepdog_backend.protocol.constants import Flag, Result
@@ -51,7 +51,7 @@ from sheepdog_backend.protocol.inode import InodeHeader
 from sheepdog_backend.protocol.oid import vid_to_data_oid
 
 SLOT_FLUSH = 64  # created slots accumulated before a slot-range write
-READONLY_REDOS = 3
+READONLY_REDOS = 16  # a write racing this many snapshots in a row gives up, typed
 
 
 class _SlotUpdater:
@@ -115,7 +115,7 @@ class _Transfer:
         slot = self.layout.slot(idx)
         oid = vid_to_data_oid(self.vid, idx)
         if slot != self.vid:
-            if slot == 0 and data.count(0) == len(data) \
+            if slot == 0 and is_zero(data) \
                     and self.claims.peek(self.vid, idx) == Claim.FREE:
                 return None  # thin: an unallocated object already reads as zeros
             claim = self.claims.try_claim(self.vid, idx)
