@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 
 # Modules that contribute subcommands, in help order.
-_GROUPS = ("serve", "volume", "check", "export")  # export: adds connect --protocol
+_GROUPS = ("serve", "volume", "check", "export",  # export: adds connect --protocol
+           "gateway")  # gateway: the local gateway for tgt (issue 15)
 
 
 def build_parser() -> argparse.ArgumentParser:
