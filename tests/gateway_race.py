@@ -51,7 +51,7 @@ def pattern(i: int) -> int:
 
 
 def run_race(info: dict[str, Any], *, initiator: str, name: str, snapshot_via: str,
-             check_client: SheepdogClient, gateway: Gateway, writes: int, objects: int,
+             check_client: SheepdogClient, gateway: Gateway | None, writes: int, objects: int,
              interval: float = 0.1, max_snapshots: int = 2000,
              timeout: float = 600.0) -> RaceResult:
     offsets = layout(writes, objects)
@@ -101,6 +101,8 @@ def run_race(info: dict[str, Any], *, initiator: str, name: str, snapshot_via: s
             continue
         if check_client.read(name, off, BLOCK) != bytes([pattern(i)]) * BLOCK:
             result.lost.append(off)
+    if gateway is None:  # the control run: tgt straight to a node
+        return result
     stats = gateway.stats()
     result.gateway_stats = stats
     result.longest_gate_wait = max((v["max_gate_wait"] for v in stats["vdis"].values()),
