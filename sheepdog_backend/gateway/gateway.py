@@ -166,9 +166,9 @@ class Gateway:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
-        if self.unix_path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.unix_path)
+            if self.unix_path:  # ours only once we listened on it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.unix_path)
         self.client.close()
 
     def stats(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.exception import InvalidInput
 from sheepdog_backend.gateway import Gateway
-from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Opcode, Result
+from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Result
 from sheepdog_backend.protocol.framing import ResponseReader
 from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
@@ -201,6 +201,31 @@ def test_a_live_gateway_socket_is_not_taken_over(gateway: Gateway) -> None:
     with pytest.raises(InvalidInput, match="already listens"):
         other.start()
     other.stop()
-    assert Opcode.NEW_VDI  # the first gateway still serves
-    with SheepdogClient([_tcp(gateway)]) as via:
+    assert gateway.unix_path is not None and Path(gateway.unix_path).exists()
+    with SheepdogClient([_tcp(gateway)]) as via:  # the first gateway still serves
         assert via.list_vdis() == []
+
+
+def test_a_write_cut_after_it_was_sent_is_repeated(cluster: EmbeddedServer,
+                                                  gateway: Gateway) -> None:
+    """WRITE_OBJ repeats the same bytes at the same offset: resent, answered ok."""
+    from sheepdog_backend.client.transport import mark
+    from sheepdog_backend.exception import ConnectionClosed
+
+    with SheepdogClient(cluster.gateways) as direct:
+        vid = direct.create_vdi("again", 16 * MiB).vid
+        direct.write("again", 0, bytes(BLOCK))
+        calls: list[int] = []
+        real = gateway.client.cluster.run
+
+        def cut_once(fn):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            if len(calls) == 1:
+                raise mark(ConnectionClosed("cut after send"), True)
+            return real(fn)
+
+        gateway.client.cluster.run = cut_once  # type: ignore[method-assign]
+        with RawConnection("127.0.0.1", gateway.port or 0) as raw:
+            answer = raw.call(rq.write_obj(vid_to_data_oid(vid, 0), 0, b"\x66" * BLOCK))
+        assert answer.ok and len(calls) == 2
+        assert direct.read("again", 0, BLOCK) == b"\x66" * BLOCK
