@@ -247,6 +247,14 @@ EXPORT_OPTS = [
         help="Secret key CHAP credentials are derived from (HMAC-SHA256 per target IQN), "
         "so they survive restarts without a database. Required when use_chap_auth is on "
         "and volumes are exported. Changing it changes every volume's secret."),
+    # gateway (issue 15): tgt talks to a local Sheepdog gateway, not to a node
+    cfg.StrOpt(
+        "sheepdog_export_gateway", default="",
+        help="HOST:PORT (port <= 9999) of a local 'sheepdog-backend gateway' that tgt's "
+        "LUs go through instead of one cluster node: it fails over between nodes and "
+        "makes snapshots safe for the writer. When sheepdog_gateways also names it, "
+        "exported volumes may be snapshotted and cloned while attached. Empty: LUs use "
+        "a cluster node directly."),
 ]
 
 BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS + EXPORT_OPTS

@@ -26,7 +26,8 @@ from typing import NoReturn
 from sheepdog_backend import __version__
 
 # Modules that contribute subcommands, in help order.
-_GROUPS = ("serve", "volume", "image", "check", "export")
+_GROUPS = ("serve", "volume", "image", "check", "export",
+           "gateway")  # gateway: the local gateway for tgt (issue 15)
 
 
 class _Parser(argparse.ArgumentParser):

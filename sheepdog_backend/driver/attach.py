@@ -11,11 +11,14 @@ The driver calls these functions with its DriverCore (``driver.core``);
 ``_managers`` maps a core to its ExportManager (built on first use, weakly
 keyed so a closed driver frees it; guarded by ``_managers_lock``).
 
-Until a gateway that can pause I/O exists (issue 15), snapshotting a volume
-that tgt writes can lose acknowledged writes (the sheep rewrites the whole
-inode and drops a slot update landing in between; tgt hides the loss until
-the LU is re-opened): ``refuse_if_exported`` stops snapshots and temporary
-clones of exported volumes unless forced.
+Snapshotting a volume that tgt writes straight to a node can lose
+acknowledged writes (the sheep rewrites the whole inode and drops a slot
+update landing in between; tgt hides the loss until the LU is re-opened):
+``refuse_if_exported`` stops snapshots and temporary clones of such exports
+unless forced.  Exports through the local gateway (``sheepdog_export_gateway``,
+sheepdog_backend.gateway) are safe when the driver's own requests go through
+it too (``sheepdog_gateways`` names it): the gateway orders the snapshot
+after the writer's pending slot writes.
 """
 
 from __future__ import annotations
@@ -123,10 +126,22 @@ def after_extend(core: DriverCore, name: str) -> None:
         manager(core).refresh_size(name)
 
 
+def through_gateway(core: DriverCore, lu_gateway: str) -> bool:
+    """True when the LU goes through the local gateway and so do the driver's
+    own requests: the gateway then sees the snapshot and makes it safe."""
+    conf = core.configuration
+    gateway = str(getattr(conf, "sheepdog_export_gateway", "") or "")
+    return bool(gateway) and lu_gateway == gateway and gateway in [
+        str(g) for g in conf.sheepdog_gateways]
+
+
 def refuse_if_exported(core: DriverCore, name: str, what: str, *,
                        force: bool = False) -> None:
     from sheepdog_backend.export.manager import read_record
-    if force or read_record(core.client, name) is None:
+    if force:
+        return
+    rec = read_record(core.client, name)
+    if rec is None or through_gateway(core, rec.gateway):
         return
     raise ExportedVolumeBusy(
         f"volume {name!r} is exported over iSCSI: a {what} now could lose writes tgt "

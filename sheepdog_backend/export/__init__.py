@@ -40,7 +40,9 @@ def settings_for(conf: Any) -> ExportSettings:
                               portal_host=str(conf.target_ip_address),
                               portal_port=int(conf.target_port),
                               chap=bool(conf.use_chap_auth),
-                              chap_key=str(conf.sheepdog_export_chap_key or ""))
+                              chap_key=str(conf.sheepdog_export_chap_key or ""),
+                              gateway=str(getattr(conf, "sheepdog_export_gateway", "")
+                                          or ""))
     except InvalidInput as exc:
         where = getattr(conf, "where", lambda o: o)
         raise ConfigError(f"{where('target_prefix')}: {exc}") from None

@@ -61,9 +61,17 @@ class ExportSettings:
     portal_port: int = 3260
     chap: bool = True
     chap_key: str = ""
+    # A local gateway (sheepdog-backend gateway, HOST:PORT with PORT <= 9999)
+    # that every LU goes through instead of a cluster node; empty: none.
+    gateway: str = ""
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
+        if self.gateway:
+            host, _, port = self.gateway.rpartition(":")
+            if not host or not port.isdigit():
+                raise InvalidInput(f"export gateway {self.gateway!r} is not HOST:PORT")
+            check_gateway(host, int(port))
         if self.chap and not self.chap_key:
             raise InvalidInput("CHAP is on (use_chap_auth) but no chap key is set "
                                "(sheepdog_export_chap_key): CHAP secrets are derived from it")
@@ -155,6 +163,12 @@ class ExportManager:
     def pick_gateway(self, *, avoid: str | None = None) -> str:
         """A gateway tgt can use that answers now; GatewayUnusable listing why
         each one was rejected."""
+        if self.settings.gateway:  # the local gateway fails over between nodes itself
+            if self._probe(self.settings.gateway):
+                return self.settings.gateway
+            raise GatewayUnusable(
+                f"the export gateway {self.settings.gateway} does not answer: start it "
+                "('sheepdog-backend gateway', see the README) before exporting")
         reasons = []
         for host, port in self._candidates():
             gateway = f"{host}:{port}"

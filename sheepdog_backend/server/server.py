@@ -55,6 +55,12 @@ EOF the same happens (a client may half-close and still read its answers).
 reader, writer, accept and worker thread.  Several listeners share one
 handler, i.e. one store: a "cluster" whose gateways can be killed one by one
 with ``stop_listener``.
+
+The loop needs only a narrow interface of its handler (``RequestHandler``:
+``handle``, ``max_payload``, ``state.epoch``/``state.node_id``), so the
+local gateway (sheepdog_backend.gateway) reuses it with a handler that
+forwards to a cluster.  ``unix_paths`` adds unix-socket listeners (tgt's
+Sheepdog store connects to ``unix:PATH:VDI``).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from sheepdog_backend.exception import ProtocolError, SystemError_
 from sheepdog_backend.protocol.constants import Opcode
@@ -103,6 +110,24 @@ DEFAULT_SEND_TIMEOUT = 60.0
 DEFAULT_PRESSURE_STALL = 5.0
 
 
+class NodeState(Protocol):
+    @property
+    def epoch(self) -> int: ...
+
+    node_id: NodeId
+
+
+class RequestHandler(Protocol):
+    """What the loop needs of a handler (server.handler.Handler is one)."""
+
+    max_payload: int
+
+    @property
+    def state(self) -> NodeState: ...
+
+    def handle(self, request: Request) -> Response: ...
+
+
 class _Listener:
     def __init__(self, sock: socket.socket, address: tuple[str, int]) -> None:
         self.sock = sock
@@ -114,7 +139,7 @@ class _Listener:
 
 
 class SheepServer:
-    def __init__(self, handler: Handler, *, host: str = "127.0.0.1",
+    def __init__(self, handler: Handler | RequestHandler, *, host: str = "127.0.0.1",
                  ports: Sequence[int] = (7000,), workers: int = DEFAULT_WORKERS,
                  max_inflight: int = DEFAULT_MAX_INFLIGHT,
                  max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
@@ -122,8 +147,9 @@ class SheepServer:
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  send_timeout: float = DEFAULT_SEND_TIMEOUT,
-                 pressure_stall: float = DEFAULT_PRESSURE_STALL) -> None:
-        if not ports:
+                 pressure_stall: float = DEFAULT_PRESSURE_STALL,
+                 unix_paths: Sequence[str] = ()) -> None:
+        if not ports and not unix_paths:
             raise ValueError("at least one port is needed")
         if min(workers, max_inflight, max_inflight_bytes, memory_budget, max_connections) < 1:
             raise ValueError("workers, in-flight limits, the memory budget and the "
@@ -141,6 +167,7 @@ class SheepServer:
         self.handler = handler
         self.host = host
         self.ports = list(ports)
+        self.unix_paths = list(unix_paths)
         self.workers = workers
         self.max_inflight = max_inflight
         self.max_inflight_bytes = max_inflight_bytes
@@ -160,6 +187,8 @@ class SheepServer:
         try:
             for port in self.ports:
                 self.listeners.append(self._bind(port))
+            for path in self.unix_paths:
+                self.listeners.append(self._bind_unix(path))
         except OSError:
             for listener in self.listeners:
                 listener.sock.close()
@@ -180,7 +209,8 @@ class SheepServer:
         dog and the client talk to the addresses GET_NODE_LIST reports (e.g.
         STAT_SHEEP per node), so a stopped listener must not stay advertised
         while another one still serves the same store."""
-        live = [listener for listener in self.listeners if not listener.stopped.is_set()]
+        live = [listener for listener in self.listeners
+                if not listener.stopped.is_set() and listener.sock.family != socket.AF_UNIX]
         if live:
             host, port = live[0].address
             self.handler.state.node_id = NodeId(host, port)
@@ -198,6 +228,17 @@ class SheepServer:
             raise
         address = sock.getsockname()
         return _Listener(sock, (self.host, int(address[1])))
+
+    def _bind_unix(self, path: str) -> _Listener:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            sock.listen(64)
+            sock.settimeout(0.2)
+        except OSError:
+            sock.close()
+            raise
+        return _Listener(sock, (path, 0))
 
     def _accept_loop(self, listener: _Listener) -> None:
         while not listener.stopped.is_set():
@@ -217,7 +258,8 @@ class SheepServer:
                 self._refuse(sock)
                 continue
             sock.settimeout(TICK)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = ConnectionState(sock, self.budget)
             with self._lock:
                 if listener.stopped.is_set():

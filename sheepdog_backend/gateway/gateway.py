@@ -1,0 +1,192 @@
+"""The local Sheepdog-protocol gateway on an export host.
+
+How it works: ``Gateway`` is a request handler for the embedded server's wire
+loop (server.server.SheepServer: framing, one reader and writer thread per
+connection, object I/O in a worker pool, VDI ops in one serial worker).  It
+listens on a unix socket and/or a TCP port <= 9999 on loopback (tgt's
+Sheepdog store keeps only 4 digits of a port) and answers every request with
+the cluster's answer: ``handle`` runs the SnapshotGuard's ``before``,
+forwards through the Forwarder (the client's Cluster: failover between the
+cluster's nodes, a pool per node, the retry policy), runs ``after`` and counts
+the request in IoStats.  The cluster's nodes are the configured ones plus
+those GET_NODE_LIST reports at start.
+
+Shared state: the guard and the stats (each with its own lock) and the
+client's Cluster (thread-safe); ``start``/``stop`` are for one owner thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from sheepdog_backend.client import RetryPolicy, SheepdogClient
+from sheepdog_backend.exception import InvalidInput, SheepdogError
+from sheepdog_backend.gateway.forward import Forwarder
+from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, snapshot_base
+from sheepdog_backend.gateway.stats import IoStats
+from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD
+from sheepdog_backend.protocol.header import Request, Response
+from sheepdog_backend.protocol.structs import NodeId
+from sheepdog_backend.server.server import SheepServer
+
+LOG = logging.getLogger(__name__)
+MAX_TGT_PORT = 9999  # tgt's Sheepdog store reads 4 digits of the port
+DEFAULT_WORKERS = 48  # tgt opens up to 17 connections per LU, each one request at a time
+
+
+@dataclass
+class _LocalState:
+    """What the wire loop asks of its handler's node state."""
+
+    node_id: NodeId
+    epoch: int = 0
+
+
+def check_listen(unix_path: str | None, port: int | None) -> None:
+    if not unix_path and not port:
+        raise InvalidInput("the gateway needs a unix socket path or a TCP port to listen on")
+    if port is not None and port and not 1 <= port <= MAX_TGT_PORT:
+        raise InvalidInput(f"gateway port {port} is outside 1-{MAX_TGT_PORT}: tgt's Sheepdog "
+                           "store keeps only 4 digits of a port")
+    if unix_path and len(os.fsencode(unix_path)) >= 108:
+        raise InvalidInput(f"unix socket path {unix_path!r} is longer than 107 bytes")
+
+
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file nobody listens on; InvalidInput for anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise InvalidInput(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise InvalidInput(f"another gateway already listens on {path}")
+
+
+class Gateway:
+    def __init__(self, cluster: Sequence[str], *, unix_path: str | None = None,
+                 port: int | None = None, host: str = "127.0.0.1",
+                 workers: int = DEFAULT_WORKERS, drain_timeout: float = 5.0,
+                 gate_timeout: float = 30.0, connect_timeout: float = 2.0,
+                 request_timeout: float = 30.0, retry: RetryPolicy | None = None,
+                 discover: bool = True) -> None:
+        check_listen(unix_path, port)
+        if not cluster:
+            raise InvalidInput("the gateway needs at least one cluster node address")
+        self.cluster_gateways = list(cluster)
+        self.unix_path = os.path.abspath(unix_path) if unix_path else None
+        self.port = port or None
+        self.host = host
+        self.workers = workers
+        self.discover = discover
+        self.client = SheepdogClient(self.cluster_gateways, connect_timeout=connect_timeout,
+                                     request_timeout=request_timeout, pool_size=workers,
+                                     retry=retry or RetryPolicy(
+                                         attempts=30, base_backoff=0.05, max_backoff=1.0,
+                                         deadline=max(request_timeout, 30.0)))
+        self.forwarder = Forwarder(self.client.cluster, self.client.retry)
+        self.guard = SnapshotGuard(self.forwarder.forward, drain_timeout=drain_timeout,
+                                   gate_timeout=gate_timeout)
+        self.io = IoStats()
+        self.max_payload = DEFAULT_MAX_PAYLOAD
+        self._state = _LocalState(NodeId(host, self.port or 0))
+        self._server: SheepServer | None = None
+
+    # -- the handler interface of the wire loop -------------------------------
+
+    @property
+    def state(self) -> _LocalState:
+        return self._state
+
+    def handle(self, request: Request) -> Response:
+        start = time.monotonic()
+        ticket: Ticket | None = self.guard.before(request)
+        response = self.forwarder.forward(request)
+        if ticket is not None:
+            response = self.guard.after(ticket, request, response)
+        self._state.epoch = response.epoch or self._state.epoch
+        base = snapshot_base(request)
+        self.io.count(request, response, time.monotonic() - start,
+                      waited=ticket.waited if ticket is not None else 0.0, vid=base)
+        return response
+
+    # -- service ----------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def address(self) -> str:
+        """Where tgt connects: ``unix:PATH`` (preferred) or ``HOST:PORT``."""
+        if self.unix_path:
+            return f"unix:{self.unix_path}"
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> Gateway:
+        if self._server is not None:
+            raise RuntimeError("the gateway is already running")
+        if self.discover:
+            try:
+                added = self.client.discover_gateways()
+                if added:
+                    LOG.info("gateway: cluster nodes found: %s", " ".join(added))
+            except SheepdogError as exc:
+                LOG.warning("gateway: could not list the cluster's nodes (%s); using %s",
+                            exc, " ".join(self.cluster_gateways))
+        if self.unix_path:
+            _clear_stale_socket(self.unix_path)
+        server = SheepServer(self, host=self.host, ports=[self.port] if self.port else [],
+                             workers=self.workers,
+                             unix_paths=[self.unix_path] if self.unix_path else [])
+        server.start()
+        self._server = server
+        LOG.info("gateway: listening on %s for %s", self.address,
+                 " ".join(str(a) for a in self.client.cluster.addresses))
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+            if self.unix_path:  # ours only once we listened on it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.unix_path)
+        self.client.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Per-volume I/O, the snapshots seen and the cluster nodes' health."""
+        events = list(self.guard.events)
+        nodes = []
+        for address in self.client.cluster.addresses:
+            h = self.client.cluster.health(address)
+            nodes.append({"address": str(address), "failures": h.failures,
+                          "successes": h.successes, "last_error": h.last_error})
+        return {"listen": self.address, "vdis": self.io.snapshot(), "nodes": nodes,
+                "snapshots": len(events), "reapplied_slots": self.guard.reapplied,
+                "max_snapshot_drain": max((e.drain_wait for e in events), default=0.0),
+                "undrained_snapshots": sum(1 for e in events if not e.drained)}
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

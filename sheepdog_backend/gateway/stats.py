@@ -1,0 +1,73 @@
+"""Per-volume I/O counters of the gateway.
+
+How it works: ``count(request, response, seconds)`` adds one forwarded
+request to the counters of the VDI its object belongs to (data objects and
+inode objects by their vid; VDI ops are counted under vid 0 as "control").
+``snapshot()`` returns a copy as plain dicts keyed by the VDI id in hex.
+Shared state: ``_vdis`` under ``_lock``; counting runs in every worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sheepdog_backend.protocol.constants import Opcode
+from sheepdog_backend.protocol.header import ObjRequest, Request, Response
+from sheepdog_backend.protocol.oid import is_data_obj, oid_to_vid
+
+
+@dataclass
+class VdiCounters:
+    reads: int = 0
+    writes: int = 0
+    creates: int = 0
+    inode_writes: int = 0
+    read_bytes: int = 0
+    write_bytes: int = 0
+    errors: int = 0
+    other: int = 0
+    snapshots: int = 0
+    busy_seconds: float = 0.0
+    max_latency: float = 0.0
+    max_gate_wait: float = 0.0  # longest a create was held by a snapshot
+
+
+class IoStats:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._vdis: dict[int, VdiCounters] = {}
+
+    def count(self, request: Request, response: Response, seconds: float, *,
+              waited: float = 0.0, vid: int | None = None) -> None:
+        body = request.body
+        if vid is None:
+            vid = oid_to_vid(body.oid) if isinstance(body, ObjRequest) else 0
+        with self._lock:
+            c = self._vdis.setdefault(vid, VdiCounters())
+            op = request.opcode
+            if not response.ok:
+                c.errors += 1
+            data = isinstance(body, ObjRequest) and is_data_obj(body.oid)
+            if op == Opcode.READ_OBJ:
+                c.reads += 1
+                c.read_bytes += len(response.payload)
+            elif op in (Opcode.WRITE_OBJ, Opcode.CREATE_AND_WRITE_OBJ) and data:
+                c.writes += 1
+                c.write_bytes += len(request.payload)
+                if op == Opcode.CREATE_AND_WRITE_OBJ:
+                    c.creates += 1
+            elif op == Opcode.WRITE_OBJ:
+                c.inode_writes += 1
+            elif op == Opcode.NEW_VDI and vid:
+                c.snapshots += 1
+            else:
+                c.other += 1
+            c.busy_seconds += seconds
+            c.max_latency = max(c.max_latency, seconds)
+            c.max_gate_wait = max(c.max_gate_wait, waited)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {f"{vid:x}": asdict(c) for vid, c in sorted(self._vdis.items())}

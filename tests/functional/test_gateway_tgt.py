@@ -1,0 +1,238 @@
+"""tgt's LUs through the local gateway, end to end with QEMU 7.2 (qemu-io,
+iscsi://): the snapshot race loses nothing (embedded server and a real sheep;
+``SHEEPDOG_GATEWAY_RACE_LONG=1`` runs the issue's long form: >= 2,000
+acknowledged writes and hundreds of snapshots), a node killed under a LU while
+QEMU writes, ``dog`` through the gateway, the gateway restarted under tgt."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sheepdog_backend.client import SheepdogClient
+from sheepdog_backend.driver.base import Connector, Snapshot
+from sheepdog_backend.driver.sheepdog import SheepdogDriver
+from sheepdog_backend.exception import ExportedVolumeBusy
+from sheepdog_backend.export.manager import read_record
+from sheepdog_backend.gateway import Gateway
+from sheepdog_backend.testing.fixtures import EmbeddedServer
+from tests.functional.test_export_tgt import HOST_IQN, make_driver, volume
+from tests.gateway_race import BLOCK, RaceResult, run_race
+from tests.iscsi_tools import image_opts, qemu_io, qemu_io_path
+from tests.realsheep import SheepCluster, free_port, require
+from tests.tgtd import TgtDaemon
+
+MiB = 1 << 20
+LONG = os.environ.get("SHEEPDOG_GATEWAY_RACE_LONG") == "1"
+CONNECTOR = Connector(host="test-host", ip="127.0.0.1", initiator=HOST_IQN)
+
+
+@pytest.fixture
+def tgtd(tmp_path: Path) -> Iterator[TgtDaemon]:
+    with TgtDaemon(tmp_path / "tgtd") as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    srv = EmbeddedServer(tmp_path / "sheep", ports=[0, 0], sync=False)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def start_gateway(cluster: list[str], port: int | None = None, **kw: object) -> Gateway:
+    return Gateway(cluster, port=port or free_port(), **kw).start()  # type: ignore[arg-type]
+
+
+def gateway_driver(gw: Gateway, daemon: TgtDaemon) -> SheepdogDriver:
+    address = f"127.0.0.1:{gw.port}"
+    drv = make_driver([address], daemon, sheepdog_export_gateway=address,
+                      sheepdog_retry_attempts=6, sheepdog_retry_deadline=30.0)
+    drv.do_setup()
+    return drv
+
+
+def report(tmp_path: Path, label: str, result: RaceResult) -> None:
+    figures = {k: v for k, v in vars(result).items() if k != "gateway_stats"}
+    figures["lost"] = len(result.lost)
+    print(f"\nRACE {label}: {json.dumps(figures)}")
+    (tmp_path / f"race-{label}.json").write_text(json.dumps(vars(result), default=str))
+
+
+def race(tmp_path: Path, cluster: list[str], daemon: TgtDaemon, label: str, *,
+         writes: int, objects: int, interval: float) -> RaceResult:
+    gw = start_gateway(cluster)
+    drv = gateway_driver(gw, daemon)
+    try:
+        size_gib = -(-(objects * 4 * MiB) // (1 << 30))
+        vol = volume(f"race-{label}", size_gib)
+        drv.create_volume(vol)
+        info = drv.initialize_connection(vol, CONNECTOR)
+        with SheepdogClient(cluster) as check:
+            result = run_race(info, initiator=HOST_IQN, name=vol.name,
+                              snapshot_via=f"127.0.0.1:{gw.port}", check_client=check,
+                              gateway=gw, writes=writes, objects=objects, interval=interval)
+        report(tmp_path, label, result)
+        drv.terminate_connection(vol, CONNECTOR)
+        return result
+    finally:
+        drv.close()
+        gw.stop()
+
+
+def test_snapshot_race_through_the_gateway_on_the_embedded_server(
+        tmp_path: Path, server: EmbeddedServer, tgtd: TgtDaemon) -> None:
+    result = race(tmp_path, server.gateways, tgtd, "embedded", writes=300, objects=150,
+                  interval=0.05)
+    assert result.acknowledged == 300 and result.failed_writes == 0
+    assert result.snapshots >= 10 and not result.snapshot_errors
+    assert result.lost == []
+
+
+def test_snapshot_race_through_the_gateway_on_a_real_sheep(
+        tmp_path: Path, real_sheep: SheepCluster, tgtd: TgtDaemon) -> None:
+    writes, objects, interval = (2400, 600, 0.1) if LONG else (200, 100, 0.1)
+    result = race(tmp_path, real_sheep.gateways, tgtd, "real", writes=writes,
+                  objects=objects, interval=interval)
+    assert result.acknowledged == writes and result.failed_writes == 0
+    assert not result.snapshot_errors
+    assert result.snapshots >= (200 if LONG else 10)
+    assert result.lost == []
+
+
+def test_exported_volume_snapshots_while_attached_only_through_the_gateway(
+        server: EmbeddedServer, tgtd: TgtDaemon) -> None:
+    gw = start_gateway(server.gateways)
+    drv = gateway_driver(gw, tgtd)
+    direct = make_driver(server.gateways, tgtd)
+    try:
+        vol = volume("vol-gsnap")
+        drv.create_volume(vol)
+        info = drv.initialize_connection(vol, CONNECTOR)
+        assert read_record(drv.client, "vol-gsnap").gateway == f"127.0.0.1:{gw.port}"  # type: ignore[union-attr]
+        assert qemu_io(info, "write -P 0x31 0 1M", initiator=HOST_IQN).returncode == 0
+        drv.create_snapshot(Snapshot(id="s1", volume=vol, name="s1"))  # not refused
+        proc = qemu_io(info, "write -P 0x32 0 64k", "read -P 0x32 0 64k",
+                       "read -P 0x31 64k 960k", initiator=HOST_IQN)
+        assert proc.returncode == 0 and "verification failed" not in proc.stdout, proc
+        assert drv.client.read("vol-gsnap", 0, BLOCK) == b"\x32" * BLOCK
+        assert drv.client.read("vol-gsnap", 0, BLOCK, tag=drv.snapshot_tag(
+            Snapshot(id="s1", volume=vol, name="s1"))) == b"\x31" * BLOCK
+        # A driver whose requests do not go through the gateway is still refused.
+        with pytest.raises(ExportedVolumeBusy):
+            direct.create_snapshot(Snapshot(id="s2", volume=vol, name="s2"))
+        drv.terminate_connection(vol, CONNECTOR)
+    finally:
+        direct.close()
+        drv.close()
+        gw.stop()
+
+
+def test_gateway_restarted_under_tgt_and_io_resumes(server: EmbeddedServer,
+                                                    tgtd: TgtDaemon) -> None:
+    gw = start_gateway(server.gateways)
+    port = gw.port
+    drv = gateway_driver(gw, tgtd)
+    try:
+        vol = volume("vol-grestart")
+        drv.create_volume(vol)
+        info = drv.initialize_connection(vol, CONNECTOR)
+        assert qemu_io(info, "write -P 0x51 0 1M", initiator=HOST_IQN).returncode == 0
+        gw.stop()
+        time.sleep(1.5)  # tgt's connections to it are gone; it reconnects each second
+        gw = start_gateway(server.gateways, port=port)
+        proc = qemu_io(info, "write -P 0x52 1M 1M", "read -P 0x51 0 1M",
+                       "read -P 0x52 1M 1M", initiator=HOST_IQN, timeout=90)
+        assert proc.returncode == 0 and "verification failed" not in proc.stdout, proc
+        with SheepdogClient(server.gateways) as check:
+            assert check.read("vol-grestart", MiB, MiB) == b"\x52" * MiB
+        drv.terminate_connection(vol, CONNECTOR)
+    finally:
+        drv.close()
+        gw.stop()
+
+
+def test_node_killed_under_a_lu_while_qemu_writes(tmp_path: Path,
+                                                  real_sheep_cluster: SheepCluster,
+                                                  tgtd: TgtDaemon) -> None:
+    gateways = real_sheep_cluster.gateways
+    gw = start_gateway(gateways, discover=False)
+    drv = gateway_driver(gw, tgtd)
+    try:
+        vol = volume("vol-gkill")
+        drv.create_volume(vol)
+        info = drv.initialize_connection(vol, CONNECTOR)
+        commands = [f"write -P {1 + i % 251} {i * BLOCK} {BLOCK}" for i in range(600)]
+        proc = subprocess.Popen(
+            [qemu_io_path(), "--object",
+             f"secret,id=sd-chap,data={info['data']['auth_password']}",
+             "--image-opts", image_opts(info, initiator=HOST_IQN),
+             *[arg for c in commands for arg in ("-c", c)]],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            # Kill the node the gateway is using once writes are flowing.
+            while time.monotonic() < deadline:
+                busy = [a for a in gw.client.cluster.addresses
+                        if gw.client.cluster.health(a).successes > 20]
+                if busy:
+                    break
+                time.sleep(0.05)
+            assert busy, "no write reached the cluster"
+            victim = gateways.index(str(busy[0]))
+            real_sheep_cluster.nodes[victim].kill()
+            out, _ = proc.communicate(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, out[-2000:]
+        assert out.count("wrote 65536/65536") == 600 and "failed" not in out
+        alive = [g for i, g in enumerate(gateways) if i != victim]
+        with SheepdogClient(alive) as check:
+            for i in range(600):
+                assert check.read("vol-gkill", i * BLOCK, BLOCK) == \
+                    bytes([1 + i % 251]) * BLOCK, f"block {i}"
+        failed = gw.client.cluster.health(busy[0])
+        assert failed.failures >= 1
+        print(f"\nFAILOVER: node {gateways[victim]} killed, last error {failed.last_error}")
+    finally:
+        drv.close()
+        gw.stop()
+
+
+def test_dog_through_the_gateway_sees_what_the_cluster_holds(real_sheep: SheepCluster
+                                                             ) -> None:
+    real_sheep.run_dog("vdi", "create", "dogvol", "16M")
+    real_sheep.run_dog("vdi", "write", "dogvol", "0", "4096", input=b"\x41" * 4096)
+    gw = start_gateway(real_sheep.gateways)
+    try:
+        dog = require("dog")
+
+        def via(*args: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run([dog, *args, "-a", "127.0.0.1", "-p", str(gw.port)],
+                                  input=data, capture_output=True, timeout=60, check=False)
+
+        listing = via("vdi", "list", "-r")
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.decode().split()[:2] == real_sheep.run_dog(
+            "vdi", "list", "-r").stdout.split()[:2]
+        assert via("vdi", "read", "dogvol", "0", "4096").stdout == b"\x41" * 4096
+        assert via("vdi", "snapshot", "-s", "snap1", "dogvol").returncode == 0
+        assert via("vdi", "write", "dogvol", "0", "4096", data=b"\x42" * 4096).returncode == 0
+        assert real_sheep.run_dog("vdi", "read", "dogvol", "0", "4096").stdout == "B" * 4096
+        assert real_sheep.run_dog("vdi", "read", "-s", "snap1", "dogvol", "0",
+                                  "4096").stdout == "A" * 4096
+        assert "snap1" in real_sheep.run_dog("vdi", "list").stdout
+        assert gw.stats()["snapshots"] == 1
+    finally:
+        gw.stop()

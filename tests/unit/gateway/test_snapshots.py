@@ -1,0 +1,74 @@
+"""SnapshotGuard's bookkeeping without a network: which writes are slot
+writes, a snapshot gating new creates of its VDI until it is answered, and
+creates held by nobody once the snapshot is done."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+
+from sheepdog_backend.client import requests as rq
+from sheepdog_backend.gateway.snapshots import SnapshotGuard, slot_values, snapshot_base
+from sheepdog_backend.protocol.constants import SD_INODE_GREF_OFFSET, SD_INODE_INDEX_OFFSET
+from sheepdog_backend.protocol.header import Request, Response, VdiResponse
+from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
+
+V, W = 0xABC, 0xABD
+
+
+def _never(request: Request) -> Response:
+    raise AssertionError("no forwarding expected")
+
+
+def test_slot_values_reads_only_the_data_vdi_id_array() -> None:
+    oid = vid_to_vdi_oid(V)
+    one = rq.write_obj(oid, SD_INODE_INDEX_OFFSET + 4 * 7, struct.pack("<I", V))
+    assert slot_values(one) == (7, (V,))
+    several = rq.write_obj(oid, SD_INODE_INDEX_OFFSET + 8, struct.pack("<3I", 0, V, V))
+    assert slot_values(several) == (2, (0, V, V))
+    header = rq.write_obj(oid, 0, bytes(SD_INODE_INDEX_OFFSET))
+    assert slot_values(header) is None
+    straddle = rq.write_obj(oid, SD_INODE_INDEX_OFFSET - 2, b"\0\0" + struct.pack("<I", V))
+    assert slot_values(straddle) == (0, (V,))
+    gref = rq.write_obj(oid, SD_INODE_GREF_OFFSET, bytes(8))
+    assert slot_values(gref) is None
+    assert slot_values(rq.write_obj(vid_to_data_oid(V, 1), 0, bytes(8))) is None
+
+
+def test_snapshot_base_needs_a_snapid_and_a_base() -> None:
+    assert snapshot_base(rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)) == V
+    assert snapshot_base(rq.new_vdi("v", 1 << 20, base_vid=V)) is None  # a clone
+    assert snapshot_base(rq.new_vdi("v", 1 << 20)) is None
+
+
+def test_a_snapshot_gates_new_creates_until_it_is_answered() -> None:
+    guard = SnapshotGuard(_never, drain_timeout=5.0, gate_timeout=5.0)
+    snap_req = rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)
+    snap = guard.before(snap_req)
+    assert snap is not None and snap.first == 1  # nothing pending: drained at once
+    admitted: list[float] = []
+    create = rq.create_and_write_obj(vid_to_data_oid(V, 4), 0, b"x")
+    other = rq.create_and_write_obj(vid_to_data_oid(W, 4), 0, b"x")
+    assert guard.before(other) is not None  # another VDI is not held
+    thread = threading.Thread(target=lambda: (guard.before(create),
+                                              admitted.append(time.monotonic())))
+    thread.start()
+    time.sleep(0.3)
+    assert not admitted
+    answered = time.monotonic()
+    guard.after(snap, snap_req, Response(snap_req.opcode, body=VdiResponse(vdi_id=W)))
+    thread.join(5)
+    assert admitted and admitted[0] >= answered
+    assert guard.working(V) == W and guard.working(W) == W
+
+
+def test_a_failed_create_is_not_waited_for() -> None:
+    guard = SnapshotGuard(_never, drain_timeout=5.0)
+    create = rq.create_and_write_obj(vid_to_data_oid(V, 1), 0, b"x")
+    ticket = guard.before(create)
+    assert ticket is not None
+    guard.after(ticket, create, Response(create.opcode, result=0x03))  # NO_OBJ
+    start = time.monotonic()
+    snap = guard.before(rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True))
+    assert snap is not None and snap.first == 1 and time.monotonic() - start < 1.0
