@@ -111,12 +111,23 @@ def create_export(core: DriverCore, volume: Volume,
 def ensure_export(core: DriverCore, volume: Volume) -> dict[str, Any]:
     """Re-create the recorded target of ``volume`` (after a tgtd restart),
     moving it off a dead gateway; no model update."""
-    manager(core).ensure(core.vdi_name(volume))
+    name = core.vdi_name(volume)
+    if not uses_iscsi(core) and not _recorded(core, name):
+        return {}  # native attach, and no export made by hand (CLI): nothing on tgtd
+    manager(core).ensure(name)
     return {}
 
 
 def remove_export(core: DriverCore, volume: Volume) -> None:
-    manager(core).unexport(core.vdi_name(volume))
+    name = core.vdi_name(volume)
+    if not uses_iscsi(core) and not _recorded(core, name):
+        return  # native attach, and no export made by hand (CLI): no tgtd to ask
+    manager(core).unexport(name)
+
+
+def _recorded(core: DriverCore, name: str) -> bool:
+    from sheepdog_backend.export.manager import read_record
+    return read_record(core.client, name) is not None
 
 
 def after_extend(core: DriverCore, name: str) -> None:

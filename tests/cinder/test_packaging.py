@@ -67,5 +67,5 @@ def test_sample_names_the_driver_and_every_option_of_ours() -> None:
 def test_only_sheepdog_options_are_handed_to_cinder() -> None:
     ours = [opt.dest for opt in options.SHEEPDOG_CINDER_OPTS]
     assert ours and all(name.startswith("sheepdog_") for name in ours)
-    assert set(ours) == {o.dest for o in opts.SHEEPDOG_OPTS if o.dest.startswith("sheepdog_")}
+    assert set(ours) == {o.dest for o in opts.BACKEND_OPTS if o.dest.startswith("sheepdog_")}
     assert options.list_opts() == [("backend_defaults", options.SHEEPDOG_CINDER_OPTS)]

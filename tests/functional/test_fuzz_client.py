@@ -47,10 +47,6 @@ CALLS: list[tuple[str, Callable[[SheepdogClient], object]]] = [
 ]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 9 item 7 (the client engineer's): a corrupted "
-                   "reply makes the client raise bare TypeError ('not a VDI response') or "
-                   "ValueError, or run past its deadline; remove this mark once that fix "
-                   "is merged")
 @settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(seed=st.integers(0, 1 << 30), rate=st.sampled_from([0.05, 0.3, 1.0]))

@@ -37,10 +37,37 @@ def test_readme_has_ini_snippets() -> None:
     assert len(INI) >= 2
 
 
+CINDER_DRIVER = "sheepdog_backend.cinder.SheepdogCinderDriver"
+
+
+def load_cinder_snippet(path: pathlib.Path) -> None:
+    """A cinder.conf snippet: Cinder (not our loader) reads it, so parse it as
+    cinder-volume would the options we own (every sheepdog_* option, validated)."""
+    from oslo_config import cfg
+
+    from sheepdog_backend.cinder.options import SHEEPDOG_CINDER_OPTS
+
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.ListOpt("enabled_backends", default=[]))
+    conf([], default_config_files=[str(path)])
+    assert conf.enabled_backends, "the snippet enables no backend"
+    for backend in conf.enabled_backends:
+        conf.register_opts([*SHEEPDOG_CINDER_OPTS, cfg.StrOpt("volume_driver"),
+                            cfg.StrOpt("volume_backend_name")], group=backend)
+        group = conf[backend]
+        assert group.volume_driver == CINDER_DRIVER
+        for opt in SHEEPDOG_CINDER_OPTS:
+            value = getattr(group, opt.dest)  # raises on an invalid value
+            assert "#" not in str(value), f"[{backend}] {opt.dest} kept a comment"
+
+
 @pytest.mark.parametrize("snippet", INI, ids=[f"ini{i}" for i in range(len(INI))])
 def test_every_ini_snippet_loads(snippet: str, tmp_path: pathlib.Path) -> None:
     path = tmp_path / "readme.conf"
     path.write_text(snippet)
+    if CINDER_DRIVER in snippet:
+        load_cinder_snippet(path)
+        return
     drivers = load_backends(str(path))
     assert drivers, "the snippet enables no backend"
     for name, driver in drivers.items():

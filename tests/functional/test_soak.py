@@ -21,8 +21,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from sheepdog_backend.exception import SheepdogError
 from sheepdog_backend.server.check import check_data_dir
 from sheepdog_backend.server.embedded import EmbeddedServer
@@ -104,10 +102,6 @@ def test_soak_no_acknowledged_write_is_lost(tmp_path: Path) -> None:
     assert report.count("missing-object") == 0 and report.count("stale-slots") == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 9 items 1 and 2 (the client and driver "
-                   "engineers'): concurrent writes to one fresh object both CREATE it, and "
-                   "writes racing a snapshot land in the frozen inode; remove this mark once "
-                   "those fixes are merged")
 def test_soak_shared_volume_concurrent_writers_and_snapshots(tmp_path: Path) -> None:
     """Four threads write disjoint checksummed blocks of one volume through one
     driver while a fifth snapshots it; every acknowledged block must read back."""
