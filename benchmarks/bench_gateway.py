@@ -82,7 +82,7 @@ def main() -> int:
         drivers: dict[str, SheepdogDriver] = {}
         try:
             base = {"sheepdog_attach_protocol": "iscsi", "target_port": tgtd.portal_port,
-                    "tgt_control_port": tgtd.control_port,
+                    "sheepdog_tgt_control_port": tgtd.control_port,
                     "sheepdog_export_chap_key": "bench-key"}
             drivers["direct"] = SheepdogDriver(BackendConfiguration(
                 {**base, "sheepdog_gateways": cluster.gateways}), backend_name="direct")

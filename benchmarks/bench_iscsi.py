@@ -89,7 +89,7 @@ def main() -> int:
         try:
             conf = BackendConfiguration({
                 "sheepdog_gateways": cluster.gateways, "sheepdog_attach_protocol": "iscsi",
-                "target_port": tgtd.portal_port, "tgt_control_port": tgtd.control_port,
+                "target_port": tgtd.portal_port, "sheepdog_tgt_control_port": tgtd.control_port,
                 "sheepdog_export_chap_key": "bench-key"})
             driver = SheepdogDriver(conf, backend_name="bench")
             connector = Connector(host="bench", initiator=None)

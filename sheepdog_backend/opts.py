@@ -230,10 +230,10 @@ EXPORT_OPTS = [
         "target_port", default=3260,
         help="Port of tgtd's iSCSI portal (Cinder's option)."),
     cfg.StrOpt(
-        "tgtadm_path", default="tgtadm",
+        "sheepdog_tgtadm_path", default="tgtadm",
         help="tgtadm executable that drives tgtd."),
     cfg.PortOpt(
-        "tgt_control_port", default=0,
+        "sheepdog_tgt_control_port", default=0,
         help="tgtd management port (tgtd -C N); 0 is tgtd's default channel."),
     cfg.StrOpt(
         "sheepdog_export_root_helper", default="",

@@ -52,6 +52,7 @@ def manager_for(conf: Any, client: SheepdogClient) -> ExportManager:
     if str(conf.target_helper) != "tgtadm":
         raise ConfigError(f"target_helper {conf.target_helper!r} is not supported "
                           "(only 'tgtadm')")
-    adm = Tgtadm(path=str(conf.tgtadm_path), control_port=int(conf.tgt_control_port),
+    adm = Tgtadm(path=str(conf.sheepdog_tgtadm_path),
+                 control_port=int(conf.sheepdog_tgt_control_port),
                  root_helper=str(conf.sheepdog_export_root_helper or ""))
     return ExportManager(client, TgtTargets(adm), settings_for(conf))

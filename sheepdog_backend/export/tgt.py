@@ -150,7 +150,7 @@ class Tgtadm:
                                   check=False)
         except FileNotFoundError:
             raise ConfigError(f"tgtadm not found at {self.path!r}: install tgt or set "
-                              "tgtadm_path") from None
+                              "sheepdog_tgtadm_path") from None
         except subprocess.TimeoutExpired:
             raise TargetCommandFailed(f"{shlex.join(argv)} did not answer within "
                                       f"{self.timeout:g} s (is tgtd running?)") from None

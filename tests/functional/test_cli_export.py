@@ -25,7 +25,7 @@ def ini(tmp_path: Path) -> Iterator[tuple[str, TgtDaemon]]:
             "[DEFAULT]\nenabled_backends = main\n[main]\n"
             f"sheepdog_gateways = {srv.gateways[0]}\nsheepdog_retry_attempts = 2\n"
             "sheepdog_retry_deadline = 5\ntarget_ip_address = 127.0.0.1\n"
-            f"target_port = {tgtd.portal_port}\ntgt_control_port = {tgtd.control_port}\n"
+            f"target_port = {tgtd.portal_port}\nsheepdog_tgt_control_port = {tgtd.control_port}\n"
             "sheepdog_export_chap_key = cli-test-key\n")
         yield str(path), tgtd
 

@@ -58,7 +58,7 @@ def make_driver(gateways: list[str], daemon: TgtDaemon, **extra: object) -> Shee
         "sheepdog_retry_deadline": 5.0, "sheepdog_connect_timeout": 2.0,
         "sheepdog_attach_protocol": "iscsi", "target_prefix": PREFIX,
         "target_ip_address": "127.0.0.1", "target_port": daemon.portal_port,
-        "tgt_control_port": daemon.control_port,
+        "sheepdog_tgt_control_port": daemon.control_port,
         "sheepdog_export_chap_key": "test-key-not-secret"}
     values.update(extra)
     return SheepdogDriver(BackendConfiguration(values), backend_name="sd")
