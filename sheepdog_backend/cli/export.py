@@ -6,9 +6,8 @@ exports use its target options (target_prefix, target_ip_address/port,
 sheepdog_tgtadm_path, sheepdog_tgt_control_port, use_chap_auth,
 sheepdog_export_chap_key) whatever its ``sheepdog_attach_protocol``.  ``sync``
 is what to run after tgtd restarted (tgtd keeps targets in memory only): it
-re-creates every
-recorded export, moves those whose gateway is dead, and removes targets under
-the prefix that no volume records.  Exit codes are ``volume``'s.
+re-creates every recorded export, moves those whose gateway is dead, and
+removes targets under the prefix that no volume records.  Exit codes are ``volume``'s.
 """
 
 from __future__ import annotations
