@@ -80,23 +80,18 @@ def _from_info(info: Mapping[str, Any]) -> tuple[str, str, int, dict[str, Any]]:
             validate_port(ports[0]), dict(data))
 
 
-def libvirt_disk_xml(info: Mapping[str, Any], *, target_dev: str = "vdb",
-                     bus: str = "virtio", serial: str | None = None) -> str:
-    """``<disk type='network' device='disk'>`` for the connection info."""
-    name, host, port, data = _from_info(info)
-    if _XML_FORBIDDEN.search(name):
-        raise InvalidInput(f"VDI name {name!r} holds characters XML cannot carry")
+def _new_disk(target_dev: str, bus: str) -> ET.Element:
+    """An empty ``<disk type='network'>`` once the target device and bus are valid."""
     if not _TARGET_DEV.match(target_dev):
         raise InvalidInput(f"target device {target_dev!r} is not like vdb or sda")
     if bus not in ("virtio", "scsi", "ide", "sata", "usb"):
         raise InvalidInput(f"unknown disk bus {bus!r}")
-    disk = ET.Element("disk", {"type": "network", "device": "disk"})
-    driver_attrs = {"name": "qemu", "type": "raw", "cache": "none"}
-    if data.get("discard"):
-        driver_attrs["discard"] = "unmap"
-    ET.SubElement(disk, "driver", driver_attrs)
-    source = ET.SubElement(disk, "source", {"protocol": "sheepdog", "name": name})
-    ET.SubElement(source, "host", {"name": host, "port": str(port)})
+    return ET.Element("disk", {"type": "network", "device": "disk"})
+
+
+def _finish_disk(disk: ET.Element, target_dev: str, bus: str, serial: str | None,
+                 data: Mapping[str, Any]) -> str:
+    """Target, serial and read-only flag, then the disk as indented XML text."""
     ET.SubElement(disk, "target", {"dev": target_dev, "bus": bus})
     if serial is not None:
         if _XML_FORBIDDEN.search(serial) or not serial:
@@ -106,6 +101,22 @@ def libvirt_disk_xml(info: Mapping[str, Any], *, target_dev: str = "vdb",
         ET.SubElement(disk, "readonly")
     ET.indent(disk, space="  ")
     return ET.tostring(disk, encoding="unicode")
+
+
+def libvirt_disk_xml(info: Mapping[str, Any], *, target_dev: str = "vdb",
+                     bus: str = "virtio", serial: str | None = None) -> str:
+    """``<disk type='network' device='disk'>`` for the connection info."""
+    name, host, port, data = _from_info(info)
+    if _XML_FORBIDDEN.search(name):
+        raise InvalidInput(f"VDI name {name!r} holds characters XML cannot carry")
+    disk = _new_disk(target_dev, bus)
+    driver_attrs = {"name": "qemu", "type": "raw", "cache": "none"}
+    if data.get("discard"):
+        driver_attrs["discard"] = "unmap"
+    ET.SubElement(disk, "driver", driver_attrs)
+    source = ET.SubElement(disk, "source", {"protocol": "sheepdog", "name": name})
+    ET.SubElement(source, "host", {"name": host, "port": str(port)})
+    return _finish_disk(disk, target_dev, bus, serial, data)
 
 
 def qemu_uri(name: str, host: str, port: int, tag: str | None = None) -> str:
@@ -217,11 +228,7 @@ def iscsi_disk_xml(info: Mapping[str, Any], *, target_dev: str = "vdb",
     ``<auth>`` naming a libvirt secret of usage type iscsi (by ``secret_uuid``,
     or by usage name = the IQN, which the host defines with the CHAP secret)."""
     data = _iscsi_from_info(info)
-    if not _TARGET_DEV.match(target_dev):
-        raise InvalidInput(f"target device {target_dev!r} is not like vdb or sda")
-    if bus not in ("virtio", "scsi", "ide", "sata", "usb"):
-        raise InvalidInput(f"unknown disk bus {bus!r}")
-    disk = ET.Element("disk", {"type": "network", "device": "disk"})
+    disk = _new_disk(target_dev, bus)
     ET.SubElement(disk, "driver", {"name": "qemu", "type": "raw", "cache": "none"})
     source = ET.SubElement(disk, "source", {"protocol": "iscsi",
                                             "name": f"{data['iqn']}/{data['lun']}"})
@@ -235,15 +242,7 @@ def iscsi_disk_xml(info: Mapping[str, Any], *, target_dev: str = "vdb",
             ET.SubElement(auth, "secret", {"type": "iscsi", "uuid": secret_uuid})
         else:
             ET.SubElement(auth, "secret", {"type": "iscsi", "usage": data["iqn"]})
-    ET.SubElement(disk, "target", {"dev": target_dev, "bus": bus})
-    if serial is not None:
-        if _XML_FORBIDDEN.search(serial) or not serial:
-            raise InvalidInput(f"serial {serial!r} cannot be rendered in XML")
-        ET.SubElement(disk, "serial").text = serial
-    if data.get("access_mode") == "ro":
-        ET.SubElement(disk, "readonly")
-    ET.indent(disk, space="  ")
-    return ET.tostring(disk, encoding="unicode")
+    return _finish_disk(disk, target_dev, bus, serial, data)
 
 
 def iscsi_uri(info: Mapping[str, Any], *, with_secret: bool = True) -> str:
