@@ -24,6 +24,7 @@ from sheepdog_backend.client.models import VdiInfo
 from sheepdog_backend.client.transport import Connection, request_was_sent
 from sheepdog_backend.exception import (
     InvalidInput,
+    NodeInRecovery,
     NoObject,
     NoTag,
     NoVdi,
@@ -222,10 +223,18 @@ class Snapshot:
         state, raw, rawtag = self.state, self.raw, self.rawtag
         if state.maybe_applied:
             if isinstance(state.value, int):
-                found = self._reconcile(conn, state.value)
-                if found is not None:
-                    return found
-                self._restore_tag(conn, state.value)
+                try:
+                    found = self._reconcile(conn, state.value)
+                    if found is not None:
+                        return found
+                    self._restore_tag(conn, state.value)
+                except NoObject:
+                    # The inode existed a moment ago: right after a node died, a
+                    # real sheep answers NO_OBJ for it until recovery moved a copy
+                    # to its new place.  Transient: the retry asks again.
+                    raise NodeInRecovery(f"the inode {state.value:#x} of {self.name!r} "
+                                         "reads as missing while the cluster recovers "
+                                         "from a node failure") from None
             state.maybe_applied = False
         by_tag, working = ops.pipeline(conn, [rq.get_vdi_info(raw, rawtag),
                                               rq.get_vdi_info(raw)], 2, raise_errors=False)

@@ -12,6 +12,7 @@ no lost write, no stray tag.  Sleeps are injected, so retries cost no time.
 from __future__ import annotations
 
 import io
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from sheepdog_backend.exception import (
 )
 from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.header import Request, VdiRequest
+from sheepdog_backend.protocol.oid import vid_to_vdi_oid
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 from tests.unit.client.loopback import FaultProxy
 
@@ -268,3 +270,37 @@ def test_every_gateway_dead_exhausts_with_transport_error(tmp_path: Path) -> Non
         with pytest.raises(RetryExhausted) as info:
             client.create_vdi("v", MiB)
     assert isinstance(info.value.last_error, TransportError) and len(sleeps) == 3
+
+
+def test_snapshot_retry_waits_out_an_inode_missing_during_recovery(tmp_path: Path) -> None:
+    """Right after a node dies a real sheep may answer NO_OBJ for an inode that
+    exists (its copy is being recovered to a new place; seen in the interop
+    tier).  A snapshot whose NEW_VDI was cut before it went out must treat
+    that as transient while it reconciles, not fail with NoObject."""
+    with EmbeddedServer(tmp_path / "s") as server, \
+            FaultProxy(server.addresses[0]) as proxy:
+        assert server.handler is not None
+        store = server.handler.state.store
+        hidden: list[tuple[str, str]] = []
+
+        def sleep(_seconds: float) -> None:
+            # first pause: the inode "vanishes" (recovery); second: it is back
+            if not hidden:
+                path = store.path(vid_to_vdi_oid(client.get_vdi("b").vid))
+                hidden.append((path, path + ".away"))
+                proxy.rule = lambda req, n: "pass"
+                os.rename(*hidden[0])
+            elif len(hidden) == 1:
+                os.rename(hidden[0][1], hidden[0][0])
+                hidden.append(hidden[0])
+
+        with SheepdogClient([proxy.address], retry=RetryPolicy(
+                attempts=6, sleep=sleep, deadline=60)) as client:
+            _base(client)
+            proxy.rule = lambda req, n: ("cut_before" if req.opcode == Opcode.NEW_VDI
+                                         else "pass")
+            made = client.snapshot_vdi("b", "s")
+            assert len(hidden) == 2, "the inode was never hidden: the test proved nothing"
+            assert made.is_snapshot and made.tag == "s"
+            assert names(client) == [("b", ""), ("b", "s")]
+            assert client.read("b", OBJ - 2, 4) == b"v1v1"
