@@ -3,7 +3,7 @@ no unreferenced object on the embedded server's disk (issue 9 item 5: 36-68
 orphans after a few seconds before the fix, none when sequential), and the
 consistency check finds and repairs planted inconsistencies.
 
-Bounded: 3 threads for at most ~3 s each, loopback only."""
+Bounded: 4 threads for 3 s (up to 15 s until a write has landed), loopback only."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sheepdog_backend.server.check import check_data_dir
 from sheepdog_backend.server.embedded import EmbeddedServer
 
 SECONDS = 3.0
+MAX_SECONDS = 15.0
 SIZE = 16 << 20
 
 
@@ -32,6 +33,7 @@ def _hammer(client: SheepdogClient, stop: threading.Event, counts: dict[str, int
                 client.create_vdi("race", SIZE)
             elif kind == "delete":
                 client.delete_vdi("race")
+                time.sleep(0.002)  # leave writes a window now and then
             else:
                 client.write("race", (n * 3 % 16) << 20, block)
             counts[kind] = counts.get(kind, 0) + 1
@@ -55,7 +57,13 @@ def test_concurrent_create_write_delete_leaves_no_orphans(tmp_path: Path) -> Non
                                     daemon=True) for c, k in zip(clients, kinds, strict=True)]
         for thread in threads:
             thread.start()
+        # The race needs writes that land; under the client's slot check a write
+        # racing a delete of its VDI fails (typed) and is not counted, so run on
+        # until one landed, bounded.
+        deadline = time.monotonic() + MAX_SECONDS
         time.sleep(SECONDS)
+        while counts.get("write", 0) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
         stop.set()
         for thread in threads:
             thread.join(30)
