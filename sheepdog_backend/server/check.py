@@ -37,8 +37,6 @@ Single-threaded; nothing is shared.
 from __future__ import annotations
 
 import os
-from array import array
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sheepdog_backend.protocol.constants import (
@@ -59,10 +57,10 @@ from sheepdog_backend.protocol.oid import (
     vid_to_vdi_oid,
 )
 from sheepdog_backend.server.dirlock import DataDirLock
+from sheepdog_backend.server.slots import nonzero_slots
 from sheepdog_backend.server.store import JOURNAL, OBJ_DIR, Transaction, oid_name
 
 TEMP_PREFIX = ".tmp-"
-_CHUNK = 1 << 20
 
 REPAIRABLE = frozenset({"pending-journal", "torn-journal", "stray-temp", "orphan-object",
                         "stale-slots"})
@@ -98,35 +96,6 @@ class CheckReport:
 
     def count(self, kind: str) -> int:
         return sum(1 for f in self.findings if f.kind == kind)
-
-
-def nonzero_slots(fd: int) -> Iterator[tuple[int, int]]:
-    """(idx, vid) of every non-zero slot of an inode file, reading only the
-    allocated extents of its slot array."""
-    pos = SD_INODE_INDEX_OFFSET
-    while pos < SD_INODE_GREF_OFFSET:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), SD_INODE_GREF_OFFSET)
-        except OSError:  # ENXIO: no data past pos
-            return
-        if start >= SD_INODE_GREF_OFFSET:
-            return
-        start -= (start - SD_INODE_INDEX_OFFSET) % 4
-        while start < end:
-            raw = os.pread(fd, min(_CHUNK, end - start), start)
-            raw = raw[:len(raw) & ~3]
-            if not raw:
-                break
-            if raw.count(0) != len(raw):
-                values = array("I")
-                values.frombytes(raw)
-                first = (start - SD_INODE_INDEX_OFFSET) // 4
-                for i, vid in enumerate(values):
-                    if vid:
-                        yield first + i, vid
-            start += len(raw)
-        pos = max(end, pos + 4)
 
 
 def _scan(data_dir: str, report: CheckReport) -> None:

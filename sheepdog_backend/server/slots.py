@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from sheepdog_backend.protocol.constants import SD_INODE_GREF_OFFSET, SD_INODE_INDEX_OFFSET
 from sheepdog_backend.protocol.oid import ObjectKind, object_kind, oid_is_valid, oid_to_vid
@@ -114,16 +114,42 @@ class SlotIndex:
 
     def scan_fd(self, holder: int, fd: int) -> None:
         """Index every slot of an inode file, reading only its data extents."""
-        pos = SLOTS_START
-        while pos < SLOTS_END:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-                end = min(os.lseek(fd, start, os.SEEK_HOLE), SLOTS_END)
-            except OSError:  # ENXIO: no data past pos
-                break
-            if start >= SLOTS_END:
-                break
-            start -= (start - SLOTS_START) % 4
-            end += (-(end - SLOTS_START)) % 4
+        for start, end in slot_extents(fd):
             self.note_fd(holder, fd, start, end - start)
-            pos = end
+
+
+def slot_extents(fd: int) -> Iterator[tuple[int, int]]:
+    """Slot-aligned file ranges [start, end) of the allocated extents of an
+    inode file's slot array (SEEK_DATA/SEEK_HOLE): holes are all-zero slots."""
+    pos = SLOTS_START
+    while pos < SLOTS_END:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), SLOTS_END)
+        except OSError:  # ENXIO: no data past pos
+            return
+        if start >= SLOTS_END:
+            return
+        start -= (start - SLOTS_START) % 4
+        end += (-(end - SLOTS_START)) % 4
+        yield start, end
+        pos = end
+
+
+def nonzero_slots(fd: int) -> Iterator[tuple[int, int]]:
+    """(idx, vid) of every non-zero slot of an inode file, reading only the
+    allocated extents of its slot array."""
+    for start, end in slot_extents(fd):
+        while start < end:
+            raw = os.pread(fd, min(_CHUNK, end - start), start)
+            raw = raw[:len(raw) & ~3]
+            if not raw:
+                break
+            if raw.count(0) != len(raw):
+                values = array("I")
+                values.frombytes(raw)
+                first = (start - SLOTS_START) // 4
+                for i, vid in enumerate(values):
+                    if vid:
+                        yield first + i, vid
+            start += len(raw)
