@@ -545,6 +545,14 @@ class ReconcileConflict(SheepdogError):
     one requested (e.g. a VDI of that name exists with another size)."""
 
 
+class SnapshotInDoubt(ReconcileConflict):
+    """A snapshot whose reply was lost exists, but its volume has no working
+    VDI visible: the node that answered the snapshot most likely died while it
+    made the new working VDI, which reappears when that node rejoins the
+    cluster.  Do not recreate the volume; wait for the node, or revert the
+    volume to the snapshot (nothing in it is lost)."""
+
+
 class VolumeNotFound(SheepdogError):
     """The volume (VDI) does not exist."""
 

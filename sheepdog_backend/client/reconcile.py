@@ -30,6 +30,7 @@ from sheepdog_backend.exception import (
     NoVdi,
     ReconcileConflict,
     ServerError,
+    SnapshotInDoubt,
     TransportError,
     VdiExists,
     VdiLocked,
@@ -204,10 +205,17 @@ class Snapshot:
     def _reconcile(self, conn: Connection, base_vid: int) -> VdiInfo | None:
         """After a lost reply: find the snapshot an earlier attempt made."""
         done = find(conn, self.raw, self.rawtag)
-        if done is not None and done.is_snapshot:
-            return VdiInfo.from_header(done)
         working = find(conn, self.raw)
-        if working is None or working.vdi_id == base_vid:
+        if done is not None and done.is_snapshot:
+            if working is None:
+                raise self._in_doubt(done)
+            return VdiInfo.from_header(done)
+        if working is None:
+            base = ops.read_header(conn, base_vid)
+            if base.is_snapshot:
+                raise self._in_doubt(base)
+            return None  # NEW_VDI did not happen (the volume went another way)
+        if working.vdi_id == base_vid:
             return None  # NEW_VDI did not happen
         base = ops.read_header(conn, base_vid)
         if base.is_snapshot and base.tag in (self.rawtag, b""):
@@ -218,6 +226,14 @@ class Snapshot:
         if later:
             return self._claim(conn, ops.read_header(conn, later[0].vid))
         return None
+
+    def _in_doubt(self, snap: InodeHeader) -> SnapshotInDoubt:
+        return SnapshotInDoubt(
+            f"snapshot {self.tag!r} of {self.name!r} was made (snapshot {snap.vdi_id:#x}), "
+            f"but {self.name!r} has no working VDI visible: the node that answered "
+            "most likely died while making it, and it reappears when that node "
+            "rejoins; do not recreate the volume (wait for the node, or revert it "
+            "to the snapshot)")
 
     def __call__(self, conn: Connection) -> VdiInfo:
         state, raw, rawtag = self.state, self.raw, self.rawtag

@@ -25,6 +25,7 @@ from sheepdog_backend.exception import (
     NoTag,
     ReadTimeout,
     RetryExhausted,
+    SnapshotInDoubt,
     TransportError,
 )
 from sheepdog_backend.protocol.constants import Opcode
@@ -304,3 +305,35 @@ def test_snapshot_retry_waits_out_an_inode_missing_during_recovery(tmp_path: Pat
             assert made.is_snapshot and made.tag == "s"
             assert names(client) == [("b", ""), ("b", "s")]
             assert client.read("b", OBJ - 2, 4) == b"v1v1"
+
+
+def test_snapshot_whose_working_vdi_is_not_visible_after_a_lost_reply_is_in_doubt(
+        tmp_path: Path) -> None:
+    """A real node killed while it answers a snapshot's NEW_VDI can leave the
+    name with its tagged snapshot and no working VDI visible (interop tier).
+    The retry must not report success for a volume that now reads as gone: it
+    raises SnapshotInDoubt, naming the snapshot, and creates nothing.  Here the
+    working VDI is removed behind the proxy between the lost reply and the
+    retry, which is what the client then sees."""
+    with EmbeddedServer(tmp_path / "s") as server, \
+            FaultProxy(server.addresses[0]) as proxy, \
+            SheepdogClient(server.gateways) as direct:
+        removed: list[bool] = []
+
+        def sleep(_seconds: float) -> None:
+            if not removed:
+                proxy.rule = lambda req, n: "pass"
+                direct.delete_vdi("b")
+                removed.append(True)
+
+        with SheepdogClient([proxy.address], retry=RetryPolicy(
+                attempts=6, sleep=sleep, deadline=60)) as client:
+            _base(client)
+            proxy.rule = lambda req, n: ("lose_reply" if req.opcode == Opcode.NEW_VDI
+                                         else "pass")
+            with pytest.raises(SnapshotInDoubt) as info:
+                client.snapshot_vdi("b", "s")
+            assert removed, "the working VDI was never removed: the test proved nothing"
+            assert "'s'" in str(info.value) and "b" in str(info.value)
+            assert names(client) == [("b", "s")]
+            assert client.read("b", OBJ - 2, 4, tag="s") == b"v1v1"

@@ -10,7 +10,8 @@
   through another node of a 3-node, 2-copy cluster, exactly once.  (A node
   killed *before* it answers a snapshot's NEW_VDI can leave the name with its
   snapshot but no working VDI visible until it returns - the real dog ends the
-  same way - so that in-doubt case is not claimed here.)
+  same way - so that in-doubt case is not claimed here; the client raises
+  SnapshotInDoubt for it, tested in tests/functional/test_client_faults.py.)
 * A node killed mid-stream: during a multi-object write or read the node the
   client streams through is killed; the transfer completes through another
   node and every byte is right.
