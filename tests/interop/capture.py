@@ -18,13 +18,12 @@ socket and joins every thread; the context manager calls it.
 from __future__ import annotations
 
 import socket
-import threading
 from dataclasses import dataclass, field
-from types import TracebackType
 
 from sheepdog_backend.exception import SheepdogError
 from sheepdog_backend.protocol.framing import RequestReader, ResponseReader
 from sheepdog_backend.protocol.header import Request, Response
+from tests.proxybase import LoopbackProxy
 
 MAX_PAYLOAD = 1 << 26  # sheep's own limit is far above what a test exchanges
 
@@ -55,14 +54,6 @@ class Transcript:
     raw_responses: list[bytes] = field(default_factory=list)
 
 
-def _cut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    sock.close()
-
-
 def _decode(index: int, direction: str, chunks: list[bytes],
             reader: RequestReader | ResponseReader,
             out: list[tuple[int, Request]] | list[tuple[int, Response]],
@@ -83,47 +74,17 @@ def _decode(index: int, direction: str, chunks: list[bytes],
         failures.append(DecodeFailure(index, direction, f"{type(exc).__name__}: {exc}"))
 
 
-class RecordingProxy:
+class RecordingProxy(LoopbackProxy):
     def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self.host = "127.0.0.1"
-        self.port: int = self._listener.getsockname()[1]
+        super().__init__(target)
         self.streams: list[Stream] = []
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
 
-    def start(self) -> RecordingProxy:
-        self._spawn(self._accept_loop)
-        return self
-
-    def _spawn(self, fn: object, *args: object) -> None:
-        thread = threading.Thread(target=fn, args=args, daemon=True)  # type: ignore[arg-type]
-        thread.start()
+    def relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        stream = Stream()
         with self._lock:
-            self._threads.append(thread)
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, 5)
-            except OSError:
-                client.close()
-                continue
-            stream = Stream()
-            with self._lock:
-                self.streams.append(stream)
-                self._socks += [client, upstream]
-            self._spawn(self._copy, client, upstream, stream.to_server)
-            self._spawn(self._copy, upstream, client, stream.to_client)
+            self.streams.append(stream)
+        self.spawn(self._copy, client, upstream, stream.to_server)
+        self.spawn(self._copy, upstream, client, stream.to_client)
 
     @staticmethod
     def _copy(src: socket.socket, dst: socket.socket, record: list[bytes]) -> None:
@@ -144,15 +105,6 @@ class RecordingProxy:
             except OSError:
                 return
 
-    def stop(self) -> None:
-        _cut(self._listener)
-        with self._lock:
-            socks, threads = list(self._socks), list(self._threads)
-        for sock in socks:
-            _cut(sock)
-        for thread in threads:
-            thread.join(5)
-
     def transcript(self) -> Transcript:
         out = Transcript()
         with self._lock:
@@ -163,10 +115,3 @@ class RecordingProxy:
             _decode(index, "response", stream.to_client, ResponseReader(MAX_PAYLOAD),
                     out.responses, out.raw_responses, out.failures)
         return out
-
-    def __enter__(self) -> RecordingProxy:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

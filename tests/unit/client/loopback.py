@@ -23,25 +23,7 @@ from typing import Any
 
 from sheepdog_backend.protocol.framing import RequestReader, ResponseReader
 from sheepdog_backend.protocol.header import Request, Response
-
-
-def _cut(*socks: socket.socket) -> None:
-    for s in socks:
-        try:
-            s.shutdown(socket.SHUT_RDWR)  # on a listener: wakes a blocked accept()
-        except OSError:
-            pass
-        s.close()
-
-
-def _stop(listener: socket.socket, socks: Callable[[], list[socket.socket]],
-          threads: list[threading.Thread]) -> None:
-    """Close the listener, then every connection ``socks()`` names once no new
-    one can be accepted; join every thread."""
-    _cut(listener)
-    _cut(*socks())
-    for t in threads:
-        t.join(5)
+from tests.proxybase import LoopbackProxy, cut
 
 
 class PeerConn:
@@ -61,7 +43,7 @@ class PeerConn:
                 pass
 
     def close(self) -> None:
-        _cut(self.sock)
+        cut(self.sock)
 
 
 Handler = Callable[[Request, PeerConn], None]
@@ -127,8 +109,10 @@ class ScriptedPeer:
 
     def stop(self) -> None:
         self._stopping = True
-        _stop(self._listener, lambda: [conn.sock for conn in list(self.conns)],
-              self._threads)
+        cut(self._listener)  # no new connection, then close every one
+        cut(*[conn.sock for conn in list(self.conns)])
+        for t in self._threads:
+            t.join(5)
 
     def __enter__(self) -> ScriptedPeer:
         return self.start()
@@ -140,48 +124,17 @@ class ScriptedPeer:
 Rule = Callable[[Request, int], Any]
 
 
-class FaultProxy:
+class FaultProxy(LoopbackProxy):
     def __init__(self, target: tuple[str, int], rule: Rule | None = None) -> None:
-        self.target = target
+        super().__init__(target)
         self.rule: Rule = rule or (lambda req, n: "pass")
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self.port = self._listener.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
         self.seen = 0  # requests seen (the n passed to the rule)
         self.faults: list[tuple[str, int]] = []  # (action, opcode) applied
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
 
-    def start(self) -> FaultProxy:
-        self._spawn(self._accept_loop)
-        return self
-
-    def _spawn(self, fn: Callable[..., None], *args: Any) -> None:
-        t = threading.Thread(target=fn, args=args, daemon=True)
-        t.start()
-        self._threads.append(t)
-
-    def _accept_loop(self) -> None:
-        while not self._stopping:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, 5)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._socks += [client, upstream]
-            lost: set[int] = set()
-            self._spawn(self._upstream_loop, client, upstream, lost)
-            self._spawn(self._downstream_loop, client, upstream, lost)
+    def relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        lost: set[int] = set()
+        self.spawn(self._upstream_loop, client, upstream, lost)
+        self.spawn(self._downstream_loop, client, upstream, lost)
 
     def _upstream_loop(self, client: socket.socket, upstream: socket.socket,
                        lost: set[int]) -> None:
@@ -192,7 +145,7 @@ class FaultProxy:
             except OSError:
                 return
             if not data:
-                _cut(upstream)
+                cut(upstream)
                 return
             reader.feed(data)
             for req in reader:
@@ -202,7 +155,7 @@ class FaultProxy:
                 action = self.rule(req, n)
                 if action == "cut_before":
                     self.faults.append((action, req.opcode))
-                    _cut(client, upstream)
+                    cut(client, upstream)
                     return
                 if action == "lose_reply":
                     self.faults.append((action, req.opcode))
@@ -213,7 +166,7 @@ class FaultProxy:
                 try:
                     upstream.sendall(req.encode())
                 except OSError:
-                    _cut(client)
+                    cut(client)
                     return
 
     def _downstream_loop(self, client: socket.socket, upstream: socket.socket,
@@ -223,32 +176,18 @@ class FaultProxy:
             try:
                 data = upstream.recv(1 << 20)
             except OSError:
-                _cut(client)
+                cut(client)
                 return
             if not data:
-                _cut(client)
+                cut(client)
                 return
             reader.feed(data)
             for rsp in reader:
                 if rsp.id in lost:
-                    _cut(client, upstream)
+                    cut(client, upstream)
                     return
                 try:
                     client.sendall(rsp.encode())
                 except OSError:
-                    _cut(upstream)
+                    cut(upstream)
                     return
-
-    def stop(self) -> None:
-        self._stopping = True
-        _stop(self._listener, self._socket_list, self._threads)
-
-    def _socket_list(self) -> list[socket.socket]:
-        with self._lock:
-            return list(self._socks)
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
