@@ -17,108 +17,85 @@ Run: .venv/bin/python benchmarks/bench_gateway.py [--mib N] [--rounds R]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _tgt import (  # type: ignore[import-not-found]  # benchmarks/ is not a package
+    QEMU_IMG,
+    QEMU_IO,
+    Unavailable,
+    attached,
+    qemu_read,
+    qemu_write,
+    require_qemu,
+    sheep_and_tgtd,
+    timed_run,
+)
 
-from sheepdog_backend.driver import attach  # noqa: E402
-from sheepdog_backend.driver.base import BackendConfiguration, Connector, Volume  # noqa: E402
-from sheepdog_backend.driver.sheepdog import SheepdogDriver  # noqa: E402
-from sheepdog_backend.gateway import Gateway  # noqa: E402
+from sheepdog_backend.driver.base import BackendConfiguration, Volume
+from sheepdog_backend.driver.sheepdog import SheepdogDriver
+from sheepdog_backend.gateway import Gateway
 
 MiB = 1 << 20
-QEMU_IMG, QEMU_IO = "/usr/bin/qemu-img", "/usr/bin/qemu-io"
-
-
-def timed(argv: list[str]) -> float:
-    """Seconds ``argv`` ran; RuntimeError when it failed."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, timeout=600, check=False, text=True)
-    took = time.perf_counter() - start
-    if proc.returncode != 0 or "failed" in proc.stdout:
-        raise RuntimeError(f"{' '.join(argv[:2])} failed: {proc.stderr[-500:]!r}")
-    return took
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=32, help="a multiple of 4")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if args.mib < 4 or args.mib % 4 or args.rounds < 1:
         parser.error("--mib must be a positive multiple of 4 and --rounds at least 1")
-    try:
-        import _pytest.outcomes
-
-        from tests.realsheep import SheepCluster, free_port
-        from tests.tgtd import TgtDaemon
-    except ImportError as exc:
-        print(f"bench_gateway: skipped: {exc}")
-        return 0
-    if not (os.path.exists(QEMU_IMG) and os.path.exists(QEMU_IO)):
-        print("bench_gateway: skipped: Debian's qemu-img/qemu-io (qemu-utils) not installed")
-        return 0
     size = args.mib * MiB
     results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         src = Path(tmp) / "src.raw"
         src.write_bytes(os.urandom(size))
         out = Path(tmp) / "out.raw"
+        stack = contextlib.ExitStack()
         try:
-            cluster = SheepCluster(Path(tmp) / "sheep", nodes=1).start()
-            tgtd = TgtDaemon(Path(tmp) / "tgtd").start()
-        except (_pytest.outcomes.Skipped, RuntimeError) as exc:
+            require_qemu(QEMU_IMG, QEMU_IO)
+            setup = stack.enter_context(sheep_and_tgtd(tmp))
+        except Unavailable as exc:
             print(f"bench_gateway: skipped: {exc}")
             return 0
-        gateway = Gateway(cluster.gateways, port=free_port()).start()
-        local = f"127.0.0.1:{gateway.port}"
-        drivers: dict[str, SheepdogDriver] = {}
-        try:
-            base = {"sheepdog_attach_protocol": "iscsi", "target_port": tgtd.portal_port,
-                    "sheepdog_tgt_control_port": tgtd.control_port,
-                    "sheepdog_export_chap_key": "bench-key"}
-            drivers["direct"] = SheepdogDriver(BackendConfiguration(
-                {**base, "sheepdog_gateways": cluster.gateways}), backend_name="direct")
-            drivers["gateway"] = SheepdogDriver(BackendConfiguration(
-                {**base, "sheepdog_gateways": [local], "sheepdog_export_gateway": local}),
-                backend_name="gateway")
-            connector = Connector(host="bench", initiator=None)
-            for r in range(args.rounds):
-                for path, driver in drivers.items():
-                    name = f"bench-{path}-{r}"
-                    vol = Volume(id=name, size=1, name=name)
-                    driver.create_volume(vol)
-                    data = attach.initialize_connection(driver, vol, connector)["data"]
-                    target = (f"driver=iscsi,transport=tcp,portal={data['target_portal']},"
-                              f"target={data['target_iqn']},lun=1,"
-                              f"user={data['auth_username']},password-secret=chap")
-                    secret = f"secret,id=chap,data={data['auth_password']}"
-                    results.setdefault(("write", path), []).append(timed(
-                        [QEMU_IMG, "convert", "--object", secret, "-n", "-m", "16", "-W",
-                         "-f", "raw", "--target-image-opts", str(src), target]))
-                    results.setdefault(("read", path), []).append(timed(
-                        [QEMU_IMG, "dd", "--image-opts", "--object", secret, "-O", "raw",
-                         "bs=4M", f"count={args.mib // 4}", f"if={target}", f"of={out}"]))
-                    if out.read_bytes()[:size] != src.read_bytes():
-                        raise RuntimeError(f"{path}: the bytes read back differ")
-                    small = [a for i in range(200)
-                             for a in ("-c", f"write -P 7 {i * 4096} 4k")]
-                    results.setdefault(("4k-writes", path), []).append(timed(
-                        [QEMU_IO, "--object", secret, "--image-opts", target, *small]))
-                    attach.terminate_connection(driver, vol, connector)
-        finally:
-            for driver in drivers.values():
-                driver.close()
-            gateway.stop()
-            tgtd.stop()
-            cluster.stop()
+        with stack:
+            from tests.realsheep import free_port
+            gateway = Gateway(setup.gateways, port=free_port()).start()
+            local = f"127.0.0.1:{gateway.port}"
+            drivers: dict[str, SheepdogDriver] = {}
+            try:
+                base = setup.iscsi_options()
+                drivers["direct"] = SheepdogDriver(BackendConfiguration(
+                    {**base, "sheepdog_gateways": setup.gateways}), backend_name="direct")
+                drivers["gateway"] = SheepdogDriver(BackendConfiguration(
+                    {**base, "sheepdog_gateways": [local], "sheepdog_export_gateway": local}),
+                    backend_name="gateway")
+                for r in range(args.rounds):
+                    for path, driver in drivers.items():
+                        name = f"bench-{path}-{r}"
+                        vol = Volume(id=name, size=1, name=name)
+                        driver.create_volume(vol)
+                        with attached(driver, vol) as (target, secret):
+                            results.setdefault(("write", path), []).append(
+                                qemu_write(secret, target, src))
+                            results.setdefault(("read", path), []).append(
+                                qemu_read(secret, target, out, args.mib))
+                            if out.read_bytes()[:size] != src.read_bytes():
+                                raise RuntimeError(f"{path}: the bytes read back differ")
+                            small = [a for i in range(200)
+                                     for a in ("-c", f"write -P 7 {i * 4096} 4k")]
+                            results.setdefault(("4k-writes", path), []).append(timed_run(
+                                [QEMU_IO, "--object", secret, "--image-opts", target,
+                                 *small]))
+            finally:
+                for driver in drivers.values():
+                    driver.close()
+                gateway.stop()
     print(f"tgt -> sheep directly vs tgt -> local gateway -> sheep: {args.mib} MiB, "
           f"median of {args.rounds} (indicative: shared machine)")
     print(f"{'op':<10} {'path':<8} {'rate':>14} {'x direct':>9}")
