@@ -16,7 +16,8 @@ and the table shows medians, the ratios' per-round range in brackets):
   zero; the file's allocated size is printed);
 * list: ``--vdis`` live VDIs (dog vdi list; ours list_volumes);
 * snapshot + clone of a volume holding the imported data, next to the same on
-  an empty volume (the cost must not depend on the data).
+  an empty volume (the cost must not depend on the data): ``--sc-rounds``
+  interleaved pairs, both volumes snapshotted every round.
 
 The floors are in _floors.py.  Targets (_targets.py): ``--config FILE
 [--backend NAME]`` for a cluster you run (it creates VDIs named bench-PID-*
@@ -26,7 +27,7 @@ PATH), then the embedded server.  The numbers are as noisy as the machine:
 read the ratios, which are measured side by side.
 
 Run: .venv/bin/python benchmarks/bench_sheep.py [--rounds N] [--mib M]
-     [--vdis N] [--target auto|real|embedded] [--config FILE [--backend NAME]]
+     [--sc-rounds P] [--vdis N] [--target auto|real|embedded] [--config FILE [--backend NAME]]
 """
 
 # Every lambda below runs within the loop iteration that made it:
@@ -97,7 +98,7 @@ def timed_counted(fn: Callable[[], object]) -> tuple[float, Counts]:
 
 class Bench:
     def __init__(self, target: Target, root: str, prefix: str, rounds: int, mib: int,
-                 vdis: int, *, no_dog: bool = False) -> None:
+                 vdis: int, *, no_dog: bool = False, local_disk: bool = False) -> None:
         self.t = target
         self.root = root
         self.p = prefix
@@ -109,6 +110,11 @@ class Bench:
         self.window = int(target.driver.configuration.sheepdog_io_window)
         self.dog = target.dog is not None and not no_dog
         self.made: list[tuple[str, str]] = []  # (name, tag) left for cleanup
+        # the node's store is on this machine's disk: time a plain file write of
+        # the import's bytes (fsync every 4 MiB, as a node syncs each object) in
+        # every import round, the disk's own bound next to the floor and ours
+        self.local_disk = local_disk
+        self.plain: list[float] = []
 
     def close(self) -> None:
         self.raw.close()
@@ -181,6 +187,7 @@ class Bench:
                                                             stdin=source))
                     if w1:
                         out["import (window 1)"].dog.append(out["import"].dog[-1])
+                os.sync()  # each import starts with no writeback of the one before
                 took, counts = timed_counted(lambda: floor.write_volume(
                     self.raw, names["fimp"], payload, self.copies, self.window))
                 out["import"].floor.append(took)
@@ -191,9 +198,12 @@ class Bench:
                 for key, drv, row in (("oimp", self.t.driver, "import"),
                                       ("o1imp", d1, "import (window 1)"))[:2 if w1 else 1]:
                     vol = Volume(id=key, size=1, name=names[key])
+                    os.sync()
                     took, counts = timed_counted(lambda: drv.copy_image_to_volume(vol, source))
                     out[row].ours.append(took)
                     out[row].ours_counts = counts
+                if self.local_disk:
+                    self.plain.append(plain_write(self.root, payload, every=True))
                 os.sync()
                 target = os.path.join(self.root, "export.raw")
                 if self.dog:
@@ -224,19 +234,23 @@ class Bench:
 
     # -- snapshot + clone: full vs empty -------------------------------------
 
-    def snap_clone(self) -> tuple[Sample, Sample]:
-        """(full, empty): snapshot + clone of the round-0 imported volumes
-        vs freshly created empty ones."""
+    def snap_clone(self, rounds: int) -> tuple[Sample, Sample]:
+        """(full, empty): snapshot + clone of the round-0 imported volumes next
+        to the same on volumes that stay empty, ``rounds`` pairs.  Both kinds
+        are snapshotted again every round (equal snapshot chains), the order
+        within a pair alternates and dog, floor and ours take turns in each,
+        so drifting load hits both kinds alike; the per-pair ratios' median
+        and the ratio of the medians are what the report shows."""
         full, empty = Sample(), Sample()
         d = self.t.driver
-        for r in range(self.rounds):
-            for kind, sample, src in (("full", full, "imp0"), ("empty", empty, f"e{r}")):
+        for side in ("d", "f", "o"):
+            if side != "d" or self.dog:
+                floor.create(self.raw, f"{self.p}{side}e", GiB, self.copies)
+                self.made.append((f"{self.p}{side}e", ""))
+        kinds = ((full, "imp0"), (empty, "e"))
+        for r in range(rounds):
+            for sample, src in kinds if r % 2 == 0 else kinds[::-1]:
                 tag = f"sc{r}"
-                if kind == "empty":
-                    for side in ("d", "f", "o"):
-                        if side != "d" or self.dog:
-                            floor.create(self.raw, f"{self.p}{side}{src}", GiB, self.copies)
-                            self.made.append((f"{self.p}{side}{src}", ""))
                 if self.dog:
                     dn = f"{self.p}d{src}"
                     sample.dog.append(
@@ -301,25 +315,23 @@ class Bench:
 # -- plain file next to the embedded server ----------------------------------
 
 
-def plain_file(root: str, payload: bytes) -> tuple[float, float]:
-    """(seconds to write ``payload`` to a new file with an fsync after every
-    4 MiB, as the embedded server syncs each object; with one fsync at the end)."""
+def plain_write(root: str, payload: bytes, *, every: bool) -> float:
+    """Seconds to write ``payload`` to a new file with an fsync after every
+    4 MiB (``every``: as a node syncs each object) or one at the end."""
     path = os.path.join(root, "plain.raw")
-    times = []
-    for every in (True, False):
-        os.sync()
-        start = time.perf_counter()
-        with open(path, "wb") as f:
-            for pos in range(0, len(payload), 4 * MiB):
-                f.write(payload[pos:pos + 4 * MiB])
-                if every:
-                    f.flush()
-                    os.fsync(f.fileno())
-            f.flush()
-            os.fsync(f.fileno())
-        times.append(time.perf_counter() - start)
-        os.unlink(path)
-    return times[0], times[1]
+    os.sync()
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for pos in range(0, len(payload), 4 * MiB):
+            f.write(payload[pos:pos + 4 * MiB])
+            if every:
+                f.flush()
+                os.fsync(f.fileno())
+        f.flush()
+        os.fsync(f.fileno())
+    took = time.perf_counter() - start
+    os.unlink(path)
+    return took
 
 
 # -- report ------------------------------------------------------------------
@@ -339,7 +351,7 @@ def counts_text(c: Counts | None) -> str:
 
 def report(b: Bench, life: dict[str, Sample], data: dict[str, Sample],
            listed: tuple[Sample, int], sc: tuple[Sample, Sample],
-           plain: tuple[float, float] | None) -> None:
+           plain: float | None) -> None:
     print(f"\n== {b.t.label}; io_window {b.window}; {b.rounds} rounds: medians, "
           "[min-max] of the per-round ratio")
     if not b.dog:
@@ -371,20 +383,26 @@ def report(b: Bench, life: dict[str, Sample], data: dict[str, Sample],
     full, empty = sc
     row(f"snap+clone, {size} MiB full", full, "")
     row("snap+clone, empty", empty, "")
-    print(f"{'snap+clone full/empty':26} {ratio_range(full.dog, empty.dog):>8} "
-          f"{ratio_range(full.floor, empty.floor):>8} {ratio_range(full.ours, empty.ours):>8}"
-          "   goal <= 1.2 (flat): dog, floor, ours")
+    print(f"snap+clone full/empty, {len(full.ours)} interleaved pairs (goal <= 1.2, flat): "
+          "per-pair ratio median [range]; ratio of the medians")
+    for side, f_, e_ in (("dog", full.dog, empty.dog), ("floor", full.floor, empty.floor),
+                         ("ours", full.ours, empty.ours)):
+        print(f"{'':26} {side:5} {ratio_range(f_, e_):18} {med(f_) / med(e_):.2f}"
+              if f_ and e_ else f"{'':26} {side:5} -")
     if b.sparse:
         size_b, alloc = b.sparse[0]
         print(f"export file: {size_b / MiB:.0f} MiB long, {alloc / MiB:.0f} MiB allocated "
               f"(holes where the volume is unallocated or zero)")
+    imp = data["import"]
+    print(f"import, per round: floor/dog {ratio_range(imp.floor, imp.dog)}")
+    if b.plain:
+        print(f"plain file, same {size} MiB, write + fsync every 4 MiB, in each import round: "
+              f"{med(b.plain) * 1e3:.1f} ms ({size / med(b.plain):.0f} MiB/s); floor/plain "
+              f"{ratio_range(imp.floor, b.plain)}, ours/plain {ratio_range(imp.ours, b.plain)}, "
+              f"dog/plain {ratio_range(imp.dog, b.plain)}")
     if plain is not None:
-        every, once = plain
-        imp = med(data["import"].ours)
-        print(f"plain file, same {size} MiB: write + fsync every 4 MiB {every * 1e3:.1f} ms "
-              f"({size / every:.0f} MiB/s), one fsync {once * 1e3:.1f} ms "
-              f"({size / once:.0f} MiB/s); our import / plain (fsync every 4 MiB): "
-              f"{imp / every:.2f}")
+        print(f"plain file, one fsync at the end: {plain * 1e3:.1f} ms "
+              f"({size / plain:.0f} MiB/s)")
     print("\nlifecycle per operation (ms; rt = serial round trips, req = requests, "
           "dur = requests made durable before the answer)")
     print(f"{'operation':16} {'dog':>8} {'floor':>8} {'rt req dur':>12} {'ours':>8} "
@@ -402,20 +420,21 @@ def report(b: Bench, life: dict[str, Sample], data: dict[str, Sample],
                   f"floor: {counts_text(s.floor_counts)}; {s.ours_counts.describe()}")
 
 
-def run(target: Target, root: str, args: argparse.Namespace, *, plain: bool) -> None:
+def run(target: Target, root: str, args: argparse.Namespace, *, plain: bool,
+        local_disk: bool = True) -> None:
     payload = os.urandom(args.mib * MiB)
     source = os.path.join(root, "import.raw")
     with open(source, "wb") as f:
         f.write(payload)
     b = Bench(target, root, f"bench-{os.getpid()}-", args.rounds, args.mib, args.vdis,
-              no_dog=args.no_dog)
+              no_dog=args.no_dog, local_disk=local_disk)
     try:
         target.driver.client.cluster_info()  # warm the pool
         life = b.lifecycle()
         data = b.data(source, payload)
-        sc = b.snap_clone()
+        sc = b.snap_clone(args.sc_rounds)
         listed = b.listing()
-        pf = plain_file(root, payload) if plain else None
+        pf = plain_write(root, payload, every=False) if plain else None
         report(b, life, data, listed, sc, pf)
     finally:
         if not target.owned:
@@ -428,6 +447,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mib", type=int, default=256, help="MiB imported (<= 1024)")
+    parser.add_argument("--sc-rounds", type=int, default=11,
+                        help="interleaved full/empty pairs of the snapshot + clone job")
     parser.add_argument("--vdis", type=int, default=1003, help="live VDIs to list")
     parser.add_argument("--target", choices=("auto", "real", "embedded"), default="auto",
                         help="auto: real sheep when found, and the embedded server")
@@ -441,7 +462,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as root:
         if args.config:
             with config_target(args.config, args.backend) as t:
-                run(t, root, args, plain=False)
+                run(t, root, args, plain=False, local_disk=False)
         else:
             if args.target in ("auto", "real"):
                 if have_real_sheep():
