@@ -37,6 +37,7 @@ class FakeVdi:
         self.inflight = 0
         self.lock = threading.Lock()
         self.short = False  # data reads answer one byte less than asked
+        self.slot_writes: list[tuple[int, int]] = []  # (first slot, count) of each
 
     @staticmethod
     def content(idx: int, offset: int, n: int) -> bytes:
@@ -60,6 +61,7 @@ class FakeVdi:
         elif req.opcode == Opcode.WRITE_OBJ and body.oid == vid_to_vdi_oid(VID):
             first = (body.offset - 4664) // 4
             with self.lock:
+                self.slot_writes.append((first, len(req.payload) // 4))
                 for i in range(len(req.payload) // 4):
                     if first + i in self.unanswered_creates:
                         self.violations.append(first + i)
@@ -97,6 +99,19 @@ def test_slot_write_never_overtakes_its_create() -> None:
         assert not peer.errors
     assert fake.violations == []
     assert fake.max_inflight > 1  # the creates themselves did overlap
+
+
+def test_allocating_write_maps_its_objects_in_one_slot_write() -> None:
+    """An import into an empty VDI: the creates complete out of order, yet the
+    slots (one run, fewer than SLOT_FLUSH) go in a single WRITE_OBJ after the
+    last create, as the raw floor sends them - every slot write is a durable
+    request the node syncs before it answers."""
+    fake = FakeVdi([0] * 8, 8 << SHIFT)
+    with ScriptedPeer(fake) as peer, client_for(peer, window=3) as client:
+        client.write_from_file("v", io.BytesIO(b"\1" * (8 << SHIFT)))
+        assert not peer.errors
+    assert fake.slot_writes == [(0, 8)]
+    assert fake.violations == []
 
 
 def test_window_bounds_requests_in_flight() -> None:
