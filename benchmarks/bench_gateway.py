@@ -24,17 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _tgt import (  # type: ignore[import-not-found]  # benchmarks/ is not a package
-    QEMU_IMG,
-    QEMU_IO,
-    Unavailable,
-    attached,
-    qemu_read,
-    qemu_write,
-    require_qemu,
-    sheep_and_tgtd,
-    timed_run,
-)
+import _tgt  # type: ignore[import-not-found]  # benchmarks/ is not a package
 
 from sheepdog_backend.driver.base import BackendConfiguration, Volume
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
@@ -58,9 +48,9 @@ def main() -> int:
         out = Path(tmp) / "out.raw"
         stack = contextlib.ExitStack()
         try:
-            require_qemu(QEMU_IMG, QEMU_IO)
-            setup = stack.enter_context(sheep_and_tgtd(tmp))
-        except Unavailable as exc:
+            _tgt.require_qemu(_tgt.QEMU_IMG, _tgt.QEMU_IO)
+            setup = stack.enter_context(_tgt.sheep_and_tgtd(tmp))
+        except _tgt.Unavailable as exc:
             print(f"bench_gateway: skipped: {exc}")
             return 0
         with stack:
@@ -80,17 +70,17 @@ def main() -> int:
                         name = f"bench-{path}-{r}"
                         vol = Volume(id=name, size=1, name=name)
                         driver.create_volume(vol)
-                        with attached(driver, vol) as (target, secret):
+                        with _tgt.attached(driver, vol) as (target, secret):
                             results.setdefault(("write", path), []).append(
-                                qemu_write(secret, target, src))
+                                _tgt.qemu_write(secret, target, src))
                             results.setdefault(("read", path), []).append(
-                                qemu_read(secret, target, out, args.mib))
+                                _tgt.qemu_read(secret, target, out, args.mib))
                             if out.read_bytes()[:size] != src.read_bytes():
                                 raise RuntimeError(f"{path}: the bytes read back differ")
                             small = [a for i in range(200)
                                      for a in ("-c", f"write -P 7 {i * 4096} 4k")]
-                            results.setdefault(("4k-writes", path), []).append(timed_run(
-                                [QEMU_IO, "--object", secret, "--image-opts", target,
+                            results.setdefault(("4k-writes", path), []).append(_tgt.timed_run(
+                                [_tgt.QEMU_IO, "--object", secret, "--image-opts", target,
                                  *small]))
             finally:
                 for driver in drivers.values():

@@ -32,16 +32,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from _tgt import (  # type: ignore[import-not-found]  # benchmarks/ is not a package
-    QEMU_IMG,
-    Unavailable,
-    attached,
-    qemu_read,
-    qemu_write,
-    require_qemu,
-    sheep_and_tgtd,
-    timed_run,
-)
+import _tgt  # type: ignore[import-not-found]  # benchmarks/ is not a package
 
 from sheepdog_backend.driver.base import BackendConfiguration, Volume
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
@@ -70,9 +61,9 @@ def main() -> int:
         out = Path(tmp) / "out.raw"
         stack = contextlib.ExitStack()
         try:
-            require_qemu(QEMU_IMG)
-            setup = stack.enter_context(sheep_and_tgtd(tmp))
-        except Unavailable as exc:
+            _tgt.require_qemu(_tgt.QEMU_IMG)
+            setup = stack.enter_context(_tgt.sheep_and_tgtd(tmp))
+        except _tgt.Unavailable as exc:
             print(f"bench_iscsi: skipped: {exc}")
             return 0
         with stack:
@@ -88,10 +79,10 @@ def main() -> int:
                     driver.create_volume(Volume(id=name, size=1, name=name))
                 dog = names["dog"]
                 with src.open("rb") as f:
-                    results.setdefault(("write", "dog"), []).append(timed_run(
+                    results.setdefault(("write", "dog"), []).append(_tgt.timed_run(
                         [cluster.dog, "vdi", "write", dog, "0", str(size), *dog_at], stdin=f))
                 with out.open("wb") as f:
-                    results.setdefault(("read", "dog"), []).append(timed_run(
+                    results.setdefault(("read", "dog"), []).append(_tgt.timed_run(
                         [cluster.dog, "vdi", "read", dog, "0", str(size), *dog_at], stdout=f))
                 cli = names["client"]
                 with src.open("rb") as f:
@@ -101,11 +92,11 @@ def main() -> int:
                     results.setdefault(("read", "client"), []).append(
                         timed(partial(driver.client.read_to_file, cli, f, length=size)))
                 vol = Volume(id=names["iscsi"], size=1, name=names["iscsi"])
-                with attached(driver, vol) as (target, secret):
+                with _tgt.attached(driver, vol) as (target, secret):
                     results.setdefault(("write", "iscsi"), []).append(
-                        qemu_write(secret, target, src))
+                        _tgt.qemu_write(secret, target, src))
                     results.setdefault(("read", "iscsi"), []).append(
-                        qemu_read(secret, target, out, args.mib))
+                        _tgt.qemu_read(secret, target, out, args.mib))
                     if out.stat().st_size < size or out.read_bytes()[:size] != src.read_bytes():
                         raise RuntimeError("the bytes read through iSCSI differ from those "
                                            "written")
