@@ -325,9 +325,14 @@ def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
     headers = _live_headers(conn, (vid for vid in in_use if vid not in deleted), window)
     if not with_usage:
         return [VdiInfo.from_header(h) for h in headers]
+    # every VDI's slots in one pipeline (not a round trip per VDI), then
+    # handed back to their headers in order
+    per_vdi = [slot_requests(hdr.vdi_id, 0, hdr.count_data_objs) for hdr in headers]
+    rsps = iter(pipeline(conn, (req for reqs in per_vdi for req in reqs),
+                         max(window, HEADER_WINDOW)))
     out = []
-    for hdr in headers:
-        slots = read_slots(conn, hdr.vdi_id, 0, hdr.count_data_objs, window)
+    for hdr, reqs in zip(headers, per_vdi, strict=True):
+        slots = [s for _ in reqs for s in decode_slots(next(rsps).payload)]
         own = sum(1 for s in slots if s == hdr.vdi_id)
         other = sum(1 for s in slots if s and s != hdr.vdi_id)
         out.append(VdiInfo.from_header(hdr, used=own * hdr.object_size,

@@ -73,6 +73,26 @@ def test_create_prealloc_and_usage(client: SheepdogClient) -> None:
     assert client.read("pre", 0, 10 * MiB) == bytes(10 * MiB)
 
 
+def test_usage_of_many_vdis_read_in_one_pipeline(client: SheepdogClient) -> None:
+    """Every VDI's slots are read in one pipeline and handed back to the right
+    VDI, also one whose slots take two slot-range requests (> SLOT_BATCH)."""
+    big_objs = 65536 + 10  # two slot-range reads
+    client.create_vdi("big", big_objs * MiB, block_size_shift=20)
+    client.write("big", (big_objs - 1) * MiB, b"\1")  # an object in the second read
+    client.write("big", 0, b"\1")
+    client.create_vdi("a", 3 * OBJ)
+    client.write("a", OBJ, b"\2")
+    client.create_vdi("empty", OBJ)
+    client.snapshot_vdi("a", "s")
+    client.clone_vdi("a", "s", "child")
+    client.write("child", 2 * OBJ, b"\3")  # own object; object 1 shared with a's snapshot
+    usage = {(v.name, v.is_snapshot): (v.used, v.shared)
+             for v in client.list_vdis(with_usage=True)}
+    assert usage == {("big", False): (2 * MiB, 0), ("a", False): (0, OBJ),
+                     ("a", True): (OBJ, 0), ("empty", False): (0, 0),
+                     ("child", False): (OBJ, OBJ)}
+
+
 def test_erasure_coded_create(client: SheepdogClient) -> None:
     info = client.create_vdi("ec", 8 * MiB, copy_policy=0x21)  # 4:1
     assert info.copy_policy == 0x21 and info.nr_copies == 5
