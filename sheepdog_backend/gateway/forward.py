@@ -44,9 +44,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-import threading
-import time
-from collections.abc import Callable
 
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.retry import RetryPolicy
@@ -59,9 +56,8 @@ from sheepdog_backend.exception import (
     TransportError,
     error_for_code,
 )
-from sheepdog_backend.protocol.constants import Flag, Opcode, Result
-from sheepdog_backend.protocol.header import ObjRequest, Request, Response, response_body_class
-from sheepdog_backend.protocol.oid import is_data_obj
+from sheepdog_backend.protocol.constants import Opcode, Result
+from sheepdog_backend.protocol.header import Request, Response, response_body_class
 
 LOG = logging.getLogger(__name__)
 
@@ -84,60 +80,8 @@ NODE_STATE_RESULTS = frozenset({
 })
 
 
-DEFAULT_RECOVERY_WINDOW = 120.0  # a loaded 2-core host's recovery of a small cluster: seconds
-
-
 class _OutcomeUnknown(SheepdogError):
     """A request that must not be repeated was sent and its connection broke."""
-
-
-class _MissingWhileRecovering(NodeInRecovery):
-    """A node answered NO_OBJ to an object I/O while the cluster recovers."""
-
-    def __init__(self, response: Response, message: str) -> None:
-        super().__init__(message)
-        self.response = response
-
-
-class EpochWatch:
-    """The highest cluster epoch seen in answers and when it last rose.
-
-    The first epoch seen is the baseline (not a rise).  ``lock`` guards both
-    fields; ``observe`` runs in every forwarding thread."""
-
-    def __init__(self, window: float = DEFAULT_RECOVERY_WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.window = window
-        self.clock = clock
-        self.lock = threading.Lock()
-        self.epoch = 0
-        self.rose_at: float | None = None
-
-    def observe(self, epoch: int) -> None:
-        with self.lock:
-            if epoch > self.epoch:
-                if self.epoch:
-                    self.rose_at = self.clock()
-                self.epoch = epoch
-
-    def recovering(self) -> bool:
-        with self.lock:
-            return self.rose_at is not None and self.clock() - self.rose_at <= self.window
-
-
-def missing_may_be_recovery(request: Request) -> bool:
-    """Whether a NO_OBJ answer to ``request`` can be recovery's doing: the
-    writer wrote (or copies from) an object it knows exists, or reads a
-    data object its inode points to.  Inode reads are not: dog probes
-    inodes that may be gone."""
-    body = request.body
-    if not isinstance(body, ObjRequest):
-        return False
-    if request.opcode == Opcode.WRITE_OBJ:
-        return True
-    if request.opcode == Opcode.CREATE_AND_WRITE_OBJ:
-        return bool(request.flags & Flag.COW)
-    return request.opcode == Opcode.READ_OBJ and is_data_obj(body.oid)
 
 
 def _failure(request: Request, result: int) -> Response:
@@ -218,8 +162,6 @@ class Forwarder:
         except RetryExhausted as exc:
             last = exc.__cause__
             LOG.warning("gateway: %s", exc)
-            if isinstance(last, _MissingWhileRecovering):
-                return dataclasses.replace(last.response, id=request.id)
             if isinstance(last, ServerError):
                 return _failure(request, int(last.code))
             return _failure(request, int(Result.NETWORK_ERROR))
