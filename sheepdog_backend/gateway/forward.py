@@ -20,22 +20,36 @@ the request does:
   write) cannot have written that object in between.  Creating, deleting and
   locking VDIs, REMOVE/DISCARD and cluster changes are not repeated: the
   client gets NETWORK_ERROR and decides (dog and our client look first);
-* transient results (NODE_IN_RECOVERY, AGAIN, ...) of safe ops are retried.
+* transient results (NODE_IN_RECOVERY, AGAIN, ...) of safe ops are retried;
+* NO_OBJ for a READ_OBJ, WRITE_OBJ or CREATE_AND_WRITE_OBJ while the cluster
+  may be recovering: a real sheep 1.0 answers NO_OBJ for a write to an object
+  that exists right after a node died (its copies move to new nodes), and tgt
+  turns NO_OBJ into a SCSI medium error the guest sees.  "May be recovering"
+  means: within ``recovery_window`` seconds of a node failing under a request
+  of ours, or of a response carrying a higher cluster epoch than seen before.
+  Out of that window NO_OBJ is a real answer and is returned at once (dog and
+  tgt read inodes that may be gone); inside it the retry deadline still ends
+  the wait with the cluster's NO_OBJ.
 
-Retries follow the client's RetryPolicy (backoff, total deadline).  The
-Forwarder holds no state of its own beyond the Cluster (thread-safe), so any
-number of requests may be forwarded in parallel.
+Retries follow the client's RetryPolicy (backoff, total deadline).  Shared
+state: the Cluster (thread-safe) and the recovery clues (highest epoch seen,
+when it last rose or a node failed) under ``_lock``; any number of requests
+may be forwarded in parallel.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.retry import RetryPolicy
 from sheepdog_backend.client.transport import Connection, request_was_sent
 from sheepdog_backend.exception import (
+    NoObject,
     RetryExhausted,
     ServerError,
     SheepdogError,
@@ -54,6 +68,12 @@ SAFE_OPS = frozenset({
     Opcode.READ_DEL_VDIS, Opcode.GET_VDI_COPIES, Opcode.STAT, Opcode.GET_STORE_LIST,
     Opcode.RELEASE_VDI,  # a repeated release answers VDI_NOT_LOCKED, which tgt accepts
 })
+# Object ops whose NO_OBJ may be a recovering cluster's answer (EXIST is not:
+# its NO_OBJ is the answer "absent").
+RECOVERY_NO_OBJ_OPS = frozenset({
+    Opcode.READ_OBJ, Opcode.WRITE_OBJ, Opcode.CREATE_AND_WRITE_OBJ,
+})
+DEFAULT_RECOVERY_WINDOW = 60.0
 # The node refused before doing anything: any request may go to another node.
 NODE_STATE_RESULTS = frozenset({
     Result.SHUTDOWN, Result.KILLED, Result.STARTUP, Result.WAIT_FOR_JOIN, Result.HALT,
@@ -69,23 +89,65 @@ def _failure(request: Request, result: int) -> Response:
                     body=response_body_class(request.opcode)(), id=request.id)
 
 
+class _RecoveringNoObject(NoObject):
+    """NO_OBJ while the cluster may be recovering: worth another try."""
+
+    transient = True
+
+
 class Forwarder:
-    def __init__(self, cluster: Cluster, retry: RetryPolicy) -> None:
+    def __init__(self, cluster: Cluster, retry: RetryPolicy, *,
+                 recovery_window: float = DEFAULT_RECOVERY_WINDOW,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cluster = cluster
         self.retry = retry
+        self.recovery_window = recovery_window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._epoch: int | None = None  # highest cluster epoch seen
+        self._changed = float("-inf")  # when a node failed or the epoch rose
+        self.recovery_retries = 0  # NO_OBJ answers retried as recovery
+
+    def _note_change(self) -> None:
+        with self._lock:
+            self._changed = self._clock()
+
+    def _note_epoch(self, epoch: int) -> None:
+        if not epoch:
+            return
+        with self._lock:
+            if self._epoch is not None and epoch > self._epoch:
+                self._changed = self._clock()
+            if self._epoch is None or epoch > self._epoch:
+                self._epoch = epoch
+
+    def may_be_recovering(self) -> bool:
+        """Whether a node failed, or the epoch rose, within the window."""
+        with self._lock:
+            return self._clock() - self._changed <= self.recovery_window
 
     def _call(self, conn: Connection, request: Request, safe: bool) -> Response:
         response = conn.call(request)
+        self._note_epoch(response.epoch)
         if response.result in NODE_STATE_RESULTS or (
                 safe and not response.ok and error_for_code(response.result).transient):
             raise error_for_code(response.result, f"{conn.address} answered "
                                  f"{response.result:#x} to opcode {request.opcode:#x}")
+        if response.result == Result.NO_OBJ and request.opcode in RECOVERY_NO_OBJ_OPS \
+                and self.may_be_recovering():
+            with self._lock:
+                self.recovery_retries += 1
+            raise _RecoveringNoObject(f"{conn.address} answered NO_OBJ to opcode "
+                                      f"{request.opcode:#x} while the cluster may be "
+                                      "recovering")
         return response
 
     def _attempt(self, request: Request, safe: bool) -> Response:
         try:
             return self.cluster.run(lambda conn: self._call(conn, request, safe))
         except TransportError as exc:
+            if request_was_sent(exc):
+                self._note_change()  # a node failed under our request
             if safe or not request_was_sent(exc):
                 raise
             raise _OutcomeUnknown(str(exc)) from exc

@@ -181,6 +181,7 @@ class Gateway:
                           "successes": h.successes, "last_error": h.last_error})
         return {"listen": self.address, "vdis": self.io.snapshot(), "nodes": nodes,
                 "snapshots": len(events), "reapplied_slots": self.guard.reapplied,
+                "recovery_retries": self.forwarder.recovery_retries,
                 "max_snapshot_drain": max((e.drain_wait for e in events), default=0.0),
                 "undrained_snapshots": sum(1 for e in events if not e.drained)}
 

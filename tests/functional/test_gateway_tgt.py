@@ -161,12 +161,17 @@ def test_gateway_restarted_under_tgt_and_io_resumes(server: EmbeddedServer,
         gw.stop()
 
 
-@pytest.mark.skip(reason="issue 15 open: on clean-clone runs qemu-io once exited 1 "
-                  "(a guest-visible error) and once the test hung in teardown after a "
-                  "node kill under tgt; cause not yet found, see the closing note")
+@pytest.mark.skip(reason="issue 15 open: the NO_OBJ cause of qemu-io's exit 1 is fixed (gateway "
+                  "retries it during recovery), but 2 of 13 loaded runs then read block 64 "
+                  "(object 1's first block) back as zeros although qemu-io had it acknowledged")
 def test_node_killed_under_a_lu_while_qemu_writes(tmp_path: Path,
                                                   real_sheep_cluster: SheepCluster,
                                                   tgtd: TgtDaemon) -> None:
+    # A real sheep answers NO_OBJ for writes to existing objects right after a
+    # node dies; tgt makes that a medium error (qemu-io exit 1), so the gateway
+    # retries it during recovery (gateway/forward.py).  Teardown stops tgtd
+    # first (by its pid, kill -9, bounded): a LU whose gateway is gone retries
+    # forever in tgtd, so tgtd must never outlive the test holding one.
     gateways = real_sheep_cluster.gateways
     gw = start_gateway(gateways, discover=False)
     drv = gateway_driver(gw, tgtd)
@@ -198,8 +203,12 @@ def test_node_killed_under_a_lu_while_qemu_writes(tmp_path: Path,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode == 0, out[-2000:]
-        assert out.count("wrote 65536/65536") == 600 and "failed" not in out
+        # Everything qemu-io said but its 600 success lines, and tgtd's errors.
+        said = "\n".join(line for line in out.splitlines()
+                         if not line.startswith(("wrote 65536/65536", "64 KiB, 1 ops")))
+        why = f"qemu-io: {said[-1500:]}\ntgtd: {tgtd.log_text()[-1500:]}"
+        assert proc.returncode == 0, why
+        assert out.count("wrote 65536/65536") == 600 and "failed" not in out, why
         alive = [g for i, g in enumerate(gateways) if i != victim]
         with SheepdogClient(alive) as check:
             for i in range(600):
@@ -207,8 +216,10 @@ def test_node_killed_under_a_lu_while_qemu_writes(tmp_path: Path,
                     bytes([1 + i % 251]) * BLOCK, f"block {i}"
         failed = gw.client.cluster.health(busy[0])
         assert failed.failures >= 1
-        print(f"\nFAILOVER: node {gateways[victim]} killed, last error {failed.last_error}")
+        print(f"\nFAILOVER: node {gateways[victim]} killed, last error {failed.last_error}, "
+              f"NO_OBJ retried during recovery: {gw.forwarder.recovery_retries}")
     finally:
+        tgtd.stop()
         drv.close()
         gw.stop()
 
