@@ -30,6 +30,7 @@ find every entry of a tree written this way.
 from __future__ import annotations
 
 import bisect
+import itertools
 import struct
 from dataclasses import dataclass, field
 
@@ -111,7 +112,7 @@ class IndexNode:
         entry = INDEX_ENTRY if depth == 1 else INDIRECT_ENTRY
         pairs = list(entry.iter_unpack(memoryview(data)[INDEX_HEADER.size:need]))
         keys, values = [k for k, _ in pairs], [v for _, v in pairs]
-        if any(a >= b for a, b in zip(keys, keys[1:])):
+        if any(a >= b for a, b in itertools.pairwise(keys)):
             raise ProtocolError("B-tree node entries are not sorted")
         return cls(depth, keys, values)
 
