@@ -4,10 +4,7 @@ operator asks (``sheepdog_hyper_volumes = true``), and sizes in the user's units
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -17,16 +14,9 @@ from sheepdog_backend.driver.base import Snapshot, Volume
 from sheepdog_backend.driver.loader import load_backend
 from sheepdog_backend.exception import HyperVolumeUnsupported, InvalidInput
 from sheepdog_backend.testing.fixtures import EmbeddedServer
+from tests.functional.test_cli_sizing import cli  # the same CLI subprocess
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 GiB, TiB, PiB = 1 << 30, 1 << 40, 1 << 50
-
-
-def cli(ini: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SHEEPDOG_BACKEND_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "sheepdog_backend", *argv, "--config-file",
-                           ini], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env=env, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,7 @@ def test_concurrent_writers_of_one_client_keep_every_mapping(
         try:
             for i in range(part, 24, 4):
                 client.write("many", base + i * OBJ, blobs[i])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(p,)) for p in range(4)]
