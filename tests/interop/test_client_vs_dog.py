@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from sheepdog_backend.client import SheepdogClient
-from sheepdog_backend.exception import InvalidInput, NoTag, NoVdi
+from sheepdog_backend.exception import NoTag, NoVdi
 from tests.interop.conftest import Target, unique
 
 MiB = 1 << 20
