@@ -13,7 +13,11 @@ A write that creates objects maps them the way dog's ``vdi write`` does
 ``IndexUpdater.flush`` re-reads the index (so concurrent transfers of this
 client are not undone), inserts the created indexes and writes, one request
 at a time and in this order: ``btree_counter`` (when leaves are added), new
-leaf objects (CREATE_AND_WRITE_OBJ), changed leaves, the root.  A crash at
+leaf objects (CREATE_AND_WRITE_OBJ), changed leaves, the root.  The root
+write starts 4 bytes early (the unused area before it, rewritten as read):
+sheep 1.0 takes a write wholly inside ``data_vdi_id`` for slot updates and
+removes the objects the old bytes would name, which for a B-tree root are
+live data objects.  A crash at
 any point loses no mapping that was acknowledged: until the root write lands,
 new leaves are unreferenced and a split leaf still holds all its entries.
 The re-read and the writes run under ``ObjectClaims.index_lock`` (one per VDI
@@ -40,6 +44,7 @@ from sheepdog_backend.protocol.inode import OFFSET_BTREE_COUNTER, InodeHeader
 from sheepdog_backend.protocol.oid import vid_to_vdi_oid
 
 FIRST_READ = 64 << 10  # a root of up to 8,191 entries in one read
+ROOT_LEAD = 4  # bytes of the inode's unused area written ahead of the root
 
 def _read_node(conn: Connection, oid: int, offset: int) -> IndexNode:
     """One node: a first read of FIRST_READ bytes, then (if its header says
@@ -137,6 +142,14 @@ class IndexUpdater:
             for oid, node in changes.leaves:
                 ops.check(conn.call(rq.write_obj(oid, 0, node, **kw)))
             if changes.root is not None:
-                ops.check(conn.call(rq.write_obj(inode, ROOT_OFFSET, changes.root, **kw)))
+                # from 4 bytes before the root, as they are: sheep 1.0 treats a
+                # write that lies wholly inside data_vdi_id as slot updates and
+                # drops the "objects" the old bytes name (it removed live data
+                # objects of this VDI in the interop test); dog writes the
+                # whole header with the root, so it never meets that path
+                lead = ops.check(conn.call(rq.read_obj(inode, ROOT_OFFSET - ROOT_LEAD, ROOT_LEAD,
+                                                       flags=Flag.DIRECT))).payload
+                ops.check(conn.call(rq.write_obj(inode, ROOT_OFFSET - ROOT_LEAD,
+                                                 bytes(lead) + changes.root, **kw)))
         self.pending.clear()
         return idxs

@@ -74,3 +74,65 @@ def test_client_created_hyper_volume_deleted_and_reclaimed(target: Target) -> No
         assert not any(_exists(client, oid) for oid in oids)
     assert name not in target.dog_text("vdi", "list", "-r", name)
     assert target.dog("node", "list").returncode == 0  # the node is alive
+
+
+def _rewrite_as_depth_two(client: SheepdogClient, name: str) -> list[int]:
+    """Turn the VDI's depth-1 root into a depth-2 tree of two leaves (as
+    sd_inode.c's root split lays it out, with far fewer than the 524,287
+    entries that make sheep split); returns the leaf oids."""
+    from sheepdog_backend.client import vdi as ops
+    from sheepdog_backend.protocol.btree import ROOT_OFFSET, IndexNode
+    from sheepdog_backend.protocol.inode import OFFSET_BTREE_COUNTER
+    from sheepdog_backend.protocol.oid import vid_to_btree_oid, vid_to_vdi_oid
+
+    def rewrite(conn: Connection) -> list[int]:
+        hdr = ops.resolve(conn, name.encode())
+        inode = vid_to_vdi_oid(hdr.vdi_id)
+        raw = ops.check(conn.call(rq.read_obj(inode, ROOT_OFFSET - 4, 4096))).payload
+        root = IndexNode.decode(raw[4:])
+        half = len(root.keys) // 2
+        leaves = [vid_to_btree_oid(hdr.vdi_id, 0), vid_to_btree_oid(hdr.vdi_id, 1)]
+        parts = [(root.keys[:half], root.values[:half]), (root.keys[half:], root.values[half:])]
+        for oid, (keys, values) in zip(leaves, parts, strict=True):
+            ops.check(conn.call(rq.create_and_write_obj(oid, 0, IndexNode(1, keys, values)
+                                                        .encode(), copies=hdr.nr_copies)))
+        ops.check(conn.call(rq.write_obj(inode, OFFSET_BTREE_COUNTER, (2).to_bytes(4, "little"),
+                                         copies=hdr.nr_copies)))
+        top = IndexNode(2, [parts[0][0][-1], parts[1][0][-1]], leaves)
+        # from 4 bytes early, as the client does: a write wholly inside
+        # data_vdi_id makes sheep drop the objects the old bytes name as slots
+        ops.check(conn.call(rq.write_obj(inode, ROOT_OFFSET - 4, raw[:4] + top.encode(),
+                                         copies=hdr.nr_copies)))
+        return leaves
+    return client.cluster.run(rewrite)
+
+
+def test_depth_two_tree_is_read_written_and_deleted_alike(target: Target) -> None:
+    """A depth-2 tree in our encoding (16-byte indirect entries, leaf objects):
+    dog reads through it, our client reads it and inserts into it, dog reads
+    that, and DEL_VDI walks it to remove the data objects."""
+    name = unique("hyp2")
+    blobs = {idx: os.urandom(700) for idx in (3, 1 << 20, (1 << 20) + 9, 1 << 21)}
+    with target.client() as client:
+        info = client.create_vdi(name, 9 * TiB, hyper=True)
+        for idx, blob in blobs.items():
+            client.write(name, idx * OBJ, blob)
+        leaves = _rewrite_as_depth_two(client, name)
+    for idx, blob in blobs.items():
+        assert _dog_read(target, name, idx * OBJ, len(blob)) == blob
+    with target.client() as client:
+        for idx, blob in blobs.items():
+            assert client.read(name, idx * OBJ, len(blob)) == blob
+        late = {(1 << 21) + 5: os.urandom(300), 7: os.urandom(300)}  # past the end; a middle
+        for idx, blob in late.items():
+            client.write(name, idx * OBJ, blob)
+        blobs.update(late)
+    for idx, blob in blobs.items():
+        assert _dog_read(target, name, idx * OBJ, len(blob)) == blob
+    with target.client() as client:
+        assert all(_exists(client, oid) for oid in leaves)
+        oids = [vid_to_data_oid(info.vid, idx) for idx in blobs]
+        assert all(_exists(client, oid) for oid in oids)
+        assert client.delete_vdi(name)
+        assert not any(_exists(client, oid) for oid in oids)
+    assert target.dog("node", "list").returncode == 0
