@@ -280,9 +280,10 @@ class SheepdogDriver(VolumeDriver):
     # -- attachment ----------------------------------------------------------
 
     def initialize_connection(self, volume: Volume, connector: Connector) -> dict[str, Any]:
+        name, info = self._existing(volume)
+        sizing.refuse_hyper_attach(name, info.store_policy)
         if attach.uses_iscsi(self._core):
             return attach.initialize_connection(self._core, volume, connector)
-        name, _info = self._existing(volume)
         gateways = list(self.client.gateways_by_health())
         return connection_info(name, gateways)
 

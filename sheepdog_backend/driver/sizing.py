@@ -23,8 +23,10 @@ the operator sets ``sheepdog_hyper_volumes = true``, and then only for a
 volume the largest allowed object size cannot hold flat (2 PiB with 2 GiB
 objects, or the cap of ``sheepdog_block_size_shift`` when set).  Sheepdog 1.0
 cannot snapshot them, so snapshots, clones and reverts of a hyper volume are
-refused (``HyperVolumeUnsupported``); they can be read, written, extended (up
-to 16 PiB) and deleted.
+refused (``HyperVolumeUnsupported``); so is attaching one to a hypervisor,
+since QEMU's and tgt's Sheepdog drivers read only flat indexes.  They can be
+read and written through this backend's client, extended (up to 16 PiB) and
+deleted.
 """
 
 from __future__ import annotations
@@ -122,6 +124,17 @@ def refuse_hyper(name: str, what: str, store_policy: int) -> None:
             f"snapshot it, so it cannot have {what}. It can be read, written, extended "
             "(up to 16 PiB) and deleted; to snapshot the data, copy it to a flat volume "
             "of at most 2 PiB")
+
+
+def refuse_hyper_attach(name: str, store_policy: int) -> None:
+    """HyperVolumeUnsupported when ``name`` is a hyper volume: the hypervisor
+    side (QEMU's block/sheepdog.c, tgt's Sheepdog store) reads flat indexes only."""
+    if store_policy:
+        raise HyperVolumeUnsupported(
+            f"volume {name!r} is a hyper volume (B-tree index): QEMU's and tgt's Sheepdog "
+            "drivers read only flat indexes (QEMU 5.2 fails to open one with an I/O "
+            "error), so it cannot be attached to a hypervisor; its data is reachable "
+            "through this backend (image export, image import)")
 
 
 def shift_for_new_volume(core: DriverCore, size: int) -> int:

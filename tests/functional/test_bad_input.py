@@ -190,6 +190,8 @@ CASES: list[Case] = [
         vol("c", 6 << 10), vol("hyper-vol", 5 << 10)), HyperVolumeUnsupported, "clones"),
     Case("hyper-revert", lambda e: e.driver.revert_to_snapshot(
         vol("hyper-vol", 5 << 10), snap("hyper-vol", "s")), HyperVolumeUnsupported, "reverts"),
+    Case("hyper-attach", lambda e: e.driver.initialize_connection(
+        vol("hyper-vol"), Connector(host="h")), HyperVolumeUnsupported, "cannot be attached"),
     Case("hyper-extend-past-16-pib", lambda e: e.driver.extend_volume(
         vol("hyper-vol"), (16 << 20) + 1), HyperVolumeUnsupported, "at most 16 PiB"),
     Case("hyper-client-too-large", lambda e: create_hyper(e, (1 << 54) + 1), InvalidInput,

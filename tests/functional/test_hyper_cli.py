@@ -75,6 +75,8 @@ def test_cli_reports_the_index_refuses_snapshots_and_speaks_gib(
     snap = cli(ini, "snapshot", "create", "clihyper", "s1")
     assert snap.returncode == 5, snap.stderr
     assert "cannot snapshot it" in snap.stderr + snap.stdout
+    attach = cli(ini, "connect", "clihyper", "--format", "qemu")
+    assert attach.returncode == 5 and "cannot be attached" in attach.stderr + attach.stdout
     assert cli(ini, "volume", "create", "twogib", "--size", "2").returncode == 0
     shrink = cli(ini, "volume", "extend", "twogib", "--size", "1")
     assert shrink.returncode == 5

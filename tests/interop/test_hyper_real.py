@@ -5,6 +5,7 @@ our delete reclaims the data objects (sparse volumes, a few objects: seconds).""
 from __future__ import annotations
 
 import os
+import subprocess
 
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.client import requests as rq
@@ -12,6 +13,7 @@ from sheepdog_backend.client.transport import Connection
 from sheepdog_backend.protocol.constants import Result
 from sheepdog_backend.protocol.oid import vid_to_data_oid
 from tests.interop.conftest import Target, unique
+from tests.realsheep import require
 
 MiB, TiB = 1 << 20, 1 << 40
 OBJ = 4 * MiB
@@ -52,6 +54,20 @@ def test_dog_and_client_read_each_others_hyper_bytes(target: Target) -> None:
     with target.client() as client:
         assert client.read(name, 2 * TiB, len(late)) == late
         assert client.read(name, 4 * TiB + 100, len(ours)) == ours
+
+
+def test_qemu_cannot_open_a_hyper_volume(real_target: Target) -> None:
+    """Why the driver refuses to attach hyper volumes: QEMU 5.2's Sheepdog
+    driver reads the B-tree root as flat slots and fails to open the image."""
+    qemu_io = require("qemu-io")
+    name = unique("hypq")
+    with real_target.client() as client:
+        client.create_vdi(name, 5 * TiB, hyper=True)
+        client.write(name, 0, b"HYPER" * 100)
+    proc = subprocess.run([qemu_io, "-c", "read 0 512",
+                           f"sheepdog://{real_target.host}:{real_target.port}/{name}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "can't open device" in proc.stderr, proc.stderr
 
 
 def test_client_created_hyper_volume_deleted_and_reclaimed(target: Target) -> None:
