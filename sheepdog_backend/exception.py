@@ -536,6 +536,11 @@ class InvalidInput(SheepdogError, ValueError):
     """A name, size, address, URL or option value is not acceptable."""
 
 
+class HyperVolumeUnsupported(InvalidInput):
+    """An operation a hyper volume (B-tree index) cannot have: Sheepdog 1.0
+    cannot snapshot it, so no snapshot, clone from it, or revert either."""
+
+
 class ConfigError(SheepdogError):
     """The configuration file or an option in it is invalid."""
 

@@ -199,6 +199,15 @@ SIZING_OPTS = [
         "doubles that, 2 GiB objects hold 2 PiB. Larger objects make the first write "
         "after a snapshot copy more data. Without a ceiling a volume can grow only to "
         "what its object size holds; extending past that fails with the reason."),
+    cfg.BoolOpt(
+        "sheepdog_hyper_volumes", default=False,
+        help="Create a volume too large for Sheepdog's flat index (2 PiB with 2 GiB "
+        "objects, or what sheepdog_block_size_shift allows when set) as a hyper volume: "
+        "B-tree index, 4 MiB objects, up to 16 PiB. Sheepdog 1.0 cannot snapshot hyper "
+        "volumes, so they have no snapshots, clones or reverts, and QEMU's and tgt's "
+        "Sheepdog drivers cannot read them, so they cannot be attached (all refused with "
+        "the reason); this backend reads and writes them, extends them up to 16 PiB and "
+        "deletes them. Off: such a volume is refused."),
     cfg.StrOpt(
         "sheepdog_cluster_id", default=None, regex=r"^(0x)?[0-9a-fA-F]{1,16}$",
         help="The Sheepdog cluster this backend belongs to: its creation time in hex, as "

@@ -304,7 +304,8 @@ def _volume_show(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     info = _with_human(_inspect(driver, "describe_volume")(_volume(args.name)))
     from sheepdog_backend.driver import sizing
 
-    info.update(sizing.describe(int(info.get("block_size_shift") or 0)))
+    info.update(sizing.describe(int(info.get("block_size_shift") or 0),
+                                int(info.get("store_policy") or 0)))
     record = dict(info)
     snaps = record.pop("snapshots", [])
     record["snapshots"] = ", ".join(f"{args.name}@{s['tag'] or s['snap_id']} (id {s['snap_id']})"

@@ -55,6 +55,7 @@ from sheepdog_backend.exception import (
 from sheepdog_backend.protocol.constants import (
     SD_MAX_BLOCK_SIZE_SHIFT,
     SD_MAX_COPIES,
+    SD_MAX_VDI_SIZE,
     SD_MIN_BLOCK_SIZE_SHIFT,
     ClusterFlag,
     Flag,
@@ -83,6 +84,9 @@ def _check_snapid(snapid: object) -> int:
     if isinstance(snapid, bool) or not isinstance(snapid, int) or not 0 <= snapid < 1 << 32:
         raise InvalidInput(f"snapid must be a snapshot id (0..2^32-1), got {snapid!r}")
     return snapid
+
+
+HYPER_BLOCK_SIZE_SHIFT = 22  # dog -y forces the default object size
 
 
 class SheepdogClient:
@@ -231,7 +235,11 @@ class SheepdogClient:
     # -- create --------------------------------------------------------------
 
     def create_vdi(self, name: str, size: int, *, copies: int = 0, copy_policy: int = 0,
-                   block_size_shift: int = 0, prealloc: bool = False) -> VdiInfo:
+                   block_size_shift: int = 0, prealloc: bool = False,
+                   hyper: bool = False) -> VdiInfo:
+        """Create a VDI.  ``hyper``: a hyper volume (B-tree index, up to
+        16 PiB, 4 MiB objects as dog -y makes it); Sheepdog 1.0 cannot
+        snapshot, clone or resize it."""
         raw = validate_name(encode_text(name))
         _check_size(size)
         if not 0 <= copies <= SD_MAX_COPIES:
@@ -244,6 +252,18 @@ class SheepdogClient:
                 raise InvalidInput(f"erasure code {data}:{parity} needs copies "
                                    f"{data + parity}, got {copies}")
             copies = data + parity
+        if hyper:
+            if block_size_shift not in (0, HYPER_BLOCK_SIZE_SHIFT) or prealloc:
+                raise InvalidInput("a hyper volume has 4 MiB objects (block_size_shift "
+                                   "22) and cannot be preallocated")
+            if size > SD_MAX_VDI_SIZE:
+                raise InvalidInput(f"a hyper volume holds at most {SD_MAX_VDI_SIZE} bytes "
+                                   f"(16 PiB), got {size}")
+            return self._run(rc.create(raw, name, size, copies=copies,
+                                       copy_policy=copy_policy,
+                                       block_size_shift=HYPER_BLOCK_SIZE_SHIFT,
+                                       prealloc=False, window=self.io_window, hyper=True),
+                             what=f"create VDI {name!r}")
         if block_size_shift and not (
                 SD_MIN_BLOCK_SIZE_SHIFT <= block_size_shift <= SD_MAX_BLOCK_SIZE_SHIFT):
             raise InvalidInput(f"block_size_shift must be 0 or 20..31, got {block_size_shift}")

@@ -25,7 +25,8 @@ both are prevented here, per VDI *name*, by a ``_Gate``:
 
 Shared state: ``Coordinator._gates`` (name -> gate, guarded by
 ``Coordinator._lock``); each gate's fields (writers, exclusive, waiting,
-claims, created) are guarded by that gate's ``cond``.  Everything else of a
+claims, created) are guarded by that gate's ``cond``; its ``index`` lock
+serialises the B-tree updates of a hyper VDI (``client/hyper.py``).  Everything else of a
 transfer is private to the thread running it.  Across processes nothing here
 helps: see the README section "Guarantees".
 """
@@ -35,7 +36,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from enum import Enum
 
 from sheepdog_backend.exception import DeadlineExceeded
@@ -61,6 +62,7 @@ class _Gate:
         self.pending: dict[int, int] = {}  # waiting writers by the epoch they came in
         self.claims: set[Key] = set()
         self.created: set[Key] = set()
+        self.index = threading.Lock()  # a hyper VDI's B-tree update (client/hyper.py)
 
     def passed_over(self) -> bool:
         """Some waiting writer has already waited through an exclusive period."""
@@ -127,6 +129,11 @@ class ObjectClaims:
             if created:
                 gate.created.add(key)
             gate.cond.notify_all()
+
+    def index_lock(self, vid: int) -> AbstractContextManager[object]:
+        """Held while a hyper VDI's B-tree is re-read and rewritten, so two
+        transfers of this client cannot undo each other's inserts."""
+        return nullcontext() if self._gate is None else self._gate.index
 
     def wait(self, vid: int, idx: int) -> None:
         """Wait until nobody holds the claim of (vid, idx)."""

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sheepdog_backend.client import hyper
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client import vdi as ops
 from sheepdog_backend.client.transport import Connection
@@ -109,18 +110,25 @@ def open_layout(conn: Connection, name: str | bytes, tag: str | bytes, offset: i
     reqs = [ops.header_request(vid), *ops.slot_requests(vid, first, count)]
     rsps = ops.pipeline(conn, reqs, window)
     hdr = ops.decode_header(rsps[0])
-    if hdr.store_policy != 0:
-        raise InvalidInput(f"VDI {hdr.name!r} is a hyper volume (B-tree index); data I/O "
-                           "supports flat VDIs only")
     if hdr.block_size_shift != shift:
         raise InvalidInput("object size changed while opening the VDI")
     if offset + length > hdr.vdi_size:
         raise InvalidInput(f"range {offset}+{length} is past the end of the VDI "
                            f"({hdr.vdi_size} bytes)")
+    if hdr.store_policy != 0:
+        return _hyper_layout(conn, hdr, first, offset, length)
     slots: list[int] = []
     for rsp in rsps[1:]:
         slots.extend(decode_slots(rsp.payload))
     return Layout(hdr, first, slots)
+
+
+def _hyper_layout(conn: Connection, hdr: InodeHeader, first: int, offset: int,
+                  length: int) -> Layout:
+    """A hyper VDI's layout: its slots looked up in the B-tree (hyper.py)."""
+    end = (offset + length + hdr.object_size - 1) >> hdr.block_size_shift
+    count = max(0, end - first) if length else 0
+    return Layout(hdr, first, hyper.layout_slots(conn, hdr, first, count))
 
 
 def open_layout_whole(conn: Connection, name: str | bytes, tag: str | bytes,
@@ -132,8 +140,7 @@ def open_layout_whole(conn: Connection, name: str | bytes, tag: str | bytes,
         return open_layout(conn, name, tag, 0, length, window)
     hdr = ops.read_header(conn, ops.lookup(conn, name, tag).vdi_id)
     if hdr.store_policy != 0:
-        raise InvalidInput(f"VDI {hdr.name!r} is a hyper volume (B-tree index); data I/O "
-                           "supports flat VDIs only")
+        return _hyper_layout(conn, hdr, 0, 0, hdr.vdi_size)
     return Layout(hdr, 0, ops.read_slots(conn, hdr.vdi_id, 0, hdr.count_data_objs, window))
 
 

@@ -36,7 +36,11 @@ from sheepdog_backend.exception import (
     VdiLocked,
     error_for_code,
 )
-from sheepdog_backend.protocol.constants import SD_MIN_BLOCK_SIZE_SHIFT, flat_max_vdi_size
+from sheepdog_backend.protocol.constants import (
+    SD_MAX_VDI_SIZE,
+    SD_MIN_BLOCK_SIZE_SHIFT,
+    flat_max_vdi_size,
+)
 from sheepdog_backend.protocol.header import Request
 from sheepdog_backend.protocol.inode import OFFSET_TAG, InodeHeader
 from sheepdog_backend.protocol.oid import vid_to_vdi_oid
@@ -105,7 +109,7 @@ def format_cluster(ctime: int, *, copies: int, copy_policy: int, block_size_shif
 
 
 def create(raw: bytes, name: str, size: int, *, copies: int, copy_policy: int,
-           block_size_shift: int, prealloc: bool, window: int
+           block_size_shift: int, prealloc: bool, window: int, hyper: bool = False
            ) -> Callable[[Connection], VdiInfo]:
     state = Attempt()
 
@@ -113,7 +117,8 @@ def create(raw: bytes, name: str, size: int, *, copies: int, copy_policy: int,
         return (hdr.vdi_size == size and hdr.parent_vdi_id == 0
                 and (not copies or hdr.nr_copies == copies)
                 and (not copy_policy or hdr.copy_policy == copy_policy)
-                and (not block_size_shift or hdr.block_size_shift == block_size_shift))
+                and (not block_size_shift or hdr.block_size_shift == block_size_shift)
+                and hdr.store_policy == int(hyper))
 
     def attempt(conn: Connection) -> VdiInfo:
         hdr: InodeHeader | None = None
@@ -124,11 +129,11 @@ def create(raw: bytes, name: str, size: int, *, copies: int, copy_policy: int,
                     f"create {name!r} lost its reply and a VDI of that name exists with "
                     f"other attributes (size {hdr.vdi_size}, parent {hdr.parent_vdi_id:#x})")
         if hdr is None:
-            if size > _MIN_FLAT_LIMIT and not block_size_shift:
+            if size > _MIN_FLAT_LIMIT and not block_size_shift and not hyper:
                 check_flat(size, ops.cluster_default_shift(conn))
             vid = decisive(state, conn, rq.new_vdi(
                 raw, size, copies=copies, copy_policy=copy_policy,
-                block_size_shift=block_size_shift))
+                block_size_shift=block_size_shift, store_policy=int(hyper)))
             hdr = ops.read_header(conn, vid)
         if prealloc:
             dwr.preallocate(conn, hdr, window)
@@ -328,8 +333,11 @@ def resize(raw: bytes, name: str, new_size: int) -> Callable[[Connection], VdiIn
             raise InvalidInput(f"shrinking is not supported ({hdr.vdi_size} -> "
                                f"{new_size})")
         if hdr.store_policy != 0:
-            raise InvalidInput("resizing hyper volumes is not supported")
-        check_flat(new_size, hdr.block_size_shift)
+            if new_size > SD_MAX_VDI_SIZE:
+                raise InvalidInput(f"a hyper volume holds at most 16 PiB ({SD_MAX_VDI_SIZE} "
+                                   f"bytes), not {new_size}")
+        else:
+            check_flat(new_size, hdr.block_size_shift)
         state.maybe_applied = True
         ops.write_size(conn, hdr, new_size)
         return VdiInfo.from_header(hdr.evolve(vdi_size=new_size))

@@ -214,7 +214,13 @@ def slot_write_requests(hdr: InodeHeader, base_idx: int, values: Sequence[int],
 
 def clear_slots(conn: Connection, hdr: InodeHeader, window: int = 16) -> int:
     """Zero every non-zero slot the VDI's size covers (owned and shared), so
-    DEL_VDI really deletes it and the references are dropped (§12.9)."""
+    DEL_VDI really deletes it and the references are dropped (§12.9).
+
+    A hyper VDI's index is left as it is: sheep walks it on DEL_VDI to
+    remove the VDI's own data objects (dog zeroes it like slots, which makes
+    a sheep 1.0 node abort in traverse_btree: depth 0)."""
+    if hdr.store_policy:
+        return 0
     count = hdr.count_data_objs
     slots = read_slots(conn, hdr.vdi_id, 0, count, window)
     runs = slot_runs(slots)
@@ -327,12 +333,17 @@ def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
         return [VdiInfo.from_header(h) for h in headers]
     # every VDI's slots in one pipeline (not a round trip per VDI), then
     # handed back to their headers in order
-    per_vdi = [slot_requests(hdr.vdi_id, 0, hdr.count_data_objs) for hdr in headers]
+    per_vdi = [[] if hdr.store_policy else slot_requests(hdr.vdi_id, 0, hdr.count_data_objs)
+               for hdr in headers]
     rsps = iter(pipeline(conn, (req for reqs in per_vdi for req in reqs),
                          max(window, HEADER_WINDOW)))
     out = []
     for hdr, reqs in zip(headers, per_vdi, strict=True):
-        slots = [s for _ in reqs for s in decode_slots(next(rsps).payload)]
+        if hdr.store_policy:  # a B-tree, not slots (hyper.py builds on this module)
+            from sheepdog_backend.client import hyper
+            slots = [vid for _idx, vid in hyper.entries(conn, hdr)]
+        else:
+            slots = [s for _ in reqs for s in decode_slots(next(rsps).payload)]
         own = sum(1 for s in slots if s == hdr.vdi_id)
         other = sum(1 for s in slots if s and s != hdr.vdi_id)
         out.append(VdiInfo.from_header(hdr, used=own * hdr.object_size,

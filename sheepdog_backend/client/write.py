@@ -29,6 +29,10 @@ the slot went into the snapshot and the whole transfer is redone on the new
 working VDI.  Only then is the write acknowledged.  (That lookup is one
 GET_VDI_INFO per allocating write call; overwrites pay nothing.)
 
+A hyper VDI (B-tree index) maps its created objects through
+``hyper.IndexUpdater`` instead of slot writes: once per pass, after every
+create of the pass succeeded (the B-tree is rewritten, not patched per slot).
+
 All state is private to one transfer on one connection except the claims,
 which ``coord`` guards.
 """
@@ -39,9 +43,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from sheepdog_backend.client import hyper
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client import vdi as ops
 from sheepdog_backend.client.coord import Claim, ObjectClaims
+from sheepdog_backend.client.hyper import IndexUpdater
 from sheepdog_backend.client.io import Layout, chunks, drain, is_zero, open_layout, run_window
 from sheepdog_backend.client.transport import Connection
 from sheepdog_backend.exception import InvalidInput, ReadOnly, error_for_code
@@ -104,6 +110,8 @@ class _Transfer:
         self.hdr = layout.hdr
         self.vid = layout.vid
         self.updater = _SlotUpdater(layout)
+        # a hyper VDI maps its creates in its B-tree, once per pass (hyper.py)
+        self.index = IndexUpdater(layout.hdr, claims) if layout.hdr.store_policy else None
         self.held: set[int] = set()      # claimed by us, slot not yet acknowledged
         self.created: list[int] = []     # created and mapped by this transfer
         self.deferred: list[_Chunk] = []
@@ -161,10 +169,15 @@ class _Transfer:
                 raise ReadOnly()
             if rsp.result != Result.SUCCESS:
                 raise error_for_code(rsp.result)
-            if kind == "create":
+            if kind == "create" and self.index is not None:
+                self.index.add(idx)
+                self.layout.slots[idx - self.layout.first] = self.vid
+            elif kind == "create":
                 updater.add(idx)
             elif kind == "slot":
                 self._mapped(idxs)
+        if self.index is not None:
+            self._mapped(self.index.flush(self.conn))
         # the slots of the creates not mapped yet, after the last one completed
         while updater.pending:
             batch = updater.requests()
@@ -212,6 +225,8 @@ def _still_working(conn: Connection, name: str | bytes, layout: Layout,
     vid = ops.lookup(conn, name).vdi_id
     if vid == layout.vid:
         return True
+    if layout.hdr.store_policy:
+        return all(v == layout.vid for v in hyper.lookup_vids(conn, vid, created))
     first, last = min(created), max(created)
     slots = ops.read_slots(conn, vid, first, last - first + 1, window)
     return all(slots[idx - first] == layout.vid for idx in created)
@@ -299,6 +314,9 @@ def remaining_length(fileobj: BinaryIO) -> int | None:
 def preallocate(conn: Connection, hdr: InodeHeader, window: int) -> int:
     """Create every unallocated object of a VDI (dog -P): empty creates, then
     the slots in runs.  Repeatable: objects already mapped are left alone."""
+    if hdr.store_policy:
+        raise InvalidInput("preallocation of a hyper volume is not supported: its index "
+                           "would list every object of up to 16 PiB")
     count = hdr.count_data_objs
     layout = Layout(hdr, 0, ops.read_slots(conn, hdr.vdi_id, 0, count, window))
     updater = _SlotUpdater(layout)

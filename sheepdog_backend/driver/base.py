@@ -24,6 +24,15 @@ ALL_CAPABILITIES = frozenset({"snapshots", "clone", "extend", "revert", "manage"
                               "backing_images", "image_transfer", "data_access"})
 
 
+def human(size: int) -> str:
+    """A byte count as the unit a user typed: 30 GiB, 4 TiB, 512 MiB."""
+    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20)):
+        if size >= 1 << shift:
+            value = size / (1 << shift)
+            return f"{value:.3f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{size} bytes"
+
+
 def gib(value: int, what: str = "size") -> int:
     """A positive whole number of GiB, or InvalidInput."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -37,8 +37,8 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sheepdog_backend.driver import revert
-from sheepdog_backend.driver.base import GiB, Volume, gib
+from sheepdog_backend.driver import revert, sizing
+from sheepdog_backend.driver.base import GiB, Volume, gib, human
 from sheepdog_backend.driver.core import DriverCore
 from sheepdog_backend.exception import (
     InvalidInput,
@@ -80,7 +80,7 @@ def clone_snapshot(core: DriverCore, snap: VdiInfo, src: str, tag: str, name: st
     """Clone snapshot ``src``@``tag`` (VdiInfo ``snap``) into ``name`` of ``size`` bytes."""
     if size < snap.size:
         raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than the "
-                           f"snapshot {tag!r} of {src!r} ({snap.size} bytes)")
+                           f"snapshot {tag!r} of {src!r} ({human(snap.size)})")
     if core.create_checked(name, size, parent_vid=snap.vid):
         return {}
     try:
@@ -137,7 +137,7 @@ def _check_repeat(core: DriverCore, target: VdiInfo, src: str, name: str, tag: s
                         f"for it (its parent is {made_from})")
     if target.size != size:
         raise VdiExists(f"volume {name!r} already exists as a clone of {src!r} with "
-                        f"{target.size} bytes, not {size} ({size // GiB} GiB)")
+                        f"{human(target.size)}, not {size // GiB} GiB")
 
 
 def _take_temp(core: DriverCore, src: str, name: str, tag: str, size: int) -> VdiInfo:
@@ -145,9 +145,10 @@ def _take_temp(core: DriverCore, src: str, name: str, tag: str, size: int) -> Vd
     info = revert.settle(core, src)
     if info is None:
         raise VolumeNotFound(f"volume {src!r} does not exist")
+    sizing.refuse_hyper(src, "clones", info.store_policy)
     if size < info.size:
         raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than its "
-                           f"source {src!r} ({info.size} bytes)")
+                           f"source {src!r} ({human(info.size)})")
     if _drop_temp(core, src, tag):
         LOG.info("an earlier attempt to clone %s into %s left its snapshot: starting "
                  "over", src, name)

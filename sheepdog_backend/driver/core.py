@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.addresses import format_gateway, parse_gateway
-from sheepdog_backend.driver.base import BackendConfiguration, GiB, Snapshot, Volume
+from sheepdog_backend.driver.base import BackendConfiguration, GiB, Snapshot, Volume, human
 from sheepdog_backend.exception import (
     ConfigError,
     InvalidInput,
@@ -172,8 +172,8 @@ class DriverCore:
         if info is None:
             return False
         if info.size != size:
-            raise VdiExists(f"volume {name!r} already exists with {info.size} bytes, not "
-                            f"{size} ({size // GiB} GiB)")
+            raise VdiExists(f"volume {name!r} already exists with {human(info.size)}, not "
+                            f"{size // GiB} GiB")
         if parent_vid is not None and info.parent_vid != parent_vid:
             raise VdiExists(f"volume {name!r} already exists and is not a clone of the "
                             "requested snapshot")

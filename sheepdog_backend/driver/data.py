@@ -17,7 +17,7 @@ import tempfile
 from typing import Any
 
 from sheepdog_backend.driver import images, revert
-from sheepdog_backend.driver.base import Snapshot, Volume
+from sheepdog_backend.driver.base import Snapshot, Volume, human
 from sheepdog_backend.driver.core import DriverCore
 from sheepdog_backend.exception import InvalidInput, VolumeNotFound
 
@@ -66,8 +66,9 @@ def copy_image_to_volume(client: Any, name: str, volume_size: int, image_path: s
     with images.open_image(image_path) as f:
         inspection = images.inspect_fileobj(f, image_path)
         if inspection.virtual_size > volume_size:
-            raise InvalidInput(f"image {image_path} needs {inspection.virtual_size} bytes; "
-                               f"volume {name!r} has {volume_size}")
+            need = inspection.virtual_size
+            raise InvalidInput(f"image {image_path} needs {human(need)} ({need} bytes); "
+                               f"volume {name!r} has {human(volume_size)}")
         with images.raw_view(f, inspection, qemu_img=qemu_img, work_dir=work_dir) as raw:
             return int(client.write_from_file(name, raw, offset=0))
 

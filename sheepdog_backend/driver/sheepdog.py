@@ -39,6 +39,7 @@ from sheepdog_backend.driver.base import (
     VolumeDataAccess,
     VolumeDriver,
     gib,
+    human,
 )
 from sheepdog_backend.driver.connection import connection_info
 from sheepdog_backend.driver.core import DriverCore
@@ -157,9 +158,13 @@ class SheepdogDriver(VolumeDriver):
         if core.create_checked(name, size, parent_vid=None):
             return {}
         try:
-            self.client.create_vdi(name, size, copies=core.copies,
-                                   copy_policy=core.copy_policy,
-                                   block_size_shift=sizing.shift_for_new_volume(core, size))
+            if sizing.hyper_for_new_volume(self.configuration, size):
+                self.client.create_vdi(name, size, copies=core.copies,
+                                       copy_policy=core.copy_policy, hyper=True)
+            else:
+                self.client.create_vdi(name, size, copies=core.copies,
+                                       copy_policy=core.copy_policy,
+                                       block_size_shift=sizing.shift_for_new_volume(core, size))
         except VdiExists:
             if not core.create_checked(name, size, parent_vid=None):
                 raise
@@ -189,10 +194,11 @@ class SheepdogDriver(VolumeDriver):
         new_bytes = gib(new_size, "new size") * GiB
         name, info = self._existing(volume)
         if new_bytes < info.size:
-            raise InvalidInput(f"volume {name!r} is {info.size} bytes; it can only grow, not "
-                               f"shrink to {new_size} GiB")
+            raise InvalidInput(f"volume {name!r} is {human(info.size)}; it can only "
+                               f"grow, not shrink to {new_size} GiB")
         if new_bytes > info.size:
-            sizing.check_extend(self.configuration, name, info.block_size_shift, new_bytes)
+            sizing.check_extend(self.configuration, name, info.block_size_shift, new_bytes,
+                                info.store_policy)
             self.client.resize_vdi(name, new_bytes)
             self._core.invalidate_stats()
             attach.after_extend(self._core, name)
@@ -204,7 +210,8 @@ class SheepdogDriver(VolumeDriver):
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
         with core.volume_lock(name):  # concurrent snapshots of one VDI lose their tags
-            self._existing(snapshot.volume)
+            _name, info = self._existing(snapshot.volume)
+            sizing.refuse_hyper(name, "snapshots", info.store_policy)
             attach.refuse_if_exported(core, name, "snapshot", force=force)
             existing = self.client.find_vdi(name, tag)
             if existing is not None and existing.is_snapshot:
@@ -253,6 +260,9 @@ class SheepdogDriver(VolumeDriver):
     def revert_to_snapshot(self, volume: Volume, snapshot: Snapshot) -> None:
         name = self.vdi_name(volume)
         tag = self.snapshot_tag(snapshot)
+        current = self._core.client.find_vdi(name)
+        if current is not None:
+            sizing.refuse_hyper(name, "reverts", current.store_policy)
         attach.refuse_if_exported(self._core, name,
                                   "revert (tgt would keep the old inode)")
         revert.revert_to_snapshot(self._core, name, tag, gib(volume.size) * GiB)
@@ -270,9 +280,10 @@ class SheepdogDriver(VolumeDriver):
     # -- attachment ----------------------------------------------------------
 
     def initialize_connection(self, volume: Volume, connector: Connector) -> dict[str, Any]:
+        name, info = self._existing(volume)
+        sizing.refuse_hyper_attach(name, info.store_policy)
         if attach.uses_iscsi(self._core):
             return attach.initialize_connection(self._core, volume, connector)
-        name, _info = self._existing(volume)
         gateways = list(self.client.gateways_by_health())
         return connection_info(name, gateways)
 

@@ -16,18 +16,28 @@ a whole object), so the driver raises the object size only as far as needed:
 ``sheepdog_max_volume_size`` (GiB, 0 = no ceiling) is also a limit: creating or
 extending past it is refused.  Extending past a volume's own cap is refused
 with the reason and the remedy (a new volume, whose object size is chosen for
-its size, and a copy).  Hyper volumes (B-tree index, up to 16 PiB) are not
-made by this driver: Sheepdog 1.0 cannot snapshot them and the client does
-not do their data I/O; the largest flat volume is 2 PiB.
+its size, and a copy).
+
+Hyper volumes (B-tree index, up to 16 PiB, 4 MiB objects) are made only when
+the operator sets ``sheepdog_hyper_volumes = true``, and then only for a
+volume the largest allowed object size cannot hold flat (2 PiB with 2 GiB
+objects, or the cap of ``sheepdog_block_size_shift`` when set).  Sheepdog 1.0
+cannot snapshot them, so snapshots, clones and reverts of a hyper volume are
+refused (``HyperVolumeUnsupported``); so is attaching one to a hypervisor,
+since QEMU's and tgt's Sheepdog drivers read only flat indexes.  They can be
+read and written through this backend's client, extended (up to 16 PiB) and
+deleted.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sheepdog_backend.exception import InvalidInput
+from sheepdog_backend.driver.base import human
+from sheepdog_backend.exception import HyperVolumeUnsupported, InvalidInput
 from sheepdog_backend.protocol.constants import (
     SD_MAX_BLOCK_SIZE_SHIFT,
+    SD_MAX_VDI_SIZE,
     SD_MIN_BLOCK_SIZE_SHIFT,
     flat_max_vdi_size,
 )
@@ -37,14 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 GiB = 1 << 30
 DEFAULT_SHIFT = 22  # Sheepdog's default: 4 MiB objects
-
-
-def human(size: int) -> str:
-    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20)):
-        if size >= 1 << shift:
-            value = size / (1 << shift)
-            return f"{value:.3f}".rstrip("0").rstrip(".") + f" {unit}"
-    return f"{size} bytes"
 
 
 def cap(shift: int) -> int:
@@ -86,10 +88,53 @@ def choose_shift(size: int, *, configured: int, ceiling_bytes: int,
     if shift is None:
         raise InvalidInput(
             f"{human(want)} is beyond the largest flat Sheepdog volume "
-            f"({human(cap(SD_MAX_BLOCK_SIZE_SHIFT))}, 2 GiB objects); hyper volumes "
-            "(B-tree index) are not supported by this driver: they cannot be snapshotted "
-            "in Sheepdog 1.0")
+            f"({human(cap(SD_MAX_BLOCK_SIZE_SHIFT))}, 2 GiB objects); {HYPER_HINT}")
     return 0 if shift == cluster_shift else shift
+
+
+HYPER_HINT = ("set sheepdog_hyper_volumes = true to create such volumes as hyper volumes "
+              "(B-tree index, up to 16 PiB), which Sheepdog 1.0 cannot snapshot, so they "
+              "have no snapshots, clones or reverts")
+
+
+def hyper_for_new_volume(conf: Any, size: int) -> bool:
+    """Hook of ``create_volume``: True when the volume is to be a hyper volume
+    (the operator allows them and no allowed object size holds it flat)."""
+    if not getattr(conf, "sheepdog_hyper_volumes", False):
+        return False
+    configured = int(conf.sheepdog_block_size_shift or 0)
+    if size <= cap(configured or SD_MAX_BLOCK_SIZE_SHIFT):
+        return False
+    ceiling_bytes = ceiling(conf)
+    if ceiling_bytes and size > ceiling_bytes:
+        raise InvalidInput(f"{human(size)} exceeds sheepdog_max_volume_size "
+                           f"({human(ceiling_bytes)}): raise that option to allow it")
+    if size > SD_MAX_VDI_SIZE:
+        raise InvalidInput(f"{human(size)} is beyond the largest Sheepdog volume: a hyper "
+                           f"volume holds at most {human(SD_MAX_VDI_SIZE)}")
+    return True
+
+
+def refuse_hyper(name: str, what: str, store_policy: int) -> None:
+    """HyperVolumeUnsupported when ``name`` is a hyper volume: ``what`` (a
+    snapshot, a clone, a revert) needs a snapshot of it."""
+    if store_policy:
+        raise HyperVolumeUnsupported(
+            f"volume {name!r} is a hyper volume (B-tree index): Sheepdog 1.0 cannot "
+            f"snapshot it, so it cannot have {what}. It can be read, written, extended "
+            "(up to 16 PiB) and deleted; to snapshot the data, copy it to a flat volume "
+            "of at most 2 PiB")
+
+
+def refuse_hyper_attach(name: str, store_policy: int) -> None:
+    """HyperVolumeUnsupported when ``name`` is a hyper volume: the hypervisor
+    side (QEMU's block/sheepdog.c, tgt's Sheepdog store) reads flat indexes only."""
+    if store_policy:
+        raise HyperVolumeUnsupported(
+            f"volume {name!r} is a hyper volume (B-tree index): QEMU's and tgt's Sheepdog "
+            "drivers read only flat indexes (QEMU 5.2 fails to open one with an I/O "
+            "error), so it cannot be attached to a hypervisor; its data is reachable "
+            "through this backend (image export, image import)")
 
 
 def shift_for_new_volume(core: DriverCore, size: int) -> int:
@@ -104,13 +149,20 @@ def shift_for_new_volume(core: DriverCore, size: int) -> int:
                         cluster_shift=cluster_shift)
 
 
-def check_extend(conf: Any, name: str, shift: int, new_size: int) -> None:
+def check_extend(conf: Any, name: str, shift: int, new_size: int,
+                 store_policy: int = 0) -> None:
     """Hook of ``extend_volume``: InvalidInput with reason and remedy when the
     volume cannot hold ``new_size`` bytes."""
     ceiling_bytes = ceiling(conf)
     if ceiling_bytes and new_size > ceiling_bytes:
         raise InvalidInput(f"volume {name!r} cannot grow to {human(new_size)}: "
                            f"sheepdog_max_volume_size is {human(ceiling_bytes)}")
+    if store_policy:
+        if new_size > SD_MAX_VDI_SIZE:
+            raise HyperVolumeUnsupported(
+                f"volume {name!r} cannot grow to {human(new_size)}: it is a hyper volume "
+                f"(B-tree index), which holds at most {human(SD_MAX_VDI_SIZE)}")
+        return
     if shift and new_size > cap(shift):
         raise InvalidInput(
             f"volume {name!r} cannot grow to {human(new_size)}: it uses objects of "
@@ -125,5 +177,6 @@ def describe(shift: int, store_policy: int = 0) -> dict[str, Any]:
     """What ``volume show`` reports about a volume's object size."""
     if not shift:
         return {}
-    return {"object_size": 1 << shift, "max_size": cap(shift),
+    return {"object_size": 1 << shift,
+            "max_size": SD_MAX_VDI_SIZE if store_policy else cap(shift),
             "index": "hyper (B-tree)" if store_policy else "flat"}

@@ -55,6 +55,7 @@ def describe(info: VdiInfo) -> dict[str, Any]:
             "vid": info.vid, "parent_vid": info.parent_vid,
             "is_snapshot": bool(info.is_snapshot), "copies": info.nr_copies,
             "copy_policy": info.copy_policy, "block_size_shift": info.block_size_shift,
+            "store_policy": info.store_policy,
             "created": (info.snap_ctime if info.is_snapshot else info.create_time) >> 32,
             "used_bytes": info.used, "shared_bytes": info.shared}
 

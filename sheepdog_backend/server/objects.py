@@ -182,10 +182,15 @@ def write_inode(state: ServerState, vid: int, offset: int, data: bytes) -> None:
         if not state.store.exists(oid):
             raise NoObject()
         record = state.registry.get(vid)
+        hyper = record is not None and bool(record.header.store_policy)
         if record is not None and record.deleted:
+            if hyper and end > SD_INODE_INDEX_OFFSET:
+                raise NoVdi(f"VDI {vid:#x} is deleted; its index cannot be set")
             _refuse_link_into_deleted(state, vid, offset, data)
         in_slots = SD_INODE_INDEX_OFFSET <= offset and end <= SD_INODE_GREF_OFFSET
-        if not in_slots or not data:
+        if not in_slots or not data or hyper:
+            # a hyper inode's data_vdi_id area is its B-tree root, not slots:
+            # written as is (sheep's own writes of it are plain writes too)
             txn = Transaction()
             txn.writes.append((oid, offset, data))
             state.store.commit(txn)
@@ -229,8 +234,12 @@ def discard_obj(state: ServerState, request: Request) -> None:
     if idx >= 1 << 20:
         raise InvalidParameters("data index beyond a flat inode")
     with state.meta_lock:
-        if state.registry.get(vid) is None:
+        record = state.registry.get(vid)
+        if record is None:
             raise NoVdi()
+        if record.header.store_policy:
+            raise InvalidParameters("DISCARD_OBJ of a hyper VDI (B-tree index) is not "
+                                    "supported by the embedded server")
         if state.read_slots(vid, idx, 1)[0]:
             write_inode(state, vid, SD_INODE_INDEX_OFFSET + 4 * idx, encode_slots([0]))
         state.collect([(vid, idx)])

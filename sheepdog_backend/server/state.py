@@ -127,12 +127,17 @@ class ServerState:
                 return True
         return False
 
+    def _hyper(self, vid: int) -> bool:
+        record = self.registry.get(vid)
+        return record is not None and bool(record.header.store_policy)
+
     def collect(self, dropped: Iterable[tuple[int, int]]) -> int:
         """Remove the data objects of dropped references nobody holds any more."""
         with self.meta_lock:
             # a slot may hold any u32 (a client wrote it): only a 24-bit vid
             # and an index below 2**20 can name an object
+            # and never an object of a hyper VDI: its B-tree names them, no slot
             garbage = [vid_to_data_oid(vid, idx) for vid, idx in sorted(set(dropped))
                        if 0 < vid < SD_NR_VDIS and 0 <= idx < SD_INODE_DATA_INDEX
-                       and not self.references(vid, idx)]
+                       and not self._hyper(vid) and not self.references(vid, idx)]
             return self.store.remove_many(garbage)

@@ -59,7 +59,7 @@ from sheepdog_backend.protocol.naming import (
     decode_lookup_payload,
     sd_hash_vdi,
 )
-from sheepdog_backend.protocol.oid import vid_to_attr_oid, vid_to_vdi_oid
+from sheepdog_backend.protocol.oid import ObjectKind, object_kind, vid_to_attr_oid, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import VDI_ATTR, ec_decode
 from sheepdog_backend.server.state import ServerState, request_body
 from sheepdog_backend.server.store import Transaction
@@ -251,8 +251,11 @@ def del_vdi(state: ServerState, request: Request) -> VdiResponse:
         dropped: list[tuple[int, int]] = []
         if header.store_policy:
             txn.writes.append((oid, SD_INODE_INDEX_OFFSET, bytes(4 * SD_INODE_DATA_INDEX)))
+            # its data objects and its B-tree leaf objects (sheep 1.0 leaves
+            # the leaves behind; nothing could ever read them again)
             txn.unlinks.extend(o for o in state.store.oids()
-                               if (o >> 32) & 0xFFFFFF == vid and not o >> 59)
+                               if (o >> 32) & 0xFFFFFF == vid
+                               and object_kind(o) in (ObjectKind.DATA, ObjectKind.BTREE))
         else:
             count = min(header.count_data_objs, SD_INODE_DATA_INDEX)
             slots = state.read_slots(vid, 0, count)

@@ -24,6 +24,7 @@ from sheepdog_backend.driver.loader import load_backend
 from sheepdog_backend.exception import (
     ConfigError,
     DriverLoadError,
+    HyperVolumeUnsupported,
     InvalidBackingImage,
     InvalidInput,
     InvalidPayload,
@@ -65,6 +66,11 @@ def vol(name: str, size: int = 1) -> Volume:
 
 def snap(volume: str, tag: str) -> Snapshot:
     return Snapshot(id=tag, volume=vol(volume), name=tag)
+
+
+def create_hyper(env: Env, size: int, **kwargs: Any) -> object:
+    with SheepdogClient(env.server.gateways) as client:
+        return client.create_vdi("h2", size, hyper=True, **kwargs)
 
 
 def file_with(env: Env, name: str, data: bytes) -> str:
@@ -170,10 +176,28 @@ CASES: list[Case] = [
          InvalidInput),
     Case("create-size-bool", lambda e: e.driver.create_volume(vol("z", True)), InvalidInput),
     Case("create-beyond-2-pib", lambda e: e.driver.create_volume(vol("z", 3 << 20)),
-         InvalidInput, "hyper"),
+         InvalidInput, "set sheepdog_hyper_volumes = true"),
     Case("create-exists-other-size", lambda e: e.driver.create_volume(vol("base-vol", 2)),
-         VdiExists),
-    Case("extend-shrink", lambda e: e.driver.extend_volume(vol("grown"), 1), InvalidInput),
+         VdiExists, "already exists with 1 GiB, not 2 GiB"),
+    Case("extend-shrink", lambda e: e.driver.extend_volume(vol("grown"), 1), InvalidInput,
+         "is 2 GiB; it can only grow, not shrink to 1 GiB"),
+    Case("clone-smaller-than-source", lambda e: e.driver.create_cloned_volume(
+        vol("c", 1), vol("grown", 2)), InvalidInput, "source 'grown' (2 GiB)"),
+    # -- hyper volumes: what Sheepdog 1.0 cannot do with them ------------------------------
+    Case("hyper-snapshot", lambda e: e.driver.create_snapshot(snap("hyper-vol", "s")),
+         HyperVolumeUnsupported, "cannot snapshot it, so it cannot have snapshots"),
+    Case("hyper-clone", lambda e: e.driver.create_cloned_volume(
+        vol("c", 6 << 10), vol("hyper-vol", 5 << 10)), HyperVolumeUnsupported, "clones"),
+    Case("hyper-revert", lambda e: e.driver.revert_to_snapshot(
+        vol("hyper-vol", 5 << 10), snap("hyper-vol", "s")), HyperVolumeUnsupported, "reverts"),
+    Case("hyper-attach", lambda e: e.driver.initialize_connection(
+        vol("hyper-vol"), Connector(host="h")), HyperVolumeUnsupported, "cannot be attached"),
+    Case("hyper-extend-past-16-pib", lambda e: e.driver.extend_volume(
+        vol("hyper-vol"), (16 << 20) + 1), HyperVolumeUnsupported, "at most 16 PiB"),
+    Case("hyper-client-too-large", lambda e: create_hyper(e, (1 << 54) + 1), InvalidInput,
+         "16 PiB"),
+    Case("hyper-client-object-size", lambda e: create_hyper(e, 1 << 40, block_size_shift=25),
+         InvalidInput, "4 MiB objects"),
     Case("extend-missing", lambda e: e.driver.extend_volume(vol("nosuch"), 2), VolumeNotFound),
     Case("extend-past-object-cap", lambda e: e.driver.extend_volume(vol("base-vol"), 5 << 10),
          InvalidInput, "create a new volume"),
@@ -294,6 +318,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         driver.create_volume(vol("grown", 2))
         driver.create_snapshot(snap("grown", "g1"))
         driver.create_volume(vol("imgdst"))
+        with SheepdogClient(server.gateways) as client:
+            client.create_vdi("hyper-vol", 5 << 40, hyper=True)
         try:
             yield Env(driver, server, tmp, str(ini))
         finally:

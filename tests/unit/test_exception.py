@@ -33,7 +33,10 @@ def test_every_server_error_subclass_is_registered() -> None:
         return out
 
     abstract = {exc.ServerUnavailable, exc.UnknownServerError}
-    concrete = [c for c in walk(exc.ServerError) if c not in abstract]
+    # the registry's classes; a layer may refine one for its own use (the
+    # gateway's transient NO_OBJ during recovery) without registering a code
+    concrete = [c for c in walk(exc.ServerError)
+                if c not in abstract and c.__module__ == exc.__name__]
     assert sorted(c.__name__ for c in concrete) == sorted(
         c.__name__ for c in exc.registered_codes().values())
 
