@@ -40,9 +40,9 @@ from sheepdog_backend.protocol.constants import (
     SD_BTREE_NODE_SIZE,
     SD_INODE_INDEX_OFFSET,
 )
+from sheepdog_backend.protocol.inode import INDEX_HEADER, encode_index_header
 from sheepdog_backend.protocol.oid import vid_to_btree_oid
 
-INDEX_HEADER = struct.Struct("<HHI")
 INDEX_ENTRY = struct.Struct("<II")
 INDIRECT_ENTRY = struct.Struct("<I4xQ")
 NODE_SIZE = SD_BTREE_NODE_SIZE  # the root area and every leaf object: 4 MiB
@@ -73,7 +73,7 @@ class IndexNode:
     def encode(self) -> bytes:
         """Header and the used entries (the rest of the node is not written)."""
         entry = INDEX_ENTRY if self.depth == 1 else INDIRECT_ENTRY
-        out = bytearray(INDEX_HEADER.pack(INDEX_HEADER_MAGIC, self.depth, len(self.keys)))
+        out = bytearray(encode_index_header(self.depth, len(self.keys)))
         for key, value in zip(self.keys, self.values, strict=True):
             out += entry.pack(key, value)
         return bytes(out)
