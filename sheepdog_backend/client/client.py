@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import BinaryIO, TypeVar
 
+from sheepdog_backend.client import hyper
 from sheepdog_backend.client import io as dio
 from sheepdog_backend.client import reconcile as rc
 from sheepdog_backend.client import requests as rq
@@ -219,7 +220,8 @@ class SheepdogClient:
         return self._run(attempt, what=f"read inode {vid:#x}")
 
     def list_vdis(self, *, with_usage: bool = False) -> list[VdiInfo]:
-        return self._run(lambda c: ops.list_vdis(c, self.io_window, with_usage=with_usage),
+        return self._run(lambda c: ops.list_vdis(c, self.io_window, with_usage=with_usage,
+                                                 index_vids=hyper.index_vids),
                          what="list VDIs")
 
     def list_snapshots(self, name: str) -> list[VdiInfo]:

@@ -98,6 +98,11 @@ def entries(conn: Connection, hdr: InodeHeader) -> list[tuple[int, int]]:
     return index.walk()
 
 
+def index_vids(conn: Connection, hdr: InodeHeader) -> list[int]:
+    """The vid of every entry of the VDI's index (for its used/shared space)."""
+    return [vid for _idx, vid in entries(conn, hdr)]
+
+
 def lookup_vids(conn: Connection, vid: int, idxs: list[int]) -> list[int]:
     """The vids mapping ``idxs`` in the (hyper) VDI ``vid``."""
     hdr = ops.read_header(conn, vid)

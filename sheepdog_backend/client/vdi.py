@@ -13,7 +13,7 @@ Retrying and reconciling after a lost reply is the caller's job
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.models import VdiInfo
@@ -323,8 +323,12 @@ def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo
             if h.name == name]
 
 
-def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
+def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False,
+              index_vids: Callable[[Connection, InodeHeader], list[int]] | None = None
               ) -> list[VdiInfo]:
+    """Every live VDI; ``with_usage`` adds used/shared space from the slots, and
+    from ``index_vids`` (the vids of a hyper VDI's B-tree, client/hyper.py,
+    which builds on this module) for hyper VDIs."""
     in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
     in_use = VidBitmap(in_use_rsp.payload)
     deleted = VidBitmap(deleted_rsp.payload)
@@ -339,9 +343,11 @@ def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False
                          max(window, HEADER_WINDOW)))
     out = []
     for hdr, reqs in zip(headers, per_vdi, strict=True):
-        if hdr.store_policy:  # a B-tree, not slots (hyper.py builds on this module)
-            from sheepdog_backend.client import hyper
-            slots = [vid for _idx, vid in hyper.entries(conn, hdr)]
+        if hdr.store_policy:  # a B-tree, not slots
+            if index_vids is None:
+                raise InvalidInput(f"{hdr.name!r} is a hyper volume: its usage needs "
+                                   "its B-tree (index_vids)")
+            slots = index_vids(conn, hdr)
         else:
             slots = [s for _ in reqs for s in decode_slots(next(rsps).payload)]
         own = sum(1 for s in slots if s == hdr.vdi_id)
