@@ -15,6 +15,7 @@ from sheepdog_backend.driver.loader import load_backend
 from sheepdog_backend.exception import HyperVolumeUnsupported, InvalidInput
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 from tests.functional.test_cli_sizing import cli  # the same CLI subprocess
+from tests.functional.test_cli_sizing import conf as sizing_conf  # and ini file
 
 GiB, TiB, PiB = 1 << 30, 1 << 40, 1 << 50
 
@@ -26,10 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]
 
 
 def conf(tmp: pathlib.Path, server: EmbeddedServer, extra: str = "") -> str:
-    path = tmp / "hyp.conf"
-    path.write_text("[DEFAULT]\nenabled_backends = main\n\n[main]\nsheepdog_gateways = "
-                    f"{server.gateways[0]}\nsheepdog_retry_attempts = 2\n" + extra)
-    return str(path)
+    return sizing_conf(tmp, server.gateways[:1], "sheepdog_retry_attempts = 2\n" + extra)
 
 
 def test_driver_makes_hyper_volumes_only_when_asked(server: EmbeddedServer,
