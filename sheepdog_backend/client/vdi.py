@@ -284,9 +284,16 @@ def iter_family_candidates(in_use: VidBitmap, deleted: VidBitmap, start: int,
 CHAIN_READ_LIMIT = 4096  # longer spans to the working VDI fall back to the bitmaps
 
 
-def chain_through(start: int, last: int) -> list[int]:
+def chain_through(start: int, last: int, limit: int = CHAIN_READ_LIMIT) -> list[int] | None:
     """The probe chain's vids from ``start`` to ``last`` inclusive, wrapping
-    from 2^24 - 1 to 1 (§8.3)."""
+    from 2^24 - 1 to 1 (§8.3); None, without building it, when it is longer
+    than ``limit``.  ``last`` comes from the server: outside the 24-bit vid
+    space it is a ProtocolError."""
+    if not 0 < last < SD_NR_VDIS:
+        raise ProtocolError(f"the server named VDI id {last:#x}, outside 1..{SD_NR_VDIS - 1:#x}")
+    span = last - start + 1 if last >= start else SD_NR_VDIS - start + last
+    if span > limit:
+        return None
     if last >= start:
         return list(range(start, last + 1))
     return list(range(start, SD_NR_VDIS)) + list(range(1, last + 1))
@@ -313,8 +320,7 @@ def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo
     vids: Iterable[int] | None = None
     if found.result == Result.SUCCESS and flags is not None \
             and not flags & ClusterFlag.RECYCLE_VID:
-        chain = chain_through(start, vdi_body(found).vdi_id)
-        vids = chain if len(chain) <= CHAIN_READ_LIMIT else None
+        vids = chain_through(start, vdi_body(found).vdi_id)
     if vids is None:
         in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
         vids = iter_family_candidates(VidBitmap(in_use_rsp.payload),

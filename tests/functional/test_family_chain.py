@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from sheepdog_backend.client import RetryPolicy, SheepdogClient
-from sheepdog_backend.client.vdi import chain_through
+from sheepdog_backend.client.vdi import CHAIN_READ_LIMIT, chain_through
+from sheepdog_backend.exception import ProtocolError
 from sheepdog_backend.protocol.constants import SD_NR_VDIS
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 from tests.realsheep import SheepCluster
@@ -23,6 +24,18 @@ def test_chain_through_wraps_to_one() -> None:
     assert chain_through(10, 13) == [10, 11, 12, 13]
     top = SD_NR_VDIS - 1
     assert chain_through(top - 1, 2) == [top - 1, top, 1, 2]
+
+
+def test_chain_through_never_builds_a_span_past_its_limit() -> None:
+    """A working VDI's id comes from the server: a corrupted reply naming a vid
+    far down the chain (or outside the 24-bit space) must not build a list of
+    millions of vids (the client fuzz test hit MemoryError in list_snapshots)."""
+    assert chain_through(10, 10 + CHAIN_READ_LIMIT) is None
+    assert chain_through(SD_NR_VDIS - 5, CHAIN_READ_LIMIT) is None
+    assert len(chain_through(10, 9 + CHAIN_READ_LIMIT) or []) == CHAIN_READ_LIMIT
+    for bad in (0, SD_NR_VDIS, 0xFFFF_FFFF):
+        with pytest.raises(ProtocolError):
+            chain_through(10, bad)
 
 
 def history(client: SheepdogClient) -> Iterator[tuple[str, list[str]]]:
