@@ -78,6 +78,7 @@ class Ticket:
     first: int = 0  # create: idx; slots: first idx written
     values: tuple[int, ...] = ()  # slots: the values written
     waited: float = 0.0  # seconds held by a gate or a drain
+    admitted: float = 0.0  # when ``before`` let it go (the guard's clock)
 
 
 @dataclass
@@ -86,7 +87,7 @@ class SnapshotEvent:
     new_vid: int
     drain_wait: float
     drained: bool
-    duration: float = 0.0
+    duration: float = 0.0  # the cluster's NEW_VDI, drain excluded
 
 
 @dataclass
@@ -187,7 +188,8 @@ class SnapshotGuard:
                     break
                 self._cond.wait(left)
             self._gated.add(vid)
-        return Ticket("snapshot", vid, first=int(drained), waited=self._clock() - start)
+        now = self._clock()
+        return Ticket("snapshot", vid, first=int(drained), waited=now - start, admitted=now)
 
     # -- after forwarding ----------------------------------------------------
 
@@ -225,7 +227,8 @@ class SnapshotGuard:
                 while len(self._frozen) > _MAX_FROZEN:
                     self._frozen.popitem(last=False)
                 self.events.append(SnapshotEvent(ticket.vid, new_vid, ticket.waited,
-                                                 bool(ticket.first)))
+                                                 bool(ticket.first),
+                                                 self._clock() - ticket.admitted))
                 del self.events[:-1000]
             self._cond.notify_all()
 

@@ -23,7 +23,7 @@ from sheepdog_backend.export.manager import read_record
 from sheepdog_backend.gateway import Gateway
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 from tests.functional.test_export_tgt import HOST_IQN, make_driver, volume
-from tests.gateway_race import BLOCK, RaceResult, run_race
+from tests.gateway_race import BLOCK, RaceResult, run_race, with_control
 from tests.iscsi_tools import image_opts, qemu_io, qemu_io_path
 from tests.realsheep import SheepCluster, free_port, require
 from tests.tgtd import TgtDaemon
@@ -70,19 +70,27 @@ def report(tmp_path: Path, label: str, result: RaceResult) -> None:
 
 def race(tmp_path: Path, cluster: list[str], daemon: TgtDaemon, label: str, *,
          writes: int, objects: int, interval: float) -> RaceResult:
-    gw = start_gateway(cluster)
+    """The race, after the same writes without snapshots on another volume
+    (the control for the guest's longest write)."""
+    gw = start_gateway(cluster, trace=max(20000, 10 * writes))
     drv = gateway_driver(gw, daemon)
     try:
         size_gib = -(-(objects * 4 * MiB) // (1 << 30))
-        vol = volume(f"race-{label}", size_gib)
-        drv.create_volume(vol)
-        info = drv.initialize_connection(vol, CONNECTOR)
-        with SheepdogClient(cluster) as check:
-            result = run_race(info, initiator=HOST_IQN, name=vol.name,
-                              snapshot_via=f"127.0.0.1:{gw.port}", check_client=check,
-                              gateway=gw, writes=writes, objects=objects, interval=interval)
+        runs = []
+        for kind, snapshots in (("control", 0), ("race", 2000)):
+            vol = volume(f"{kind}-{label}", size_gib)
+            drv.create_volume(vol)
+            info = drv.initialize_connection(vol, CONNECTOR)
+            with SheepdogClient(cluster) as check:
+                runs.append(run_race(info, initiator=HOST_IQN, name=vol.name,
+                                     snapshot_via=f"127.0.0.1:{gw.port}", check_client=check,
+                                     gateway=gw, writes=writes, objects=objects,
+                                     interval=interval, max_snapshots=snapshots))
+            drv.terminate_connection(vol, CONNECTOR)
+        control, result = runs
+        assert control.lost == [] and control.acknowledged == writes, control
+        result = with_control(result, control)
         report(tmp_path, label, result)
-        drv.terminate_connection(vol, CONNECTOR)
         return result
     finally:
         drv.close()

@@ -9,7 +9,12 @@ import threading
 import time
 
 from sheepdog_backend.client import requests as rq
-from sheepdog_backend.gateway.snapshots import SnapshotGuard, slot_values, snapshot_base
+from sheepdog_backend.gateway.snapshots import (
+    SnapshotGuard,
+    Ticket,
+    slot_values,
+    snapshot_base,
+)
 from sheepdog_backend.protocol.constants import SD_INODE_GREF_OFFSET, SD_INODE_INDEX_OFFSET
 from sheepdog_backend.protocol.header import Request, Response, VdiResponse
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
@@ -72,3 +77,28 @@ def test_a_failed_create_is_not_waited_for() -> None:
     start = time.monotonic()
     snap = guard.before(rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True))
     assert snap is not None and snap.first == 1 and time.monotonic() - start < 1.0
+
+
+def test_a_snapshot_event_times_the_clusters_call_without_its_drain() -> None:
+    now = [100.0]
+    guard = SnapshotGuard(_never, drain_timeout=5.0, clock=lambda: now[0])
+    create = rq.create_and_write_obj(vid_to_data_oid(V, 2), 0, b"x")
+    pending = guard.before(create)
+    assert pending is not None
+    snap_req = rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)
+    snapped: list[Ticket | None] = []
+    thread = threading.Thread(target=lambda: snapped.append(guard.before(snap_req)))
+    thread.start()
+    time.sleep(0.2)
+    now[0] = 100.5  # the create's slot write comes half a second later
+    slot = rq.write_obj(vid_to_vdi_oid(V), SD_INODE_INDEX_OFFSET + 8, struct.pack("<I", V))
+    slot_ticket = guard.before(slot)
+    assert slot_ticket is not None
+    guard.after(slot_ticket, slot, Response(slot.opcode))
+    thread.join(5)
+    ticket = snapped[0]
+    assert ticket is not None
+    now[0] = 100.8  # the cluster took 0.3 s
+    guard.after(ticket, snap_req, Response(snap_req.opcode, body=VdiResponse(vdi_id=W)))
+    (event,) = guard.events
+    assert event.drained and event.drain_wait == 0.5 and abs(event.duration - 0.3) < 1e-9
