@@ -119,7 +119,8 @@ class Gateway:
     def handle(self, request: Request) -> Response:
         start = time.monotonic()
         ticket: Ticket | None = self.guard.before(request)
-        response = self.forwarder.forward(request)
+        local = self.guard.local_answer(ticket, request) if ticket is not None else None
+        response = local if local is not None else self.forwarder.forward(request)
         if ticket is not None:
             response = self.guard.after(ticket, request, response)
         self._state.epoch = response.epoch or self._state.epoch
@@ -184,6 +185,7 @@ class Gateway:
                           "successes": h.successes, "last_error": h.last_error})
         return {"listen": self.address, "vdis": self.io.snapshot(), "nodes": nodes,
                 "snapshots": len(events), "reapplied_slots": self.guard.reapplied,
+                "refused_writes": self.guard.refused,
                 "recovery_retries": self.forwarder.recovery_retries,
                 "max_snapshot_drain": max((e.drain_wait for e in events), default=0.0),
                 "max_snapshot_call": max((e.duration for e in events), default=0.0),

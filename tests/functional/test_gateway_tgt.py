@@ -104,6 +104,7 @@ def test_snapshot_race_through_the_gateway_on_the_embedded_server(
     assert result.acknowledged == 300 and result.failed_writes == 0
     assert result.snapshots >= 10 and not result.snapshot_errors
     assert result.lost == []
+    assert result.gateway_stats["refused_writes"] >= 1  # answered READONLY by the guard
 
 
 def test_snapshot_race_through_the_gateway_on_a_real_sheep(
@@ -115,6 +116,7 @@ def test_snapshot_race_through_the_gateway_on_a_real_sheep(
     assert not result.snapshot_errors
     assert result.snapshots >= (200 if LONG else 10)
     assert result.lost == []
+    assert result.gateway_stats["refused_writes"] >= 1  # answered READONLY by the guard
 
 
 def test_exported_volume_snapshots_while_attached_only_through_the_gateway(
