@@ -40,7 +40,7 @@ from tests.iscsi_tools import image_opts, qemu_io_path
 BLOCK = 64 * 1024
 OBJECT = 4 << 20
 _WROTE = re.compile(r"wrote 65536/65536 bytes at offset (\d+)\n"
-                    r"64 KiB, 1 ops; \S+ sec \([^)]* and ([\d.]+) ops/sec\)")
+                    r"64 KiB, 1 ops; [^(\n]*\([^)\n]* and ([\d.]+) ops/sec\)")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class RaceResult:
     control_longest_write: float = 0.0  # the same writes, no snapshot (with_control)
     control_median_write: float = 0.0
     stall: dict[str, float] = field(default_factory=dict)  # split_stall of the longest
+    timed_writes: int = 0  # acknowledged writes whose time qemu-io's output gave
     seconds: float = 0.0
     gateway_stats: dict[str, Any] = field(default_factory=dict)
 
@@ -164,6 +165,7 @@ def run_race(info: dict[str, Any], *, initiator: str | None, name: str, snapshot
         snapper.join(60)
     result.seconds = time.monotonic() - began
     times = write_times(out)
+    result.timed_writes = len(times)
     if times:
         result.longest_write = max(times.values())
         result.median_write = statistics.median(times.values())

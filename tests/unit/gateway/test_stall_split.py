@@ -18,9 +18,12 @@ def test_write_times_uses_the_ops_per_second_figure() -> None:
            "64 KiB, 1 ops; 00.01 sec (4.715 MiB/sec and 75.4399 ops/sec)\n"
            "write failed: Input/output error\n"
            "wrote 65536/65536 bytes at offset 4194304\n"
-           "64 KiB, 1 ops; 00.11 sec (596.424 KiB/sec and 9.3191 ops/sec)\n")
+           "64 KiB, 1 ops; 00.11 sec (596.424 KiB/sec and 9.3191 ops/sec)\n"
+           "wrote 65536/65536 bytes at offset 8388608\n"  # a second or more: h:mm:ss.ss
+           "64 KiB, 1 ops; 0:00:01.05 (60.952 KiB/sec and 0.9524 ops/sec)\n")
     times = write_times(out)
-    assert set(times) == {0, OBJECT}
+    assert set(times) == {0, OBJECT, 2 * OBJECT}
+    assert times[2 * OBJECT] == pytest.approx(1.05, abs=1e-3)
     assert times[0] == pytest.approx(1 / 75.4399)
     assert times[OBJECT] == pytest.approx(0.1073, abs=1e-4)
 
