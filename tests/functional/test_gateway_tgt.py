@@ -1,5 +1,6 @@
 """tgt's LUs through the local gateway, end to end with QEMU 7.2 (qemu-io,
-iscsi://): the snapshot race loses nothing (embedded server and a real sheep;
+iscsi://): the snapshot race loses nothing (embedded server and a real sheep,
+creates and overwrites;
 ``SHEEPDOG_GATEWAY_RACE_LONG=1`` runs the issue's long form: >= 2,000
 acknowledged writes and hundreds of snapshots), a node killed under a LU while
 QEMU writes, ``dog`` through the gateway, the gateway restarted under tgt."""
@@ -117,6 +118,18 @@ def test_snapshot_race_through_the_gateway_on_a_real_sheep(
     assert result.snapshots >= (200 if LONG else 10)
     assert result.lost == []
     assert result.gateway_stats["refused_writes"] >= 1  # answered READONLY by the guard
+
+
+def test_snapshot_race_over_written_objects_through_the_gateway_on_a_real_sheep(
+        tmp_path: Path, real_sheep: SheepCluster, tgtd: TgtDaemon) -> None:
+    # 60 blocks in each of 5 objects: most writes overwrite an object that
+    # exists (plain WRITE_OBJ, not held by the gate; refused READONLY by the
+    # cluster once its snapshot began), not only copy-on-write creates.
+    result = race(tmp_path, real_sheep.gateways, tgtd, "overwrites", writes=300, objects=5,
+                  interval=0.1)
+    assert result.acknowledged == 300 and result.failed_writes == 0
+    assert result.snapshots >= 10 and not result.snapshot_errors
+    assert result.lost == []
 
 
 def test_exported_volume_snapshots_while_attached_only_through_the_gateway(
