@@ -98,13 +98,18 @@ def race(tmp_path: Path, cluster: list[str], daemon: TgtDaemon, label: str, *,
         gw.stop()
 
 
+def assert_nothing_lost(result: RaceResult, writes: int, snapshots: int) -> None:
+    """Every write acknowledged and read back, at least ``snapshots`` taken."""
+    assert result.acknowledged == writes and result.failed_writes == 0
+    assert result.snapshots >= snapshots and not result.snapshot_errors
+    assert result.lost == []
+
+
 def test_snapshot_race_through_the_gateway_on_the_embedded_server(
         tmp_path: Path, server: EmbeddedServer, tgtd: TgtDaemon) -> None:
     result = race(tmp_path, server.gateways, tgtd, "embedded", writes=300, objects=150,
                   interval=0.05)
-    assert result.acknowledged == 300 and result.failed_writes == 0
-    assert result.snapshots >= 10 and not result.snapshot_errors
-    assert result.lost == []
+    assert_nothing_lost(result, 300, 10)
     assert result.gateway_stats["refused_writes"] >= 1  # answered READONLY by the guard
 
 
@@ -113,10 +118,7 @@ def test_snapshot_race_through_the_gateway_on_a_real_sheep(
     writes, objects, interval = (2400, 600, 0.1) if LONG else (200, 100, 0.1)
     result = race(tmp_path, real_sheep.gateways, tgtd, "real", writes=writes,
                   objects=objects, interval=interval)
-    assert result.acknowledged == writes and result.failed_writes == 0
-    assert not result.snapshot_errors
-    assert result.snapshots >= (200 if LONG else 10)
-    assert result.lost == []
+    assert_nothing_lost(result, writes, 200 if LONG else 10)
     assert result.gateway_stats["refused_writes"] >= 1  # answered READONLY by the guard
 
 
@@ -127,9 +129,7 @@ def test_snapshot_race_over_written_objects_through_the_gateway_on_a_real_sheep(
     # cluster once its snapshot began), not only copy-on-write creates.
     result = race(tmp_path, real_sheep.gateways, tgtd, "overwrites", writes=300, objects=5,
                   interval=0.1)
-    assert result.acknowledged == 300 and result.failed_writes == 0
-    assert result.snapshots >= 10 and not result.snapshot_errors
-    assert result.lost == []
+    assert_nothing_lost(result, 300, 10)
 
 
 def test_exported_volume_snapshots_while_attached_only_through_the_gateway(
