@@ -8,7 +8,8 @@ missing it raises ``Unavailable`` with the reason (the benchmarks then exit 0
 saying so).  ``iscsi_options`` is the driver configuration that exports
 through that tgtd (CHAP on); ``attached(driver, volume)`` exports a volume's
 LU and yields the QEMU ``--image-opts`` target and the ``--object`` secret,
-detaching afterwards.  Used by one thread.
+detaching afterwards (``exported`` yields the connection info itself).  Used
+by one thread.
 """
 
 from __future__ import annotations
@@ -84,17 +85,26 @@ def sheep_and_tgtd(tmp: str | os.PathLike[str]) -> Iterator[Setup]:
 
 
 @contextlib.contextmanager
+def exported(driver: SheepdogDriver, volume: Volume) -> Iterator[dict[str, Any]]:
+    """Export ``volume`` and yield its connection info; the export is dropped
+    afterwards."""
+    info = attach.initialize_connection(driver.core, volume, CONNECTOR)
+    try:
+        yield info
+    finally:
+        attach.terminate_connection(driver.core, volume, CONNECTOR)
+
+
+@contextlib.contextmanager
 def attached(driver: SheepdogDriver, volume: Volume) -> Iterator[tuple[str, str]]:
     """Export ``volume`` and yield (QEMU target image-opts, secret object);
     the export is dropped afterwards."""
-    data = attach.initialize_connection(driver.core, volume, CONNECTOR)["data"]
-    try:
+    with exported(driver, volume) as info:
+        data = info["data"]
         target = (f"driver=iscsi,transport=tcp,portal={data['target_portal']},"
                   f"target={data['target_iqn']},lun=1,user={data['auth_username']},"
                   "password-secret=chap")
         yield target, f"secret,id=chap,data={data['auth_password']}"
-    finally:
-        attach.terminate_connection(driver.core, volume, CONNECTOR)
 
 
 def timed_run(argv: list[str], **kw: Any) -> float:

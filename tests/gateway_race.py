@@ -7,10 +7,23 @@ so most writes create an object), while a loop snapshots the volume through
 the gateway every ``interval`` seconds until the writer exits; then every
 block qemu-io acknowledged is read back from the cluster (the working VDI, as
 a re-opened LU would see it) and compared whole.
+
+The guest's stall: qemu-io prints each write's time (its ops/sec figure has
+four digits), so ``longest_write`` is the longest a guest write took while
+snapshots ran; the same run with ``max_snapshots=0`` on a fresh volume is the
+control (``with_control``).  With the gateway's request trace on
+(``Gateway(trace=N)``), ``split_stall`` splits the longest write into the
+requests tgt made for it: the gate's hold, the tries the cluster refused
+(READONLY: the volume was snapshotted), tgt's reload between tries (LOCK_VDI
+and its inode read), the data write that stuck, the inode slot write, and
+what was spent outside the gateway (QEMU, iSCSI, tgt).
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+import statistics
 import subprocess
 import threading
 import time
@@ -19,10 +32,15 @@ from typing import Any
 
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.gateway import Gateway
+from sheepdog_backend.gateway.stats import TraceEntry
+from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Opcode
+from sheepdog_backend.protocol.oid import is_data_obj, is_vdi_obj, oid_to_index
 from tests.iscsi_tools import image_opts, qemu_io_path
 
 BLOCK = 64 * 1024
 OBJECT = 4 << 20
+_WROTE = re.compile(r"wrote 65536/65536 bytes at offset (\d+)\n"
+                    r"64 KiB, 1 ops; [^(\n]*\([^)\n]* and ([\d.]+) ops/sec\)")
 
 
 @dataclass
@@ -34,6 +52,13 @@ class RaceResult:
     lost: list[int] = field(default_factory=list)
     longest_snapshot: float = 0.0  # one snapshot request, end to end
     longest_gate_wait: float = 0.0  # longest a write was held by a snapshot
+    longest_snapshot_call: float = 0.0  # longest NEW_VDI the cluster took
+    longest_write: float = 0.0  # the guest's longest write (qemu-io's time)
+    median_write: float = 0.0
+    control_longest_write: float = 0.0  # the same writes, no snapshot (with_control)
+    control_median_write: float = 0.0
+    stall: dict[str, float] = field(default_factory=dict)  # split_stall of the longest
+    timed_writes: int = 0  # acknowledged writes whose time qemu-io's output gave
     seconds: float = 0.0
     gateway_stats: dict[str, Any] = field(default_factory=dict)
 
@@ -50,7 +75,54 @@ def pattern(i: int) -> int:
     return 1 + i % 251
 
 
-def run_race(info: dict[str, Any], *, initiator: str, name: str, snapshot_via: str,
+def write_times(out: str) -> dict[int, float]:
+    """offset -> seconds of each write qemu-io acknowledged."""
+    return {int(m.group(1)): 1.0 / float(m.group(2)) for m in _WROTE.finditer(out)}
+
+
+def _covers_slot(entry: TraceEntry, idx: int) -> bool:
+    slot = SD_INODE_INDEX_OFFSET + 4 * idx
+    return entry.opcode == Opcode.WRITE_OBJ and entry.oid is not None \
+        and is_vdi_obj(entry.oid) and entry.offset <= slot < entry.offset + entry.length
+
+
+def split_stall(entries: list[TraceEntry], offset: int, guest: float) -> dict[str, float]:
+    """Split the guest write of the block at ``offset`` (each block is written
+    once, so its object index and offset name its requests) into its parts."""
+    idx, in_obj = offset // OBJECT, offset % OBJECT
+    tries = sorted((e for e in entries if e.oid is not None and is_data_obj(e.oid)
+                    and oid_to_index(e.oid) == idx and e.offset == in_obj
+                    and e.opcode in (Opcode.CREATE_AND_WRITE_OBJ, Opcode.WRITE_OBJ)),
+                   key=lambda e: e.start)
+    if not tries:
+        return {"guest": guest}
+    final = tries[-1]
+    slot = min((e for e in entries if e.start >= final.end and _covers_slot(e, idx)),
+               key=lambda e: e.start, default=None)
+    end = slot.end if slot is not None else final.end
+    overlapping = [e.seconds - e.waited for e in entries if e.opcode == Opcode.NEW_VDI
+                   and e.start < final.end and e.end > tries[0].start]
+    return {
+        "guest": guest,
+        "tries": float(len(tries)),
+        "gate_wait": sum(e.waited for e in tries),
+        "refused_tries": sum(e.seconds - e.waited for e in tries[:-1]),
+        "tgt_reload": sum(b.start - a.end for a, b in itertools.pairwise(tries)),
+        "data_write": final.seconds - final.waited,
+        "slot_write": slot.seconds if slot is not None else 0.0,
+        "outside_gateway": guest - (end - tries[0].start),
+        "snapshot_call": max(overlapping, default=0.0),  # NEW_VDI it collided with
+    }
+
+
+def with_control(result: RaceResult, control: RaceResult) -> RaceResult:
+    """``result`` with the longest and median write of a run without snapshots."""
+    result.control_longest_write = control.longest_write
+    result.control_median_write = control.median_write
+    return result
+
+
+def run_race(info: dict[str, Any], *, initiator: str | None, name: str, snapshot_via: str,
              check_client: SheepdogClient, gateway: Gateway | None, writes: int, objects: int,
              interval: float = 0.1, max_snapshots: int = 2000,
              timeout: float = 600.0) -> RaceResult:
@@ -92,6 +164,11 @@ def run_race(info: dict[str, Any], *, initiator: str, name: str, snapshot_via: s
         stop.set()
         snapper.join(60)
     result.seconds = time.monotonic() - began
+    times = write_times(out)
+    result.timed_writes = len(times)
+    if times:
+        result.longest_write = max(times.values())
+        result.median_write = statistics.median(times.values())
     acked = [line for line in out.splitlines() if line.startswith("wrote 65536/65536")]
     result.acknowledged = len(acked)
     result.failed_writes = out.count("write failed")
@@ -107,4 +184,9 @@ def run_race(info: dict[str, Any], *, initiator: str, name: str, snapshot_via: s
     result.gateway_stats = stats
     result.longest_gate_wait = max((v["max_gate_wait"] for v in stats["vdis"].values()),
                                    default=0.0)
+    result.longest_snapshot_call = stats["max_snapshot_call"]
+    if gateway.trace is not None and times:
+        worst = max(times, key=lambda off: times[off])
+        ours = [e for e in gateway.trace.entries() if e.start >= began]  # not a control's
+        result.stall = split_stall(ours, worst, times[worst])
     return result

@@ -32,7 +32,7 @@ from sheepdog_backend.client import RetryPolicy, SheepdogClient
 from sheepdog_backend.exception import InvalidInput, SheepdogError
 from sheepdog_backend.gateway.forward import Forwarder
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, snapshot_base
-from sheepdog_backend.gateway.stats import IoStats
+from sheepdog_backend.gateway.stats import IoStats, RequestTrace
 from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD
 from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.structs import NodeId
@@ -86,7 +86,7 @@ class Gateway:
                  workers: int = DEFAULT_WORKERS, drain_timeout: float = 5.0,
                  gate_timeout: float = 30.0, connect_timeout: float = 2.0,
                  request_timeout: float = 30.0, retry: RetryPolicy | None = None,
-                 discover: bool = True) -> None:
+                 discover: bool = True, trace: int = 0) -> None:
         check_listen(unix_path, port)
         if not cluster:
             raise InvalidInput("the gateway needs at least one cluster node address")
@@ -105,6 +105,7 @@ class Gateway:
         self.guard = SnapshotGuard(self.forwarder.forward, drain_timeout=drain_timeout,
                                    gate_timeout=gate_timeout)
         self.io = IoStats()
+        self.trace = RequestTrace(trace) if trace else None  # the last ``trace`` requests
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self._state = _LocalState(NodeId(host, self.port or 0))
         self._server: SheepServer | None = None
@@ -118,13 +119,16 @@ class Gateway:
     def handle(self, request: Request) -> Response:
         start = time.monotonic()
         ticket: Ticket | None = self.guard.before(request)
-        response = self.forwarder.forward(request)
+        local = self.guard.local_answer(ticket, request) if ticket is not None else None
+        response = local if local is not None else self.forwarder.forward(request)
         if ticket is not None:
             response = self.guard.after(ticket, request, response)
         self._state.epoch = response.epoch or self._state.epoch
         base = snapshot_base(request)
-        self.io.count(request, response, time.monotonic() - start,
-                      waited=ticket.waited if ticket is not None else 0.0, vid=base)
+        end, waited = time.monotonic(), ticket.waited if ticket is not None else 0.0
+        self.io.count(request, response, end - start, waited=waited, vid=base)
+        if self.trace is not None:
+            self.trace.record(request, response, start, end, waited)
         return response
 
     # -- service ----------------------------------------------------------------
@@ -181,8 +185,10 @@ class Gateway:
                           "successes": h.successes, "last_error": h.last_error})
         return {"listen": self.address, "vdis": self.io.snapshot(), "nodes": nodes,
                 "snapshots": len(events), "reapplied_slots": self.guard.reapplied,
+                "refused_writes": self.guard.refused,
                 "recovery_retries": self.forwarder.recovery_retries,
                 "max_snapshot_drain": max((e.drain_wait for e in events), default=0.0),
+                "max_snapshot_call": max((e.duration for e in events), default=0.0),
                 "undrained_snapshots": sum(1 for e in events if not e.drained)}
 
     def __enter__(self) -> Gateway:

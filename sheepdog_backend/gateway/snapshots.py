@@ -21,6 +21,14 @@ How it works: the gateway sees every request of the VDIs behind it and calls
   for (its create is held by the gate, so the drain cannot deadlock on it).
   After the snapshot the writer's creates of V are refused READONLY by the
   cluster and it reloads its inode (tgt and QEMU both do).
+* Once a snapshot of V was answered, the cluster refuses every create or
+  write of a data object of V with READONLY (sheep 1.0: a snapshot's data
+  objects are read-only, and a vid is never reused short of a cluster
+  format), and the writer reloads its inode and tries again on W.  For
+  ``readonly_window`` seconds after the snapshot the gateway gives that
+  answer itself: the creates its gate held, and the writer's next try, then
+  do not cross to the cluster and back before the reload (the guest's write
+  is waiting on them).  After the window they are forwarded again.
 * V -> W is remembered; a slot write that still lands on a frozen V (the
   drain timed out, or the snapshot did not come through the gateway and a
   later one did) is re-applied to W: every slot the writer set to V whose
@@ -28,7 +36,7 @@ How it works: the gateway sees every request of the VDIs behind it and calls
   (the writer holds its inode lock until then, so nobody else writes W's
   slot in between).
 
-Shared state: ``_pending``, ``_gated`` and ``_frozen``, guarded by
+Shared state: ``_pending``, ``_gated``, ``_frozen`` and ``_frozen_at``, guarded by
 ``_cond`` (a Condition; waits are bounded).  Any number of requests may be in
 ``before``/``after`` at once; the re-apply runs outside the lock.
 """
@@ -48,6 +56,7 @@ from sheepdog_backend.protocol.constants import (
     SD_INODE_INDEX_OFFSET,
     Flag,
     Opcode,
+    Result,
 )
 from sheepdog_backend.protocol.header import (
     ObjRequest,
@@ -55,6 +64,7 @@ from sheepdog_backend.protocol.header import (
     Response,
     VdiRequest,
     VdiResponse,
+    response_body_class,
 )
 from sheepdog_backend.protocol.oid import (
     is_data_obj,
@@ -73,11 +83,12 @@ _MAX_FROZEN = 4096
 class Ticket:
     """What ``before`` saw of a request, handed back to ``after``."""
 
-    kind: str  # "create", "slots", "snapshot"
+    kind: str  # "create", "slots", "snapshot", "readonly" (answered by the guard)
     vid: int
     first: int = 0  # create: idx; slots: first idx written
     values: tuple[int, ...] = ()  # slots: the values written
     waited: float = 0.0  # seconds held by a gate or a drain
+    admitted: float = 0.0  # when ``before`` let it go (the guard's clock)
 
 
 @dataclass
@@ -86,7 +97,7 @@ class SnapshotEvent:
     new_vid: int
     drain_wait: float
     drained: bool
-    duration: float = 0.0
+    duration: float = 0.0  # the cluster's NEW_VDI, drain excluded
 
 
 @dataclass
@@ -122,17 +133,21 @@ def snapshot_base(request: Request) -> int | None:
 class SnapshotGuard:
     def __init__(self, forward: Callable[[Request], Response], *,
                  drain_timeout: float = 5.0, gate_timeout: float = 30.0,
+                 readonly_window: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._forward = forward
         self.drain_timeout = drain_timeout
         self.gate_timeout = gate_timeout
+        self.readonly_window = readonly_window
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: dict[int, _Pending] = {}
         self._gated: set[int] = set()
         self._frozen: OrderedDict[int, int] = OrderedDict()
+        self._frozen_at: dict[int, float] = {}  # vid -> when its snapshot was answered
         self.events: list[SnapshotEvent] = []  # the last snapshots seen (bounded)
         self.reapplied = 0  # slots re-applied to a working inode
+        self.refused = 0  # data writes answered READONLY by the guard itself
 
     # -- before forwarding ---------------------------------------------------
 
@@ -141,6 +156,12 @@ class SnapshotGuard:
         if request.opcode == Opcode.CREATE_AND_WRITE_OBJ and isinstance(body, ObjRequest) \
                 and is_data_obj(body.oid):
             return self._admit_create(oid_to_vid(body.oid), oid_to_index(body.oid))
+        if request.opcode == Opcode.WRITE_OBJ and isinstance(body, ObjRequest) \
+                and is_data_obj(body.oid):
+            vid = oid_to_vid(body.oid)
+            with self._cond:
+                frozen = self._just_frozen(vid)
+            return Ticket("readonly", vid) if frozen else None
         slots = slot_values(request)
         if slots is not None:
             return Ticket("slots", oid_to_vid(request.body.oid),  # type: ignore[union-attr]
@@ -161,8 +182,25 @@ class SnapshotGuard:
                                 "through", vid, self.gate_timeout)
                     break
                 self._cond.wait(left)
+            if self._just_frozen(vid):
+                return Ticket("readonly", vid, first=idx, waited=self._clock() - start)
             self._pending.setdefault(vid, _Pending()).since[idx] = self._clock()
         return Ticket("create", vid, first=idx, waited=self._clock() - start)
+
+    def _just_frozen(self, vid: int) -> bool:
+        """Whether a snapshot of ``vid`` was answered within the window (lock held)."""
+        at = self._frozen_at.get(vid)
+        return at is not None and self._clock() - at <= self.readonly_window
+
+    def local_answer(self, ticket: Ticket, request: Request) -> Response | None:
+        """The answer the guard gives without the cluster, if any: READONLY for
+        a data write of a VDI just snapshotted (what the cluster would say)."""
+        if ticket.kind != "readonly":
+            return None
+        with self._cond:
+            self.refused += 1
+        return Response(opcode=request.opcode, result=int(Result.READONLY),
+                        body=response_body_class(request.opcode)(), id=request.id)
 
     def _start_snapshot(self, vid: int) -> Ticket:
         start = self._clock()
@@ -187,7 +225,8 @@ class SnapshotGuard:
                     break
                 self._cond.wait(left)
             self._gated.add(vid)
-        return Ticket("snapshot", vid, first=int(drained), waited=self._clock() - start)
+        now = self._clock()
+        return Ticket("snapshot", vid, first=int(drained), waited=now - start, admitted=now)
 
     # -- after forwarding ----------------------------------------------------
 
@@ -222,10 +261,13 @@ class SnapshotGuard:
             self._gated.discard(ticket.vid)
             if response.ok and new_vid:
                 self._frozen[ticket.vid] = new_vid
+                self._frozen_at[ticket.vid] = self._clock()
                 while len(self._frozen) > _MAX_FROZEN:
-                    self._frozen.popitem(last=False)
+                    old, _ = self._frozen.popitem(last=False)
+                    self._frozen_at.pop(old, None)
                 self.events.append(SnapshotEvent(ticket.vid, new_vid, ticket.waited,
-                                                 bool(ticket.first)))
+                                                 bool(ticket.first),
+                                                 self._clock() - ticket.admitted))
                 del self.events[:-1000]
             self._cond.notify_all()
 

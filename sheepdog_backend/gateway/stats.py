@@ -4,12 +4,17 @@ How it works: ``count(request, response, seconds)`` adds one forwarded
 request to the counters of the VDI its object belongs to (data objects and
 inode objects by their vid; VDI ops are counted under vid 0 as "control").
 ``snapshot()`` returns a copy as plain dicts keyed by the VDI id in hex.
-Shared state: ``_vdis`` under ``_lock``; counting runs in every worker thread.
+``RequestTrace`` (opt-in: ``Gateway(trace=N)``) keeps the last N requests
+with their start and end times, so a stall a writer saw can be split into
+the requests it was made of (tests/gateway_race.py does).
+Shared state: ``_vdis`` under ``_lock``, the trace's deque under its own
+lock; counting and tracing run in every worker thread.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +37,7 @@ class VdiCounters:
     busy_seconds: float = 0.0
     max_latency: float = 0.0
     max_gate_wait: float = 0.0  # longest a create was held by a snapshot
+    max_snapshot_call: float = 0.0  # longest NEW_VDI (snapshot) the cluster took
 
 
 class IoStats:
@@ -62,6 +68,7 @@ class IoStats:
                 c.inode_writes += 1
             elif op == Opcode.NEW_VDI and vid:
                 c.snapshots += 1
+                c.max_snapshot_call = max(c.max_snapshot_call, seconds - waited)
             else:
                 c.other += 1
             c.busy_seconds += seconds
@@ -71,3 +78,40 @@ class IoStats:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {f"{vid:x}": asdict(c) for vid, c in sorted(self._vdis.items())}
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One request as the gateway handled it (monotonic seconds)."""
+
+    start: float
+    end: float
+    opcode: int
+    oid: int | None  # object requests only
+    offset: int
+    length: int  # data_length of the request
+    result: int
+    waited: float  # held by a snapshot's gate or drain
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+class RequestTrace:
+    def __init__(self, size: int) -> None:
+        self._lock = threading.Lock()
+        self._entries: deque[TraceEntry] = deque(maxlen=size)
+
+    def record(self, request: Request, response: Response, start: float, end: float,
+               waited: float) -> None:
+        body = request.body
+        oid, offset = (body.oid, body.offset) if isinstance(body, ObjRequest) else (None, 0)
+        entry = TraceEntry(start, end, int(request.opcode), oid, offset, request.data_length,
+                           int(response.result), waited)
+        with self._lock:
+            self._entries.append(entry)
+
+    def entries(self) -> list[TraceEntry]:
+        with self._lock:
+            return list(self._entries)

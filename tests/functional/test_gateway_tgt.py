@@ -1,5 +1,6 @@
 """tgt's LUs through the local gateway, end to end with QEMU 7.2 (qemu-io,
-iscsi://): the snapshot race loses nothing (embedded server and a real sheep;
+iscsi://): the snapshot race loses nothing (embedded server and a real sheep,
+creates and overwrites;
 ``SHEEPDOG_GATEWAY_RACE_LONG=1`` runs the issue's long form: >= 2,000
 acknowledged writes and hundreds of snapshots), a node killed under a LU while
 QEMU writes, ``dog`` through the gateway, the gateway restarted under tgt."""
@@ -23,7 +24,7 @@ from sheepdog_backend.export.manager import read_record
 from sheepdog_backend.gateway import Gateway
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 from tests.functional.test_export_tgt import HOST_IQN, make_driver, volume
-from tests.gateway_race import BLOCK, RaceResult, run_race
+from tests.gateway_race import BLOCK, RaceResult, run_race, with_control
 from tests.iscsi_tools import image_opts, qemu_io, qemu_io_path
 from tests.realsheep import SheepCluster, free_port, require
 from tests.tgtd import TgtDaemon
@@ -70,32 +71,46 @@ def report(tmp_path: Path, label: str, result: RaceResult) -> None:
 
 def race(tmp_path: Path, cluster: list[str], daemon: TgtDaemon, label: str, *,
          writes: int, objects: int, interval: float) -> RaceResult:
-    gw = start_gateway(cluster)
+    """The race, after the same writes without snapshots on another volume
+    (the control for the guest's longest write)."""
+    gw = start_gateway(cluster, trace=max(20000, 10 * writes))
     drv = gateway_driver(gw, daemon)
     try:
         size_gib = -(-(objects * 4 * MiB) // (1 << 30))
-        vol = volume(f"race-{label}", size_gib)
-        drv.create_volume(vol)
-        info = drv.initialize_connection(vol, CONNECTOR)
-        with SheepdogClient(cluster) as check:
-            result = run_race(info, initiator=HOST_IQN, name=vol.name,
-                              snapshot_via=f"127.0.0.1:{gw.port}", check_client=check,
-                              gateway=gw, writes=writes, objects=objects, interval=interval)
+        runs = []
+        for kind, snapshots in (("control", 0), ("race", 2000)):
+            vol = volume(f"{kind}-{label}", size_gib)
+            drv.create_volume(vol)
+            info = drv.initialize_connection(vol, CONNECTOR)
+            with SheepdogClient(cluster) as check:
+                runs.append(run_race(info, initiator=HOST_IQN, name=vol.name,
+                                     snapshot_via=f"127.0.0.1:{gw.port}", check_client=check,
+                                     gateway=gw, writes=writes, objects=objects,
+                                     interval=interval, max_snapshots=snapshots))
+            drv.terminate_connection(vol, CONNECTOR)
+        control, result = runs
+        assert control.lost == [] and control.acknowledged == writes, control
+        result = with_control(result, control)
         report(tmp_path, label, result)
-        drv.terminate_connection(vol, CONNECTOR)
         return result
     finally:
         drv.close()
         gw.stop()
 
 
+def assert_nothing_lost(result: RaceResult, writes: int, snapshots: int) -> None:
+    """Every write acknowledged and read back, at least ``snapshots`` taken."""
+    assert result.acknowledged == writes and result.failed_writes == 0
+    assert result.snapshots >= snapshots and not result.snapshot_errors
+    assert result.lost == []
+
+
 def test_snapshot_race_through_the_gateway_on_the_embedded_server(
         tmp_path: Path, server: EmbeddedServer, tgtd: TgtDaemon) -> None:
     result = race(tmp_path, server.gateways, tgtd, "embedded", writes=300, objects=150,
                   interval=0.05)
-    assert result.acknowledged == 300 and result.failed_writes == 0
-    assert result.snapshots >= 10 and not result.snapshot_errors
-    assert result.lost == []
+    assert_nothing_lost(result, 300, 10)
+    assert result.gateway_stats["refused_writes"] >= 1  # answered READONLY by the guard
 
 
 def test_snapshot_race_through_the_gateway_on_a_real_sheep(
@@ -103,10 +118,18 @@ def test_snapshot_race_through_the_gateway_on_a_real_sheep(
     writes, objects, interval = (2400, 600, 0.1) if LONG else (200, 100, 0.1)
     result = race(tmp_path, real_sheep.gateways, tgtd, "real", writes=writes,
                   objects=objects, interval=interval)
-    assert result.acknowledged == writes and result.failed_writes == 0
-    assert not result.snapshot_errors
-    assert result.snapshots >= (200 if LONG else 10)
-    assert result.lost == []
+    assert_nothing_lost(result, writes, 200 if LONG else 10)
+    assert result.gateway_stats["refused_writes"] >= 1  # answered READONLY by the guard
+
+
+def test_snapshot_race_over_written_objects_through_the_gateway_on_a_real_sheep(
+        tmp_path: Path, real_sheep: SheepCluster, tgtd: TgtDaemon) -> None:
+    # 60 blocks in each of 5 objects: most writes overwrite an object that
+    # exists (plain WRITE_OBJ, not held by the gate; refused READONLY by the
+    # cluster once its snapshot began), not only copy-on-write creates.
+    result = race(tmp_path, real_sheep.gateways, tgtd, "overwrites", writes=300, objects=5,
+                  interval=0.1)
+    assert_nothing_lost(result, 300, 10)
 
 
 def test_exported_volume_snapshots_while_attached_only_through_the_gateway(

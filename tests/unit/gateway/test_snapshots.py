@@ -9,9 +9,24 @@ import threading
 import time
 
 from sheepdog_backend.client import requests as rq
-from sheepdog_backend.gateway.snapshots import SnapshotGuard, slot_values, snapshot_base
-from sheepdog_backend.protocol.constants import SD_INODE_GREF_OFFSET, SD_INODE_INDEX_OFFSET
-from sheepdog_backend.protocol.header import Request, Response, VdiResponse
+from sheepdog_backend.gateway.snapshots import (
+    SnapshotGuard,
+    Ticket,
+    slot_values,
+    snapshot_base,
+)
+from sheepdog_backend.protocol.constants import (
+    SD_INODE_GREF_OFFSET,
+    SD_INODE_INDEX_OFFSET,
+    Result,
+)
+from sheepdog_backend.protocol.header import (
+    Request,
+    Response,
+    VdiResponse,
+    decode_request,
+    decode_response,
+)
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
 
 V, W = 0xABC, 0xABD
@@ -72,3 +87,89 @@ def test_a_failed_create_is_not_waited_for() -> None:
     start = time.monotonic()
     snap = guard.before(rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True))
     assert snap is not None and snap.first == 1 and time.monotonic() - start < 1.0
+
+
+def test_a_snapshot_event_times_the_clusters_call_without_its_drain() -> None:
+    now = [100.0]
+    guard = SnapshotGuard(_never, drain_timeout=5.0, clock=lambda: now[0])
+    create = rq.create_and_write_obj(vid_to_data_oid(V, 2), 0, b"x")
+    pending = guard.before(create)
+    assert pending is not None
+    snap_req = rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)
+    snapped: list[Ticket | None] = []
+    thread = threading.Thread(target=lambda: snapped.append(guard.before(snap_req)))
+    thread.start()
+    time.sleep(0.2)
+    now[0] = 100.5  # the create's slot write comes half a second later
+    slot = rq.write_obj(vid_to_vdi_oid(V), SD_INODE_INDEX_OFFSET + 8, struct.pack("<I", V))
+    slot_ticket = guard.before(slot)
+    assert slot_ticket is not None
+    guard.after(slot_ticket, slot, Response(slot.opcode))
+    thread.join(5)
+    ticket = snapped[0]
+    assert ticket is not None
+    now[0] = 100.8  # the cluster took 0.3 s
+    guard.after(ticket, snap_req, Response(snap_req.opcode, body=VdiResponse(vdi_id=W)))
+    (event,) = guard.events
+    assert event.drained and event.drain_wait == 0.5 and abs(event.duration - 0.3) < 1e-9
+
+
+def _wire(request: Request) -> Request:
+    """``request`` as the gateway's wire loop gets it: encoded, then decoded."""
+    return decode_request(request.encode())
+
+
+def test_data_writes_of_a_vdi_just_snapshotted_are_refused_readonly_by_the_guard() -> None:
+    now = [10.0]
+    guard = SnapshotGuard(_never, readonly_window=30.0, clock=lambda: now[0])
+    snap_req = _wire(rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True))
+    snap = guard.before(snap_req)
+    assert snap is not None
+    answer = decode_response(Response(snap_req.opcode, body=VdiResponse(vdi_id=W),
+                                      id=snap_req.id).encode())
+    guard.after(snap, snap_req, answer)
+    for request in (rq.create_and_write_obj(vid_to_data_oid(V, 4), 0, b"x" * 512),
+                    rq.write_obj(vid_to_data_oid(V, 5), 4096, b"y" * 512)):
+        wired = _wire(request.with_id(77))
+        ticket = guard.before(wired)
+        assert ticket is not None
+        local = guard.local_answer(ticket, wired)
+        assert local is not None
+        refused = decode_response(guard.after(ticket, wired, local).encode())
+        assert (refused.opcode, refused.result, refused.id) == \
+            (wired.opcode, Result.READONLY, 77)
+    assert guard.refused == 2
+    # Still forwarded: the frozen inode's slot writes (re-applied to W), W's
+    # own objects, and V's objects once the window is over.
+    slot = _wire(rq.write_obj(vid_to_vdi_oid(V), SD_INODE_INDEX_OFFSET + 16,
+                              struct.pack("<I", V)))
+    create_w = _wire(rq.create_and_write_obj(vid_to_data_oid(W, 4), 0, b"x"))
+    for request in (slot, create_w):
+        ticket = guard.before(request)
+        assert ticket is not None and guard.local_answer(ticket, request) is None
+    now[0] = 40.5
+    late = _wire(rq.create_and_write_obj(vid_to_data_oid(V, 6), 0, b"x"))
+    ticket = guard.before(late)
+    assert ticket is not None and guard.local_answer(ticket, late) is None
+    assert guard.before(_wire(rq.write_obj(vid_to_data_oid(V, 5), 0, b"y"))) is None
+
+
+def test_a_create_held_by_the_gate_is_refused_once_the_snapshot_is_answered() -> None:
+    guard = SnapshotGuard(_never, gate_timeout=5.0)
+    snap_req = rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)
+    snap = guard.before(snap_req)
+    assert snap is not None
+    create = _wire(rq.create_and_write_obj(vid_to_data_oid(V, 9), 0, b"x"))
+    tickets: list[Ticket | None] = []
+    thread = threading.Thread(target=lambda: tickets.append(guard.before(create)))
+    thread.start()
+    time.sleep(0.2)
+    guard.after(snap, snap_req, Response(snap_req.opcode, body=VdiResponse(vdi_id=W)))
+    thread.join(5)
+    (ticket,) = tickets
+    assert ticket is not None and ticket.waited >= 0.15
+    local = guard.local_answer(ticket, create)
+    assert local is not None and local.result == Result.READONLY
+    # it never became pending: the next snapshot (of W) and one of V drain at once
+    again = guard.before(rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True))
+    assert again is not None and again.first == 1 and again.waited < 0.1
