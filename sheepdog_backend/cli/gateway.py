@@ -39,11 +39,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="address of the TCP listener (default 127.0.0.1)")
     parser.add_argument("--drain-timeout", type=float, default=5.0,
                         help="longest a snapshot waits for answered creates' slot writes")
+    parser.add_argument("--replay-budget", type=_mib, default=256, metavar="MIB",
+                        help="MiB of writes kept during a cluster recovery to send again "
+                        "once it is done (sheep 1.0 can lose them on one copy); past it "
+                        "writes wait for the recovery; 0 turns this off (default 256)")
     parser.add_argument("--stats-file", metavar="PATH",
                         help="write per-volume I/O counters here as JSON")
     parser.add_argument("--stats-interval", type=float, default=10.0,
                         help="seconds between stats writes and log lines (default 10)")
     parser.set_defaults(func=run)
+
+
+def _mib(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} MiB: the budget cannot be negative")
+    return value
 
 
 def _write_stats(path: str, stats: dict[str, object]) -> None:
@@ -59,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         gateway = Gateway(args.cluster, unix_path=args.unix, port=args.port, host=args.host,
-                          drain_timeout=args.drain_timeout)
+                          drain_timeout=args.drain_timeout,
+                          replay_budget=args.replay_budget << 20)
         gateway.start()
     except SheepdogError as exc:
         print(f"sheepdog-backend gateway: error: {exc}", file=sys.stderr)

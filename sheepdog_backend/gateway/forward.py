@@ -31,6 +31,11 @@ the request does:
   tgt read inodes that may be gone); inside it the retry deadline still ends
   the wait with the cluster's NO_OBJ.
 
+Each change (a node failed under a request, or the epoch rose) is told to
+``on_change`` with the highest epoch seen before it: the gateway's
+RecoveryReplay (replay.py) keeps the writes acknowledged from then on until the
+cluster has recovered.
+
 Retries follow the client's RetryPolicy (backoff, total deadline).  Shared
 state: the Cluster (thread-safe) and the recovery clues (highest epoch seen,
 when it last rose or a node failed) under ``_lock``; any number of requests
@@ -107,19 +112,29 @@ class Forwarder:
         self._epoch: int | None = None  # highest cluster epoch seen
         self._changed = float("-inf")  # when a node failed or the epoch rose
         self.recovery_retries = 0  # NO_OBJ answers retried as recovery
+        # Told of each change with the highest epoch seen before it (replay.py).
+        self.on_change: Callable[[int | None], None] | None = None
 
     def _note_change(self) -> None:
         with self._lock:
             self._changed = self._clock()
+            before = self._epoch
+        if self.on_change is not None:
+            self.on_change(before)
 
     def _note_epoch(self, epoch: int) -> None:
         if not epoch:
             return
+        rose = False
         with self._lock:
+            before = self._epoch
             if self._epoch is not None and epoch > self._epoch:
                 self._changed = self._clock()
+                rose = True
             if self._epoch is None or epoch > self._epoch:
                 self._epoch = epoch
+        if rose and self.on_change is not None:
+            self.on_change(before)
 
     def may_be_recovering(self) -> bool:
         """Whether a node failed, or the epoch rose, within the window."""

@@ -8,7 +8,10 @@ Sheepdog store keeps only 4 digits of a port) and answers every request with
 the cluster's answer: ``handle`` runs the SnapshotGuard's ``before``,
 forwards through the Forwarder (the client's Cluster: failover between the
 cluster's nodes, a pool per node, the retry policy), runs ``after`` and counts
-the request in IoStats.  The cluster's nodes are the configured ones plus
+the request in IoStats.  Writes pass the RecoveryReplay (replay.py), which
+sends again, once the cluster has recovered from a node's failure, the writes
+acknowledged during its recovery; its watcher thread runs from ``start`` to
+``stop``.  The cluster's nodes are the configured ones plus
 those GET_NODE_LIST reports at start.
 
 Shared state: the guard and the stats (each with its own lock) and the
@@ -31,6 +34,13 @@ from typing import Any
 from sheepdog_backend.client import RetryPolicy, SheepdogClient
 from sheepdog_backend.exception import InvalidInput, SheepdogError
 from sheepdog_backend.gateway.forward import Forwarder
+from sheepdog_backend.gateway.replay import (
+    DEFAULT_BUDGET,
+    DEFAULT_SETTLE_TIMEOUT,
+    RecoveryReplay,
+    ReplayWatcher,
+    probe_cluster,
+)
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, snapshot_base
 from sheepdog_backend.gateway.stats import IoStats, RequestTrace
 from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD
@@ -86,7 +96,9 @@ class Gateway:
                  workers: int = DEFAULT_WORKERS, drain_timeout: float = 5.0,
                  gate_timeout: float = 30.0, connect_timeout: float = 2.0,
                  request_timeout: float = 30.0, retry: RetryPolicy | None = None,
-                 discover: bool = True, trace: int = 0) -> None:
+                 discover: bool = True, trace: int = 0,
+                 replay_budget: int = DEFAULT_BUDGET,
+                 settle_timeout: float = DEFAULT_SETTLE_TIMEOUT) -> None:
         check_listen(unix_path, port)
         if not cluster:
             raise InvalidInput("the gateway needs at least one cluster node address")
@@ -104,6 +116,11 @@ class Gateway:
         self.forwarder = Forwarder(self.client.cluster, self.client.retry)
         self.guard = SnapshotGuard(self.forwarder.forward, drain_timeout=drain_timeout,
                                    gate_timeout=gate_timeout)
+        self.replay = RecoveryReplay(self.forwarder.forward,
+                                     lambda: probe_cluster(self.client.cluster),
+                                     budget=replay_budget, settle_timeout=settle_timeout)
+        self.forwarder.on_change = self.replay.open
+        self._watcher = ReplayWatcher(self.replay)
         self.io = IoStats()
         self.trace = RequestTrace(trace) if trace else None  # the last ``trace`` requests
         self.max_payload = DEFAULT_MAX_PAYLOAD
@@ -120,7 +137,16 @@ class Gateway:
         start = time.monotonic()
         ticket: Ticket | None = self.guard.before(request)
         local = self.guard.local_answer(ticket, request) if ticket is not None else None
-        response = local if local is not None else self.forwarder.forward(request)
+        if local is not None:
+            response = local
+        else:
+            kept = self.replay.admit(request)
+            answer: Response | None = None
+            try:
+                response = answer = self.forwarder.forward(request)
+            finally:
+                if kept:
+                    self.replay.settle(request, answer)
         if ticket is not None:
             response = self.guard.after(ticket, request, response)
         self._state.epoch = response.epoch or self._state.epoch
@@ -162,6 +188,7 @@ class Gateway:
                              unix_paths=[self.unix_path] if self.unix_path else [])
         server.start()
         self._server = server
+        self._watcher.start()
         LOG.info("gateway: listening on %s for %s", self.address,
                  " ".join(str(a) for a in self.client.cluster.addresses))
         return self
@@ -170,6 +197,7 @@ class Gateway:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+            self._watcher.stop()
             if self.unix_path:  # ours only once we listened on it
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.unix_path)
@@ -187,6 +215,9 @@ class Gateway:
                 "snapshots": len(events), "reapplied_slots": self.guard.reapplied,
                 "refused_writes": self.guard.refused,
                 "recovery_retries": self.forwarder.recovery_retries,
+                "recovery_replays": self.replay.replays,
+                "replayed_writes": self.replay.replayed,
+                "replay_failures": self.replay.replay_failures,
                 "max_snapshot_drain": max((e.drain_wait for e in events), default=0.0),
                 "max_snapshot_call": max((e.duration for e in events), default=0.0),
                 "undrained_snapshots": sum(1 for e in events if not e.drained)}

@@ -59,3 +59,11 @@ def test_gateway_command_refuses_a_port_tgt_cannot_use() -> None:
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "4 digits" in proc.stderr
+
+
+def test_gateway_command_refuses_a_negative_replay_budget() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sheepdog_backend", "gateway", "--cluster",
+                           "127.0.0.1:7000", "--port", "7001", "--replay-budget", "-3"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "--replay-budget: -3 MiB: the budget cannot be negative" in proc.stderr

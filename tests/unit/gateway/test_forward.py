@@ -121,3 +121,18 @@ def test_no_obj_that_outlasts_the_retry_deadline_is_answered_no_obj() -> None:
     response = fwd.forward(WRITE)
     assert response.result == Result.NO_OBJ
     assert cluster.calls == 10  # the policy's attempts, then the cluster's answer
+
+
+def test_each_change_is_told_with_the_epoch_before_it() -> None:
+    clock = Clock()
+    cluster = ScriptedCluster(answer(Result.SUCCESS, epoch=3), answer(Result.SUCCESS, epoch=3),
+                              closed, answer(Result.SUCCESS, epoch=3),
+                              answer(Result.SUCCESS, epoch=4))
+    fwd = forwarder(cluster, clock)
+    told: list[int | None] = []
+    fwd.on_change = told.append
+    assert fwd.forward(WRITE).ok and fwd.forward(WRITE).ok
+    assert told == []  # a steady epoch is no change
+    assert fwd.forward(WRITE).ok  # a node died under it, then epoch 3 again
+    assert fwd.forward(WRITE).ok  # 3 -> 4
+    assert told == [3, 3]
