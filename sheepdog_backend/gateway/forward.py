@@ -62,7 +62,7 @@ from sheepdog_backend.exception import (
     error_for_code,
 )
 from sheepdog_backend.protocol.constants import Opcode, Result
-from sheepdog_backend.protocol.header import Request, Response, response_body_class
+from sheepdog_backend.protocol.header import Request, Response, result_response
 
 LOG = logging.getLogger(__name__)
 
@@ -87,11 +87,6 @@ NODE_STATE_RESULTS = frozenset({
 
 class _OutcomeUnknown(SheepdogError):
     """A request that must not be repeated was sent and its connection broke."""
-
-
-def _failure(request: Request, result: int) -> Response:
-    return Response(opcode=request.opcode, result=result,
-                    body=response_body_class(request.opcode)(), id=request.id)
 
 
 class _RecoveringNoObject(NoObject):
@@ -178,15 +173,15 @@ class Forwarder:
             last = exc.__cause__
             LOG.warning("gateway: %s", exc)
             if isinstance(last, ServerError):
-                return _failure(request, int(last.code))
-            return _failure(request, int(Result.NETWORK_ERROR))
+                return result_response(request, int(last.code))
+            return result_response(request, int(Result.NETWORK_ERROR))
         except _OutcomeUnknown as exc:
             LOG.warning("gateway: opcode %#x not repeated (outcome unknown): %s",
                         request.opcode, exc)
-            return _failure(request, int(Result.NETWORK_ERROR))
+            return result_response(request, int(Result.NETWORK_ERROR))
         except ServerError as exc:  # a node-state refusal the policy gave up on
-            return _failure(request, int(exc.code))
+            return result_response(request, int(exc.code))
         except TransportError as exc:
             LOG.warning("gateway: opcode %#x: %s", request.opcode, exc)
-            return _failure(request, int(Result.NETWORK_ERROR))
+            return result_response(request, int(Result.NETWORK_ERROR))
         return dataclasses.replace(response, id=request.id)

@@ -42,10 +42,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.transport import Connection
 from sheepdog_backend.exception import SheepdogError
-from sheepdog_backend.protocol.constants import Flag, Opcode, Result
+from sheepdog_backend.protocol.constants import Opcode, Result
 from sheepdog_backend.protocol.header import ObjRequest, Request, Response
 from sheepdog_backend.protocol.structs import RECOVERY_STATE, RecoveryState
 
@@ -173,9 +174,8 @@ class RecoveryReplay:
             if self._clock() - opened > self.settle_timeout:
                 self._drop()
             return False
-        if len(newer) < len(answers) or any(a.in_recovery for a in answers) \
-                or len({a.epoch for a in answers}) != 1:
-            return False
+        if any(a.in_recovery for a in answers) or len({a.epoch for a in answers}) != 1:
+            return False  # some node still recovers, or has not seen the change yet
         self._replay()
         return True
 
@@ -201,10 +201,7 @@ class RecoveryReplay:
             for request in kept:
                 body = request.body
                 assert isinstance(body, ObjRequest)
-                again = Request(Opcode.WRITE_OBJ, ObjRequest(oid=body.oid, offset=body.offset),
-                                flags=Flag.WRITE, data_length=len(request.payload),
-                                payload=request.payload)
-                response = self._forward(again)
+                response = self._forward(rq.write_obj(body.oid, body.offset, request.payload))
                 if response.ok or response.result == Result.READONLY:
                     continue  # READONLY: snapshotted since; its copy is the snapshot's
                 failed += 1
@@ -225,10 +222,11 @@ class RecoveryReplay:
 def probe_cluster(cluster: Cluster, timeout: float = 2.0) -> list[NodeRecovery]:
     """Every node's STAT_RECOVERY answer; a node that does not answer is left out
     (a dead node recovers nothing)."""
+    def ask(conn: Connection) -> Response:
+        return conn.call(Request(Opcode.STAT_RECOVERY, data_length=RECOVERY_STATE.size))
+
     answers = []
     for address in cluster.addresses:
-        def ask(conn: Connection) -> Response:
-            return conn.call(Request(Opcode.STAT_RECOVERY, data_length=RECOVERY_STATE.size))
         try:
             response = cluster.run_on(address, ask, deadline=time.monotonic() + timeout)
             state = RecoveryState.decode(response.payload)

@@ -51,10 +51,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sheepdog_backend.client import requests as rq
 from sheepdog_backend.protocol.constants import (
     SD_INODE_GREF_OFFSET,
     SD_INODE_INDEX_OFFSET,
-    Flag,
     Opcode,
     Result,
 )
@@ -64,7 +64,7 @@ from sheepdog_backend.protocol.header import (
     Response,
     VdiRequest,
     VdiResponse,
-    response_body_class,
+    result_response,
 )
 from sheepdog_backend.protocol.oid import (
     is_data_obj,
@@ -199,8 +199,7 @@ class SnapshotGuard:
             return None
         with self._cond:
             self.refused += 1
-        return Response(opcode=request.opcode, result=int(Result.READONLY),
-                        body=response_body_class(request.opcode)(), id=request.id)
+        return result_response(request, int(Result.READONLY))
 
     def _start_snapshot(self, vid: int) -> Ticket:
         start = self._clock()
@@ -289,8 +288,7 @@ class SnapshotGuard:
         offset = SD_INODE_INDEX_OFFSET + first * _SLOT
         length = len(values) * _SLOT
         oid = vid_to_vdi_oid(target)
-        read = self._forward(Request(Opcode.READ_OBJ, ObjRequest(oid=oid, offset=offset),
-                                     data_length=length))
+        read = self._forward(rq.read_obj(oid, offset, length))
         if not read.ok or len(read.payload) != length:
             LOG.error("gateway: cannot read slots of vdi %x to re-apply (result %#x)",
                       target, read.result)
@@ -303,8 +301,7 @@ class SnapshotGuard:
         if merged == current:
             return
         payload = struct.pack(f"<{len(merged)}I", *merged)
-        wrote = self._forward(Request(Opcode.WRITE_OBJ, ObjRequest(oid=oid, offset=offset),
-                                      flags=Flag.WRITE, data_length=length, payload=payload))
+        wrote = self._forward(rq.write_obj(oid, offset, payload))
         if wrote.ok:
             changed = sum(1 for a, b in zip(current, merged, strict=True) if a != b)
             self.reapplied += changed

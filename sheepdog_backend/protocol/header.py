@@ -315,6 +315,13 @@ def response_body_class(opcode: int) -> type[ResponseBody]:
     return RawResponse
 
 
+def result_response(request: Request, result: int, *, epoch: int = 0) -> Response:
+    """The answer to ``request`` that carries only ``result``: an empty body of
+    the opcode's kind, the request's id, no payload."""
+    return Response(opcode=request.opcode, result=result,
+                    body=response_body_class(request.opcode)(), id=request.id, epoch=epoch)
+
+
 # ---------------------------------------------------------------------------
 # Messages
 # ---------------------------------------------------------------------------

@@ -79,7 +79,7 @@ from sheepdog_backend.protocol.framing import RequestReader
 from sheepdog_backend.protocol.header import (
     Request,
     Response,
-    response_body_class,
+    result_response,
 )
 from sheepdog_backend.protocol.structs import NodeId
 from sheepdog_backend.server.admission import (
@@ -376,9 +376,8 @@ class SheepServer:
             response = self.handler.handle(request)
         except Exception:  # a bug: answer it rather than leave the client waiting
             LOG.exception("opcode %#x failed unexpectedly", request.opcode)
-            response = Response(opcode=request.opcode, result=int(SystemError_.code),
-                                body=response_body_class(request.opcode)(), id=request.id,
-                                epoch=self.handler.state.epoch)
+            response = result_response(request, int(SystemError_.code),
+                                       epoch=self.handler.state.epoch)
         self._post(conn, response, cost)
 
     def _post(self, conn: ConnectionState, response: Response, cost: int) -> None:
