@@ -37,6 +37,7 @@ from sheepdog_backend.client import hyper
 from sheepdog_backend.client import io as dio
 from sheepdog_backend.client import reconcile as rc
 from sheepdog_backend.client import requests as rq
+from sheepdog_backend.client import survey as sv
 from sheepdog_backend.client import vdi as ops
 from sheepdog_backend.client import write as dwr
 from sheepdog_backend.client.cluster import Cluster
@@ -62,6 +63,7 @@ from sheepdog_backend.protocol.constants import (
     Flag,
     flat_max_vdi_size,
 )
+from sheepdog_backend.protocol.inode import InodeHeader
 from sheepdog_backend.protocol.naming import validate_name, validate_tag
 from sheepdog_backend.protocol.structs import (
     ClusterInfo,
@@ -85,6 +87,23 @@ def _check_snapid(snapid: object) -> int:
     if isinstance(snapid, bool) or not isinstance(snapid, int) or not 0 <= snapid < 1 << 32:
         raise InvalidInput(f"snapid must be a snapshot id (0..2^32-1), got {snapid!r}")
     return snapid
+
+
+def _known(known: VdiInfo | None, name: str, tag: str = "", snapid: int = 0
+           ) -> InodeHeader | None:
+    """The header of ``known``, the VdiInfo this client just read (``survey``,
+    ``get_vdi``) of what the call names - the working VDI ``name``, its
+    snapshot ``tag`` or ``snapid``: the call starts from it instead of looking
+    the VDI up again.  A VdiInfo of anything else is a caller's mistake (it
+    would act on the wrong inode)."""
+    if known is None:
+        return None
+    snap = bool(tag or snapid)
+    if not isinstance(known, VdiInfo) or known.name != name or known.is_snapshot != snap \
+            or (tag and known.tag != tag) or (snapid and known.snap_id != snapid):
+        what = f"snapshot {tag or snapid!r} of {name!r}" if snap else f"working VDI {name!r}"
+        raise InvalidInput(f"known= must be the VdiInfo of the {what}, got {known!r}")
+    return known.header
 
 
 HYPER_BLOCK_SIZE_SHIFT = 22  # dog -y forces the default object size
@@ -234,6 +253,21 @@ class SheepdogClient:
                               if v.is_snapshot), key=lambda v: v.snap_id),
             what=f"list snapshots of {name!r}")
 
+    def survey(self, name: str, *, tag: str = "", keys: Sequence[str] = (),
+               family: bool = False) -> sv.Survey:
+        """The working VDI of ``name``, its snapshot ``tag`` (when given), the
+        attributes ``keys`` of the name (tag "", snap_id 0; ``Survey.attrs``
+        keyed by key) and, with ``family``, every live VDI of
+        the name: in two round trips where separate calls take one each
+        (client/survey.py)."""
+        raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
+        rawkeys = [encode_text(k) for k in keys]
+        for key in rawkeys:
+            ops.attr_request(raw, key)  # validates the key
+        return self._run(lambda c: sv.survey(c, raw, tag=rawtag, keys=rawkeys, family=family,
+                                             window=self.io_window),
+                         what=f"survey {name!r}")
+
     # -- create --------------------------------------------------------------
 
     def create_vdi(self, name: str, size: int, *, copies: int = 0, copy_policy: int = 0,
@@ -279,11 +313,13 @@ class SheepdogClient:
 
     # -- snapshot ------------------------------------------------------------
 
-    def snapshot_vdi(self, name: str, tag: str) -> VdiInfo:
+    def snapshot_vdi(self, name: str, tag: str, *, known: VdiInfo | None = None) -> VdiInfo:
+        """Snapshot the working VDI ``name`` as ``tag``.  ``known``: its working
+        VDI as the caller just read it, having checked no snapshot has the tag."""
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         if not rawtag:
             raise InvalidInput("a snapshot needs a non-empty tag")
-        snap = rc.Snapshot(raw, rawtag, name, tag, self.io_window)
+        snap = rc.Snapshot(raw, rawtag, name, tag, self.io_window, _known(known, name))
         try:
             # no write of ours in flight: waits as long as those transfers take
             with self.coord.exclusive(raw):
@@ -300,7 +336,8 @@ class SheepdogClient:
     # -- clone / resize / rollback -------------------------------------------
 
     def clone_vdi(self, src_name: str, src_tag: str, dst_name: str, *,
-                  size: int | None = None, snapid: int = 0) -> VdiInfo:
+                  size: int | None = None, snapid: int = 0,
+                  known: VdiInfo | None = None) -> VdiInfo:
         """Clone snapshot ``src_tag`` of ``src_name`` (or, with ``snapid`` and an
         empty tag, the snapshot with that id: tag-independent) into ``dst_name``."""
         src, tag = validate_name(encode_text(src_name)), validate_tag(encode_text(src_tag))
@@ -312,13 +349,16 @@ class SheepdogClient:
         if size is not None:
             _check_size(size)
         return self._run(rc.clone(src, tag, dst, size, src_name=src_name, src_tag=src_tag,
-                                  dst_name=dst_name, snapid=snapid),
+                                  dst_name=dst_name, snapid=snapid,
+                                  known=_known(known, src_name, src_tag, snapid)),
                          what=f"clone {src_name!r}@{src_tag!r} to {dst_name!r}")
 
-    def resize_vdi(self, name: str, new_size: int) -> VdiInfo:
+    def resize_vdi(self, name: str, new_size: int, *, known: VdiInfo | None = None
+                   ) -> VdiInfo:
         raw = validate_name(encode_text(name))
         _check_size(new_size, "new size")
-        return self._run(rc.resize(raw, name, new_size), what=f"resize {name!r}")
+        return self._run(rc.resize(raw, name, new_size, _known(known, name)),
+                         what=f"resize {name!r}")
 
     def rollback_vdi(self, name: str, tag: str, *, size: int | None = None) -> VdiInfo:
         """Replace the working VDI ``name`` by a new one made from snapshot
@@ -334,12 +374,15 @@ class SheepdogClient:
 
     # -- delete --------------------------------------------------------------
 
-    def delete_vdi(self, name: str, tag: str = "", *, snapid: int = 0) -> bool:
+    def delete_vdi(self, name: str, tag: str = "", *, snapid: int = 0,
+                   known: VdiInfo | None = None) -> bool:
         """Delete the working VDI ``name``, its snapshot ``tag``, or (with
-        ``snapid``) its snapshot of that id whatever its tag."""
+        ``snapid``) its snapshot of that id whatever its tag.  ``known``: that
+        VDI as the caller just read it."""
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         snapid = _check_snapid(snapid)
-        return self._run(rc.delete(raw, rawtag, self.io_window, snapid),
+        return self._run(rc.delete(raw, rawtag, self.io_window, snapid,
+                                   _known(known, name, tag, snapid)),
                          what=f"delete {name!r}")
 
     def delete_vdi_by_vid(self, vid: int) -> bool:

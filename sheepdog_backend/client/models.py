@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sheepdog_backend.protocol.inode import InodeHeader
 
@@ -38,6 +38,9 @@ class VdiInfo:
     store_policy: int = 0
     used: int | None = None    # bytes in objects this inode owns (list with usage)
     shared: int | None = None  # bytes in objects inherited from an ancestor
+    # the inode header this was read from: a client call given this VdiInfo
+    # back (``known=``) starts from it instead of looking the VDI up again
+    header: InodeHeader | None = field(default=None, compare=False, repr=False)
 
     @property
     def object_size(self) -> int:
@@ -55,4 +58,5 @@ class VdiInfo:
                    is_snapshot=hdr.is_snapshot, nr_copies=hdr.nr_copies,
                    copy_policy=hdr.copy_policy, block_size_shift=hdr.block_size_shift,
                    create_time=hdr.create_time, snap_ctime=hdr.snap_ctime,
-                   store_policy=hdr.store_policy, used=used, shared=shared)
+                   store_policy=hdr.store_policy, used=used, shared=shared,
+                   header=hdr)

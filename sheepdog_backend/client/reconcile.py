@@ -73,6 +73,15 @@ def find(conn: Connection, name: bytes, tag: bytes = b"", snapid: int = 0
         return None
 
 
+def first_known(state: Attempt, known: InodeHeader | None) -> InodeHeader | None:
+    """``known`` (a header the caller read just before) on an attempt's first
+    run only: any retry looks again."""
+    if state.stage or state.maybe_applied:
+        return None
+    state.stage = "started"
+    return known
+
+
 def decisive(state: Attempt, conn: Connection, request: Request) -> int:
     """Send the request that changes state; remember if its fate is unknown."""
     state.maybe_applied = True
@@ -165,10 +174,11 @@ class Snapshot:
     that may still carry it when the retries ran out (``remove_stray_tag``)."""
 
     def __init__(self, raw: bytes, rawtag: bytes, name: str, tag: str,
-                 window: int = 16) -> None:
+                 window: int = 16, known: InodeHeader | None = None) -> None:
         self.raw, self.rawtag, self.name, self.tag = raw, rawtag, name, tag
         self.window = window
         self.state = Attempt()
+        self.known = known  # the working inode, when the caller just read it
 
     def _restore_tag(self, conn: Connection, vid: int) -> None:
         hdr = ops.read_header(conn, vid)
@@ -232,6 +242,17 @@ class Snapshot:
             return self._claim(conn, ops.read_header(conn, later[0].vid))
         return None
 
+    def _working(self, conn: Connection) -> InodeHeader:
+        """The working inode to snapshot; VdiExists when the tag is taken."""
+        raw = self.raw
+        by_tag, working = ops.pipeline(conn, [rq.get_vdi_info(raw, self.rawtag),
+                                              rq.get_vdi_info(raw)], 2, raise_errors=False)
+        if by_tag.ok:
+            raise VdiExists(f"VDI {self.name!r} already has a snapshot tagged {self.tag!r}")
+        if not isinstance(error_for_code(by_tag.result), (NoTag, NoVdi)):
+            ops.check(by_tag)
+        return ops.read_header(conn, ops.vdi_body(ops.check(working)).vdi_id)
+
     def _in_doubt(self, snap: InodeHeader) -> SnapshotInDoubt:
         return SnapshotInDoubt(
             f"snapshot {self.tag!r} of {self.name!r} was made (snapshot {snap.vdi_id:#x}), "
@@ -257,14 +278,8 @@ class Snapshot:
                                          "reads as missing while the cluster recovers "
                                          "from a node failure") from None
             state.maybe_applied = False
-        by_tag, working = ops.pipeline(conn, [rq.get_vdi_info(raw, rawtag),
-                                              rq.get_vdi_info(raw)], 2, raise_errors=False)
-        if by_tag.ok:
-            raise VdiExists(f"VDI {self.name!r} already has a snapshot tagged {self.tag!r}")
-        if not isinstance(error_for_code(by_tag.result), (NoTag, NoVdi)):
-            ops.check(by_tag)
-        vid = ops.vdi_body(ops.check(working)).vdi_id
-        hdr = ops.read_header(conn, vid)
+        hdr = first_known(state, self.known) or self._working(conn)
+        vid = hdr.vdi_id
         if hdr.store_policy != 0:
             raise InvalidInput("snapshots of hyper volumes are not supported")
         state.value = vid
@@ -293,11 +308,12 @@ class Snapshot:
 
 
 def clone(src: bytes, tag: bytes, dst: bytes, size: int | None, *, src_name: str,
-          src_tag: str, dst_name: str, snapid: int = 0) -> Callable[[Connection], VdiInfo]:
+          src_tag: str, dst_name: str, snapid: int = 0, known: InodeHeader | None = None
+          ) -> Callable[[Connection], VdiInfo]:
     state = Attempt()
 
     def attempt(conn: Connection) -> VdiInfo:
-        base = ops.resolve(conn, src, tag, snapid)
+        base = first_known(state, known) or ops.resolve(conn, src, tag, snapid)
         if not base.is_snapshot:
             raise InvalidInput(f"{src_name!r} tag {src_tag!r} is a working VDI; only "
                                "snapshots can be cloned")
@@ -319,11 +335,12 @@ def clone(src: bytes, tag: bytes, dst: bytes, size: int | None, *, src_name: str
     return attempt
 
 
-def resize(raw: bytes, name: str, new_size: int) -> Callable[[Connection], VdiInfo]:
+def resize(raw: bytes, name: str, new_size: int, known: InodeHeader | None = None
+           ) -> Callable[[Connection], VdiInfo]:
     state = Attempt()
 
     def attempt(conn: Connection) -> VdiInfo:
-        hdr = ops.resolve(conn, raw)
+        hdr = first_known(state, known) or ops.resolve(conn, raw)
         if hdr.vdi_size == new_size:
             return VdiInfo.from_header(hdr)
         if hdr.vdi_size > new_size:
@@ -375,12 +392,12 @@ def rollback(raw: bytes, rawtag: bytes, name: str, tag: str, window: int,
 # -- delete ------------------------------------------------------------------
 
 
-def delete(raw: bytes, rawtag: bytes, window: int, snapid: int = 0
-           ) -> Callable[[Connection], bool]:
+def delete(raw: bytes, rawtag: bytes, window: int, snapid: int = 0,
+           known: InodeHeader | None = None) -> Callable[[Connection], bool]:
     state = Attempt()
 
     def attempt(conn: Connection) -> bool:
-        hdr = find(conn, raw, rawtag, snapid)
+        hdr = first_known(state, known) or find(conn, raw, rawtag, snapid)
         if hdr is None:
             return state.maybe_applied  # gone: by our earlier attempt, or never there
         ops.clear_slots(conn, hdr, window)

@@ -51,6 +51,10 @@ HEADER_READ = SD_INODE_LOOKUP_SIZE  # 568 bytes cover every field a client needs
 # window (sized for objects of up to 4 MiB) need not bound them; 64 lists 1,003
 # VDIs of a real sheep ~30% faster than 16 (benchmarks/bench_sheep.py).
 HEADER_WINDOW = 64
+# A listing with usage reads each inode's header and first slots in one
+# request: 256 slots cover a 1 GiB volume of 4 MiB objects
+USAGE_PREFIX_SLOTS = 256
+USAGE_READ = SD_INODE_HEADER_SIZE + 4 * USAGE_PREFIX_SLOTS
 SLOT_BATCH = 1 << 16  # slots per slot-range request (256 KiB)
 GAP_MERGE = 12  # zero slots (48 bytes) cost less than another request header
 
@@ -107,7 +111,8 @@ def decode_header(rsp: Response) -> InodeHeader:
     data = rsp.payload
     if len(data) < HEADER_READ:
         raise ProtocolError(f"inode header read returned {len(data)} bytes")
-    return InodeHeader.decode(data + bytes(SD_INODE_HEADER_SIZE - len(data)))
+    head = bytes(data[:SD_INODE_HEADER_SIZE])  # a usage read carries slots after it
+    return InodeHeader.decode(head + bytes(SD_INODE_HEADER_SIZE - len(head)))
 
 
 def read_header(conn: Connection, vid: int) -> InodeHeader:
@@ -237,7 +242,7 @@ def del_vdi(conn: Connection, name: str | bytes, tag: str | bytes = b"",
 # -- listing -----------------------------------------------------------------
 
 
-def _live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[InodeHeader]:
+def live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[InodeHeader]:
     """Headers of ``vids`` (pipelined, at least HEADER_WINDOW in flight),
     skipping deleted inodes."""
     rsps = pipeline(conn, (header_request(vid) for vid in vids), max(window, HEADER_WINDOW),
@@ -299,6 +304,39 @@ def chain_through(start: int, last: int, limit: int = CHAIN_READ_LIMIT) -> list[
     return list(range(start, SD_NR_VDIS)) + list(range(1, last + 1))
 
 
+def family_vids(conn: Connection, name: bytes, flags: int | None,
+                working_vid: int | None) -> Iterable[int]:
+    """The vids to read for every VDI named ``name``: the probe chain up to the
+    working VDI when there is one on a cluster that does not recycle vids,
+    else the candidates the two bitmaps give (family_candidates)."""
+    start = sd_hash_vdi(name)
+    if working_vid is not None and flags is not None \
+            and not flags & ClusterFlag.RECYCLE_VID:
+        vids = chain_through(start, working_vid)
+        if vids is not None:
+            return vids
+    in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
+    return iter_family_candidates(VidBitmap(in_use_rsp.payload),
+                                  VidBitmap(deleted_rsp.payload), start, flags)
+
+
+def cluster_flags(rsp: Response) -> int | None:
+    """The cluster flags out of a ``stat_cluster_flags`` reply (None: no record)."""
+    check(rsp)
+    return EpochLog.decode(rsp.payload, 0).flags if rsp.payload else None
+
+
+def found_vid(rsp: Response) -> int | None:
+    """A lookup's vid, None for NO_VDI / NO_TAG; other errors raise."""
+    if rsp.result in (Result.NO_VDI, Result.NO_TAG):
+        return None
+    return vdi_body(check(rsp)).vdi_id
+
+
+def family_of(headers: Iterable[InodeHeader], name: bytes) -> list[VdiInfo]:
+    return [VdiInfo.from_header(h) for h in headers if h.name == name]
+
+
 def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo]:
     """Every live VDI (working, snapshots) named ``name``, reading only the
     headers of its probe chain instead of every inode of the cluster.
@@ -309,24 +347,12 @@ def list_family(conn: Connection, name: bytes, window: int = 16) -> list[VdiInfo
     working VDI was deleted, or by rollback) lands past every earlier vid.  So
     when the lookup finds a working VDI, the headers from the chain's start up
     to it are all that is read (no 2 x 2 MiB bitmaps); without one, or on a
-    recycling cluster, the bitmaps give the candidates (family_candidates)."""
+    recycling cluster, the bitmaps give the candidates (family_vids)."""
     stat, found = pipeline(conn, [rq.stat_cluster_flags(), rq.get_vdi_info(name)], 2,
                            raise_errors=False)
-    check(stat)
-    if found.result not in (Result.SUCCESS, Result.NO_VDI, Result.NO_TAG):
-        raise error_for_code(found.result)
-    flags = EpochLog.decode(stat.payload, 0).flags if stat.payload else None
-    start = sd_hash_vdi(name)
-    vids: Iterable[int] | None = None
-    if found.result == Result.SUCCESS and flags is not None \
-            and not flags & ClusterFlag.RECYCLE_VID:
-        vids = chain_through(start, vdi_body(found).vdi_id)
-    if vids is None:
-        in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
-        vids = iter_family_candidates(VidBitmap(in_use_rsp.payload),
-                                      VidBitmap(deleted_rsp.payload), start, flags)
-    return [VdiInfo.from_header(h) for h in _live_headers(conn, vids, window)
-            if h.name == name]
+    flags = cluster_flags(stat)
+    vids = family_vids(conn, name, flags, found_vid(found))
+    return family_of(live_headers(conn, vids, window), name)
 
 
 def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False,
@@ -338,24 +364,36 @@ def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False,
     in_use_rsp, deleted_rsp = pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2)
     in_use = VidBitmap(in_use_rsp.payload)
     deleted = VidBitmap(deleted_rsp.payload)
-    headers = _live_headers(conn, (vid for vid in in_use if vid not in deleted), window)
+    vids = (vid for vid in in_use if vid not in deleted)
     if not with_usage:
-        return [VdiInfo.from_header(h) for h in headers]
-    # every VDI's slots in one pipeline (not a round trip per VDI), then
-    # handed back to their headers in order
-    per_vdi = [[] if hdr.store_policy else slot_requests(hdr.vdi_id, 0, hdr.count_data_objs)
-               for hdr in headers]
-    rsps = iter(pipeline(conn, (req for reqs in per_vdi for req in reqs),
-                         max(window, HEADER_WINDOW)))
+        return [VdiInfo.from_header(h) for h in live_headers(conn, vids, window)]
+    # one read per VDI of its header and first USAGE_PREFIX_SLOTS slots (dog
+    # reads them in two), then in one pipeline the rest of any longer range
+    wide = window if window > HEADER_WINDOW else HEADER_WINDOW
+    inodes: list[tuple[InodeHeader, tuple[int, ...]]] = []
+    for rsp in pipeline(conn, (rq.read_obj(vid_to_vdi_oid(vid), 0, USAGE_READ,
+                                           flags=Flag.DIRECT) for vid in vids),
+                        wide, raise_errors=False):
+        if rsp.result == Result.NO_OBJ:
+            continue  # bit set but inode gone (recycled family): skip like dog does
+        hdr = decode_header(rsp)
+        if not hdr.is_deleted:
+            got = rsp.payload[SD_INODE_HEADER_SIZE:USAGE_READ]
+            n = 0 if hdr.store_policy else min(hdr.count_data_objs, len(got) // 4)
+            inodes.append((hdr, decode_slots(got[:4 * n])))
+    rest = [[] if hdr.store_policy else
+            slot_requests(hdr.vdi_id, len(head), hdr.count_data_objs - len(head))
+            for hdr, head in inodes]
+    rsps = iter(pipeline(conn, (req for reqs in rest for req in reqs), wide))
     out = []
-    for hdr, reqs in zip(headers, per_vdi, strict=True):
+    for (hdr, head), reqs in zip(inodes, rest, strict=True):
         if hdr.store_policy:  # a B-tree, not slots
             if index_vids is None:
                 raise InvalidInput(f"{hdr.name!r} is a hyper volume: its usage needs "
                                    "its B-tree (index_vids)")
-            slots = index_vids(conn, hdr)
+            slots: Sequence[int] = index_vids(conn, hdr)
         else:
-            slots = [s for _ in reqs for s in decode_slots(next(rsps).payload)]
+            slots = [*head, *(s for _ in reqs for s in decode_slots(next(rsps).payload))]
         own = sum(1 for s in slots if s == hdr.vdi_id)
         other = sum(1 for s in slots if s and s != hdr.vdi_id)
         out.append(VdiInfo.from_header(hdr, used=own * hdr.object_size,

@@ -43,6 +43,11 @@ def history(client: SheepdogClient) -> Iterator[tuple[str, list[str]]]:
     client.create_vdi("fam", 8 * MiB)
     client.create_vdi("other", 8 * MiB)
     yield "created", []
+    client.set_attr("fam", KEY, b"first")
+    yield "an attribute", []
+    client.delete_attr("fam", KEY)  # the record's object stays, its name cleared
+    yield "the attribute deleted", []
+    client.set_attr("fam", KEY, b"second")  # lands on the same object again
     client.snapshot_vdi("fam", "s1")
     client.snapshot_vdi("other", "o1")
     client.snapshot_vdi("fam", "s2")
@@ -51,6 +56,10 @@ def history(client: SheepdogClient) -> Iterator[tuple[str, list[str]]]:
     yield "rolled back", ["s1", "s2"]
     client.delete_vdi("fam")
     yield "working deleted", ["s1", "s2"]
+    snapid = client.list_snapshots("fam")[-1].snap_id
+    client.set_attr("fam", OTHER_KEY, b"x" * 5000, snapid=snapid)
+    client.delete_attr("fam", KEY, snapid=snapid)
+    yield "attributes changed without a working VDI", ["s1", "s2"]
     client.create_vdi("fam", 8 * MiB)
     client.snapshot_vdi("fam", "s3")
     yield "created again", ["s1", "s2", "s3"]
@@ -58,10 +67,30 @@ def history(client: SheepdogClient) -> Iterator[tuple[str, list[str]]]:
     yield "one snapshot deleted", ["s1", "s3"]
 
 
+KEY, OTHER_KEY = "sheepdog-backend.revert-intent", "sheepdog-backend.export"
+
+
+def check_survey(client: SheepdogClient, step: str, want: list[str]) -> None:
+    """The survey (one pipelined lookup + attribute reads, then headers) says
+    what the separate calls say: the working VDI, the snapshot a tag names,
+    the family's snapshots, and the attributes read directly from their
+    objects equal GET_VDI_ATTR's answer (through a snapshot while the name
+    has no working VDI)."""
+    working = client.find_vdi("fam")
+    found = client.survey("fam", tag="s1", keys=(KEY, OTHER_KEY), family=True)
+    assert found.working == working, step
+    assert found.tagged == client.find_vdi("fam", "s1"), step
+    assert [v.tag for v in found.snapshots] == want, step
+    snapid = 0 if working is not None else client.list_snapshots("fam")[-1].snap_id
+    assert found.attrs == {KEY: client.get_attr("fam", KEY, snapid=snapid),
+                           OTHER_KEY: client.get_attr("fam", OTHER_KEY, snapid=snapid)}, step
+
+
 def run_history(client: SheepdogClient, dog_tags: Callable[[], list[str]] | None) -> None:
     for step, want in history(client):
         got = [v.tag for v in client.list_snapshots("fam")]
         assert got == want, step
+        check_survey(client, step, want)
         if dog_tags is not None:
             assert sorted(dog_tags()) == sorted(want), step
     assert [v.tag for v in client.list_snapshots("other")] == ["o1"]

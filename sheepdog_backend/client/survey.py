@@ -1,0 +1,136 @@
+"""A survey of one VDI name: its working VDI, one snapshot, attributes and
+family, in as few round trips as the protocol allows.
+
+How it works: a driver operation starts by asking several independent
+questions about one name - does it have a working VDI, a snapshot with this
+tag, a pending revert record, an export record, which snapshots.  Asked one
+call at a time they cost a round trip each, and two of them cost more: a
+GET_VDI_ATTR is a *cluster* operation (sheep serialises it with NEW_VDI and
+DEL_VDI through its cluster driver), and the family of a name without a
+working VDI needs the two 2 MiB vid bitmaps.  ``survey`` asks them at once on
+one connection:
+
+* trip 1, pipelined: GET_VDI_INFO of the name (and of name + tag), the
+  attribute objects of each key read directly, and the cluster flags when the
+  family is wanted;
+* trip 2, pipelined: the inode headers of what trip 1 found, and the name's
+  probe chain when the family is wanted (client/vdi.py ``family_vids``; the
+  bitmaps only without a working VDI or on a recycling cluster).
+
+Attributes are read as sheep's ``get_vdi_attr`` reads them (protocol §9.7):
+the object ``vid_to_attr_oid(sd_hash_vdi(name), attr_id)`` where ``attr_id``
+hashes name, tag "", snap_id 0 and key; a non-exclusive set always writes
+there, a delete clears the record's name, and a lookup probes on
+(``attr_id + 1`` ...) past records that do not match until an object is
+missing.  The first two probes ride trip 1; further ones (only after
+collisions) follow one at a time.  Unlike GET_VDI_ATTR, a direct read needs
+no VDI of the name to exist, so it answers also while the name has no working
+VDI (a revert cut off half-way) without first listing its snapshots.
+
+No state: every call reads afresh.  Retries are the caller's (client.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sheepdog_backend.client import requests as rq
+from sheepdog_backend.client import vdi as ops
+from sheepdog_backend.client.models import VdiInfo, decode_text
+from sheepdog_backend.client.transport import Connection
+from sheepdog_backend.protocol.constants import Flag, Result
+from sheepdog_backend.protocol.header import Request, Response
+from sheepdog_backend.protocol.naming import attr_id, sd_hash_vdi
+from sheepdog_backend.protocol.oid import vid_to_attr_oid
+from sheepdog_backend.protocol.structs import VdiAttr
+
+ATTR_PROBES_PIPELINED = 2  # the record's own slot, and the next (after a delete)
+ATTR_PROBE_LIMIT = 256  # sheep probes all 2^32 ids; a longer run is not ours
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What one survey found about a name."""
+
+    working: VdiInfo | None
+    tagged: VdiInfo | None  # the snapshot the tag names (None: no such snapshot)
+    attrs: dict[str, bytes | None] = field(default_factory=dict)  # by key
+    family: list[VdiInfo] | None = None  # every live VDI of the name, when asked
+
+    @property
+    def snapshots(self) -> list[VdiInfo]:
+        """The snapshots of the family, oldest first ([] when not asked)."""
+        return sorted((v for v in self.family or [] if v.is_snapshot),
+                      key=lambda v: v.snap_id)
+
+
+def attr_read(name: bytes, key: bytes, aid: int) -> Request:
+    return rq.read_obj(vid_to_attr_oid(sd_hash_vdi(name), aid & 0xFFFFFFFF), 0,
+                       VdiAttr.SIZE, flags=Flag.DIRECT)
+
+
+def _probe(rsp: Response, name: bytes, key: bytes) -> tuple[bool, bytes | None]:
+    """(done, value) of one attribute probe: done with None when the object
+    is missing, done with the value when the record matches."""
+    if rsp.result == Result.NO_OBJ:
+        return True, None
+    attr = VdiAttr.decode(ops.check(rsp).payload)
+    if attr.name == name and attr.tag == b"" and attr.snap_id == 0 and attr.key == key:
+        return True, attr.value
+    return False, None
+
+
+def _attr_value(conn: Connection, name: bytes, key: bytes,
+                first: Sequence[Response]) -> bytes | None:
+    base = attr_id(name, b"", 0, key)
+    for n in range(ATTR_PROBE_LIMIT):
+        rsp = first[n] if n < len(first) else conn.call(attr_read(name, key, base + n))
+        done, value = _probe(rsp, name, key)
+        if done:
+            return value
+    # a run this long is no record of ours: ask sheep (it needs a VDI lookup)
+    return ops.get_attr(conn, name, key)
+
+
+def survey(conn: Connection, name: bytes, *, tag: bytes = b"",
+           keys: Sequence[bytes] = (), family: bool = False,
+           window: int = 16) -> Survey:
+    reqs = [rq.get_vdi_info(name)]
+    if tag:
+        reqs.append(rq.get_vdi_info(name, tag))
+    for key in keys:
+        base = attr_id(name, b"", 0, key)
+        reqs += [attr_read(name, key, base + n) for n in range(ATTR_PROBES_PIPELINED)]
+    if family:
+        reqs.append(rq.stat_cluster_flags())
+    rsps = ops.pipeline(conn, reqs, len(reqs), raise_errors=False)
+    working_vid = ops.found_vid(rsps[0])
+    tagged_vid = ops.found_vid(rsps[1]) if tag else None
+    at = 2 if tag else 1
+    attrs: dict[str, bytes | None] = {}
+    for key in keys:
+        attrs[decode_text(key)] = _attr_value(conn, name, key, rsps[at:at + ATTR_PROBES_PIPELINED])
+        at += ATTR_PROBES_PIPELINED
+    vids = [v for v in (working_vid, tagged_vid) if v is not None]
+    if family:
+        vids += ops.family_vids(conn, name, ops.cluster_flags(rsps[at]), working_vid)
+    unique = list(dict.fromkeys(vids))  # the working VDI is on its chain too
+    hrsps = dict(zip(unique, ops.pipeline(conn, (ops.header_request(v) for v in unique),
+                                          max(window, ops.HEADER_WINDOW),
+                                          raise_errors=False), strict=True))
+
+    def info(vid: int | None) -> VdiInfo | None:
+        return None if vid is None else VdiInfo.from_header(ops.decode_header(hrsps[vid]))
+    members: list[VdiInfo] | None = None
+    if family:
+        live = []
+        for vid in unique:
+            rsp = hrsps[vid]
+            if rsp.result == Result.NO_OBJ:
+                continue  # bit set but inode gone (recycled family), as list_family
+            hdr = ops.decode_header(rsp)
+            if not hdr.is_deleted:
+                live.append(hdr)
+        members = ops.family_of(live, name)
+    return Survey(info(working_vid), info(tagged_vid), attrs, members)
