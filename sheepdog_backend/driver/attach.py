@@ -130,10 +130,21 @@ def _recorded(core: DriverCore, name: str) -> bool:
     return read_record(core.client, name) is not None
 
 
-def after_extend(core: DriverCore, name: str) -> None:
-    """Let initiators see the new size of an exported volume."""
-    from sheepdog_backend.export.manager import read_record
-    if read_record(core.client, name) is not None:
+# the VDI attribute holding a volume's export record (export/manager.py's
+# RECORD_KEY; a test checks they agree): the driver reads it in the survey of
+# the operation's first round trip (revert.survey) and hands it here as ``raw``
+EXPORT_KEY = "sheepdog-backend.export"
+
+
+def _decoded(raw: bytes | None) -> ExportRecord | None:
+    from sheepdog_backend.export.base import ExportRecord
+    return ExportRecord.decode(raw) if raw else None
+
+
+def after_extend(core: DriverCore, name: str, raw: bytes | None) -> None:
+    """Let initiators see the new size of an exported volume (``raw``: its
+    export record as read, None when it has none)."""
+    if _decoded(raw) is not None:
         manager(core).refresh_size(name)
 
 
@@ -149,10 +160,17 @@ def through_gateway(core: DriverCore, lu_gateway: str) -> bool:
 def refuse_if_exported(core: DriverCore, name: str, what: str, *,
                        force: bool = False) -> None:
     from sheepdog_backend.export.manager import read_record
-    if force:
-        return
-    rec = read_record(core.client, name)
-    if rec is None or through_gateway(core, rec.gateway):
+    if not force:
+        refuse_if_recorded(core, name, what, read_record(core.client, name))
+
+
+def refuse_if_recorded(core: DriverCore, name: str, what: str,
+                       rec: ExportRecord | bytes | None, *, force: bool = False) -> None:
+    """ExportedVolumeBusy when ``rec`` (the volume's export record, or its raw
+    bytes) says tgt writes the volume straight to a node."""
+    if isinstance(rec, bytes):
+        rec = _decoded(rec)
+    if force or rec is None or through_gateway(core, rec.gateway):
         return
     raise ExportedVolumeBusy(
         f"volume {name!r} is exported over iSCSI: a {what} now could lose writes tgt "

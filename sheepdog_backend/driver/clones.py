@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sheepdog_backend.driver import revert, sizing
 from sheepdog_backend.driver.base import GiB, Volume, gib, human
@@ -76,15 +76,18 @@ def is_temp_tag_of(src: str, tag: str) -> bool:
 
 
 def clone_snapshot(core: DriverCore, snap: VdiInfo, src: str, tag: str, name: str,
-                   size: int) -> dict[str, Any]:
-    """Clone snapshot ``src``@``tag`` (VdiInfo ``snap``) into ``name`` of ``size`` bytes."""
+                   size: int, *, found: VdiInfo | Literal["look"] | None = "look"
+                   ) -> dict[str, Any]:
+    """Clone snapshot ``src``@``tag`` (VdiInfo ``snap``, just read) into ``name``
+    of ``size`` bytes (``found``: the working VDI ``name``, when just read)."""
     if size < snap.size:
         raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than the "
                            f"snapshot {tag!r} of {src!r} ({human(snap.size)})")
-    if core.create_checked(name, size, parent_vid=snap.vid):
+    if core.create_checked(name, size, parent_vid=snap.vid, found=found):
         return {}
     try:
-        core.client.clone_vdi(src, tag, name, size=size)
+        core.client.clone_vdi(src, tag, name, size=size,
+                              known=snap if snap.tag == tag and tag else None)
     except VdiExists:
         if not core.create_checked(name, size, parent_vid=snap.vid):
             raise

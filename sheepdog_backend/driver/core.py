@@ -33,7 +33,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sheepdog_backend.addresses import format_gateway, parse_gateway
 from sheepdog_backend.driver.base import BackendConfiguration, GiB, Snapshot, Volume, human
@@ -165,10 +165,12 @@ class DriverCore:
         probe chain, not every inode of the cluster)."""
         return self.client.list_snapshots(name)
 
-    def create_checked(self, name: str, size: int, *, parent_vid: int | None) -> bool:
+    def create_checked(self, name: str, size: int, *, parent_vid: int | None,
+                       found: VdiInfo | Literal["look"] | None = "look") -> bool:
         """True when ``name`` already exists as requested (a retried create);
-        raises VdiExists when it exists otherwise; False when absent."""
-        info = self.client.find_vdi(name)
+        raises VdiExists when it exists otherwise; False when absent.
+        ``found``: its working VDI (or None) as the caller just read it."""
+        info = self.client.find_vdi(name) if isinstance(found, str) else found
         if info is None:
             return False
         if info.size != size:

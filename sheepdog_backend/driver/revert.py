@@ -6,7 +6,9 @@ Cut off half-way, the volume would read zeros (slots cleared) or not exist
 (deleted), and a ``create_volume`` of the same id would quietly make a blank
 one.  So before the first destructive step the driver writes a *revert intent*
 on the cluster, and every later operation on that volume (create included)
-first calls ``settle(core, name)``, which finishes a pending revert:
+first calls ``settle(core, name)`` (or ``survey``, which also answers the
+operation's own questions in the same round trips), which finishes a pending
+revert:
 
 * The record is a VDI attribute of the volume's *name* (key ``REVERT_KEY``,
   tag "", snap_id 0).  Sheepdog stores attributes at the hash vid of the name,
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,6 +52,7 @@ from sheepdog_backend.exception import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from sheepdog_backend.client import VdiInfo
+    from sheepdog_backend.client.survey import Survey
 
 LOG = logging.getLogger(__name__)
 REVERT_KEY = "sheepdog-backend.revert-intent"
@@ -106,9 +110,31 @@ def _drop_record(core: DriverCore, name: str, working: VdiInfo | None,
         core.client.delete_attr(name, REVERT_KEY, snapid=snap.snap_id)
 
 
+def survey(core: DriverCore, name: str, *, tag: str = "", keys: Sequence[str] = (),
+           family: bool = False) -> Survey:
+    """``settle``, returning the client's survey of ``name`` afterwards (with
+    the snapshot ``tag``, the attributes ``keys`` and the family when asked).
+
+    The survey reads the revert record directly in the same round trip as the
+    lookup (client/survey.py): no record, the usual case, means nothing to
+    finish and no further request; a record takes ``settle``'s full path,
+    then the name is surveyed again."""
+    want = (REVERT_KEY, *keys)
+    with core.volume_lock(name):
+        found = core.client.survey(name, tag=tag, keys=want, family=family)
+        if found.attrs[REVERT_KEY] is None:
+            return found
+        _settle(core, name)
+        return core.client.survey(name, tag=tag, keys=want, family=family)
+
+
 def settle(core: DriverCore, name: str) -> VdiInfo | None:
     """Finish an interrupted revert of ``name`` if one is recorded; return the
     working VDI afterwards (None when there is none)."""
+    return survey(core, name).working
+
+
+def _settle(core: DriverCore, name: str) -> VdiInfo | None:
     with core.volume_lock(name):
         client = core.client
         working = client.find_vdi(name)
@@ -145,8 +171,8 @@ def revert_to_snapshot(core: DriverCore, name: str, tag: str, size: int) -> None
     """Make ``name``'s contents those of snapshot ``tag``, at least ``size``
     bytes (a volume grown after the snapshot keeps its size)."""
     with core.volume_lock(name):
-        working = settle(core, name)
-        found = core.client.find_vdi(name, tag)
+        state = survey(core, name, tag=tag)
+        working, found = state.working, state.tagged
         if found is None or not found.is_snapshot:
             if working is None:
                 raise VolumeNotFound(f"volume {name!r} does not exist")

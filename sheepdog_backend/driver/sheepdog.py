@@ -154,8 +154,9 @@ class SheepdogDriver(VolumeDriver):
             snap, tag = self.resolve_backing(backing)
             revert.settle(core, name)
             return clones.clone_snapshot(core, snap, snap.name, tag, name, size)
-        revert.settle(core, name)  # a half-done revert is finished, not replaced by a blank
-        if core.create_checked(name, size, parent_vid=None):
+        # a half-done revert is finished, not replaced by a blank
+        found = revert.survey(core, name).working
+        if core.create_checked(name, size, parent_vid=None, found=found):
             return {}
         try:
             if sizing.hyper_for_new_volume(self.configuration, size):
@@ -175,10 +176,11 @@ class SheepdogDriver(VolumeDriver):
         core = self._core
         name = self.vdi_name(volume)
         with core.volume_lock(name):
-            if revert.settle(core, name) is None:
+            state = revert.survey(core, name, family=True)
+            if state.working is None:
                 LOG.info("volume %s is already gone", name)
                 return
-            snaps = core.snapshots_of(name)
+            snaps = state.snapshots
             temps = [s for s in snaps if clones.is_temp_tag_of(name, s.tag)]
             snaps = [s for s in snaps if s not in temps]
             if snaps:
@@ -186,22 +188,28 @@ class SheepdogDriver(VolumeDriver):
                 raise VolumeIsBusy(f"volume {name!r} has {len(snaps)} snapshot(s) ({tags}): "
                                    "delete them first")
             clones.drop_temps_of(core, temps)  # left by an interrupted create_cloned_volume
-            if not self.client.delete_vdi(name):
+            # the survey's inode unless temporary snapshots changed it
+            known = None if temps else state.working
+            if not self.client.delete_vdi(name, known=known):
                 LOG.info("volume %s vanished while being deleted", name)
             core.invalidate_stats()
 
     def extend_volume(self, volume: Volume, new_size: int) -> None:
         new_bytes = gib(new_size, "new size") * GiB
-        name, info = self._existing(volume)
+        name = self.vdi_name(volume)
+        state = revert.survey(self._core, name, keys=(attach.EXPORT_KEY,))
+        info = state.working
+        if info is None:
+            raise VolumeNotFound(f"volume {name!r} does not exist")
         if new_bytes < info.size:
             raise InvalidInput(f"volume {name!r} is {human(info.size)}; it can only "
                                f"grow, not shrink to {new_size} GiB")
         if new_bytes > info.size:
             sizing.check_extend(self.configuration, name, info.block_size_shift, new_bytes,
                                 info.store_policy)
-            self.client.resize_vdi(name, new_bytes)
+            self.client.resize_vdi(name, new_bytes, known=info)
             self._core.invalidate_stats()
-            attach.after_extend(self._core, name)
+            attach.after_extend(self._core, name, state.attrs[attach.EXPORT_KEY])
 
     # -- snapshots and clones ---------------------------------------------
 
@@ -210,15 +218,19 @@ class SheepdogDriver(VolumeDriver):
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
         with core.volume_lock(name):  # concurrent snapshots of one VDI lose their tags
-            _name, info = self._existing(snapshot.volume)
+            state = revert.survey(core, name, tag=tag, keys=(attach.EXPORT_KEY,))
+            info = state.working
+            if info is None:
+                raise VolumeNotFound(f"volume {name!r} does not exist")
             sizing.refuse_hyper(name, "snapshots", info.store_policy)
-            attach.refuse_if_exported(core, name, "snapshot", force=force)
-            existing = self.client.find_vdi(name, tag)
+            attach.refuse_if_recorded(core, name, "snapshot", state.attrs[attach.EXPORT_KEY],
+                                      force=force)
+            existing = state.tagged
             if existing is not None and existing.is_snapshot:
                 LOG.info("snapshot %s of %s already exists", tag, name)
                 return {}
             try:
-                self.client.snapshot_vdi(name, tag)
+                self.client.snapshot_vdi(name, tag, known=info)
             except NoVdi:
                 raise VolumeNotFound(f"volume {name!r} does not exist") from None
             except VdiExists:  # made meanwhile (a concurrent repeat of this call)?
@@ -231,13 +243,13 @@ class SheepdogDriver(VolumeDriver):
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
         with self._core.volume_lock(name):
-            revert.settle(self._core, name)  # a pending revert may need this snapshot
-            info = self.client.find_vdi(name, tag)
+            # settled first: a pending revert may need this snapshot
+            info = revert.survey(self._core, name, tag=tag).tagged
             if info is None or not info.is_snapshot:
                 LOG.info("snapshot %s of %s is already gone", tag, name)
                 return
             try:
-                self.client.delete_vdi(name, tag)
+                self.client.delete_vdi(name, tag, known=info)
             except (NoVdi, NoTag):
                 LOG.info("snapshot %s of %s vanished while being deleted", tag, name)
 
@@ -248,8 +260,8 @@ class SheepdogDriver(VolumeDriver):
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         src = self.vdi_name(snapshot.volume)
         snap = self._core.snapshot_info(src, tag)
-        revert.settle(self._core, name)
-        return clones.clone_snapshot(self._core, snap, src, tag, name, size)
+        found = revert.survey(self._core, name).working
+        return clones.clone_snapshot(self._core, snap, src, tag, name, size, found=found)
 
     def create_cloned_volume(self, volume: Volume, src_vref: Volume, *,
                              force: bool = False) -> dict[str, Any]:
@@ -350,9 +362,12 @@ class SheepdogDriver(VolumeDriver):
 
     def describe_volume(self, volume: Volume) -> dict[str, Any]:
         """The volume's VDI and its snapshots; VolumeNotFound when absent."""
-        name, info = self._existing(volume)
-        out = stats.describe(info)
-        out["snapshots"] = [stats.describe(s) for s in self._core.snapshots_of(name)]
+        name = self.vdi_name(volume)
+        state = revert.survey(self._core, name, family=True)
+        if state.working is None:
+            raise VolumeNotFound(f"volume {name!r} does not exist")
+        out = stats.describe(state.working)
+        out["snapshots"] = [stats.describe(s) for s in state.snapshots]
         return out
 
     def describe_snapshot(self, snapshot: Snapshot) -> dict[str, Any]:
