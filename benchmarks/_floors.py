@@ -23,6 +23,7 @@ from sheepdog_backend.client.transport import Connection
 from sheepdog_backend.client.vdi import (
     HEADER_READ,
     HEADER_WINDOW,
+    USAGE_READ,
     chain_through,
     check,
     vdi_body,
@@ -142,11 +143,15 @@ def read_volume(conn: Connection, name: str, size: int, window: int) -> int:
 
 
 def list_all(conn: Connection, window: int) -> int:
-    """Both bitmaps, then the header of every live vid (568-byte replies: at
-    least HEADER_WINDOW in flight).  Returns headers read."""
+    """What ``dog vdi list`` shows, names, sizes and used/shared space: both
+    bitmaps, then for every live vid one read of its inode header and the
+    slots a volume of up to 1 GiB (4 MiB objects) covers, 5,688-byte replies
+    with at least HEADER_WINDOW in flight (dog reads header and slots in two
+    requests; no VDI of this job is larger, so no slot read follows).
+    Returns inodes read."""
     in_use, deleted = (VidBitmap(r.payload) for r in
                        pipeline(conn, [rq.read_vdis(), rq.read_del_vdis()], 2))
-    return len(pipeline(conn, (rq.read_obj(vid_to_vdi_oid(v), 0, HEADER_READ,
+    return len(pipeline(conn, (rq.read_obj(vid_to_vdi_oid(v), 0, USAGE_READ,
                                            flags=Flag.DIRECT)
                                for v in in_use if v not in deleted),
                         max(window, HEADER_WINDOW)))
