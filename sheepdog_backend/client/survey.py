@@ -32,7 +32,7 @@ No state: every call reads afresh.  Retries are the caller's (client.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sheepdog_backend.client import requests as rq
@@ -112,25 +112,25 @@ def survey(conn: Connection, name: bytes, *, tag: bytes = b"",
     for key in keys:
         attrs[decode_text(key)] = _attr_value(conn, name, key, rsps[at:at + ATTR_PROBES_PIPELINED])
         at += ATTR_PROBES_PIPELINED
-    vids = [v for v in (working_vid, tagged_vid) if v is not None]
-    if family:
-        vids += ops.family_vids(conn, name, ops.cluster_flags(rsps[at]), working_vid)
-    unique = list(dict.fromkeys(vids))  # the working VDI is on its chain too
-    hrsps = dict(zip(unique, ops.pipeline(conn, (ops.header_request(v) for v in unique),
-                                          max(window, ops.HEADER_WINDOW),
-                                          raise_errors=False), strict=True))
+    found = [v for v in (working_vid, tagged_vid) if v is not None]
+    vids = list(found)  # filled as the pipeline pulls from ``candidates``
+
+    def candidates() -> Iterator[int]:
+        """The found vids, then the family's others: lazily, so a garbage
+        bitmap costs only what the call's deadline lets it send
+        (vdi.iter_family_candidates)."""
+        yield from found
+        if family:
+            for vid in ops.family_vids(conn, name, ops.cluster_flags(rsps[at]), working_vid):
+                if vid not in found:  # the working VDI is on its chain too
+                    vids.append(vid)
+                    yield vid
+    hrsps = ops.pipeline(conn, (ops.header_request(v) for v in candidates()),
+                         max(window, ops.HEADER_WINDOW), raise_errors=False)
+    by_vid = dict(zip(vids, hrsps, strict=True))
 
     def info(vid: int | None) -> VdiInfo | None:
-        return None if vid is None else VdiInfo.from_header(ops.decode_header(hrsps[vid]))
-    members: list[VdiInfo] | None = None
-    if family:
-        live = []
-        for vid in unique:
-            rsp = hrsps[vid]
-            if rsp.result == Result.NO_OBJ:
-                continue  # bit set but inode gone (recycled family), as list_family
-            hdr = ops.decode_header(rsp)
-            if not hdr.is_deleted:
-                live.append(hdr)
-        members = ops.family_of(live, name)
+        return None if vid is None else VdiInfo.from_header(ops.decode_header(by_vid[vid]))
+    members = (ops.family_of((hdr for hdr, _ in ops.live_inodes(hrsps)), name)
+               if family else None)
     return Survey(info(working_vid), info(tagged_vid), attrs, members)

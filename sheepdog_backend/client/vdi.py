@@ -242,19 +242,24 @@ def del_vdi(conn: Connection, name: str | bytes, tag: str | bytes = b"",
 # -- listing -----------------------------------------------------------------
 
 
-def live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[InodeHeader]:
-    """Headers of ``vids`` (pipelined, at least HEADER_WINDOW in flight),
-    skipping deleted inodes."""
-    rsps = pipeline(conn, (header_request(vid) for vid in vids), max(window, HEADER_WINDOW),
-                    raise_errors=False)
-    headers: list[InodeHeader] = []
+def live_inodes(rsps: Iterable[Response]) -> Iterator[tuple[InodeHeader, Response]]:
+    """(header, reply) of each inode read among ``rsps`` that is live: a
+    missing inode (its bit set but the inode gone: a recycled family) and a
+    deleted one are skipped, as dog skips them."""
     for rsp in rsps:
         if rsp.result == Result.NO_OBJ:
-            continue  # bit set but inode gone (recycled family): skip like dog does
+            continue
         hdr = decode_header(rsp)
         if not hdr.is_deleted:
-            headers.append(hdr)
-    return headers
+            yield hdr, rsp
+
+
+def live_headers(conn: Connection, vids: Iterable[int], window: int) -> list[InodeHeader]:
+    """Headers of ``vids`` (pipelined, at least HEADER_WINDOW in flight),
+    skipping missing and deleted inodes."""
+    rsps = pipeline(conn, (header_request(vid) for vid in vids), max(window, HEADER_WINDOW),
+                    raise_errors=False)
+    return [hdr for hdr, _ in live_inodes(rsps)]
 
 
 def family_candidates(in_use: VidBitmap, deleted: VidBitmap, start: int,
@@ -369,18 +374,14 @@ def list_vdis(conn: Connection, window: int = 16, *, with_usage: bool = False,
         return [VdiInfo.from_header(h) for h in live_headers(conn, vids, window)]
     # one read per VDI of its header and first USAGE_PREFIX_SLOTS slots (dog
     # reads them in two), then in one pipeline the rest of any longer range
-    wide = window if window > HEADER_WINDOW else HEADER_WINDOW
+    wide = max(window, HEADER_WINDOW)
     inodes: list[tuple[InodeHeader, tuple[int, ...]]] = []
-    for rsp in pipeline(conn, (rq.read_obj(vid_to_vdi_oid(vid), 0, USAGE_READ,
-                                           flags=Flag.DIRECT) for vid in vids),
-                        wide, raise_errors=False):
-        if rsp.result == Result.NO_OBJ:
-            continue  # bit set but inode gone (recycled family): skip like dog does
-        hdr = decode_header(rsp)
-        if not hdr.is_deleted:
-            got = rsp.payload[SD_INODE_HEADER_SIZE:USAGE_READ]
-            n = 0 if hdr.store_policy else min(hdr.count_data_objs, len(got) // 4)
-            inodes.append((hdr, decode_slots(got[:4 * n])))
+    for hdr, rsp in live_inodes(pipeline(conn, (rq.read_obj(vid_to_vdi_oid(vid), 0, USAGE_READ,
+                                                            flags=Flag.DIRECT) for vid in vids),
+                                         wide, raise_errors=False)):
+        got = rsp.payload[SD_INODE_HEADER_SIZE:USAGE_READ]
+        n = 0 if hdr.store_policy else min(hdr.count_data_objs, len(got) // 4)
+        inodes.append((hdr, decode_slots(got[:4 * n])))
     rest = [[] if hdr.store_policy else
             slot_requests(hdr.vdi_id, len(head), hdr.count_data_objs - len(head))
             for hdr, head in inodes]
