@@ -9,6 +9,9 @@ and the table shows medians, the ratios' per-round range in brackets):
   (with its snapshots), delete the clone, the snapshot, the volume; broken
   down per operation with the requests each side sends (round trips, requests,
   requests the node makes durable before answering: see _counting.py);
+  ``--life-rounds`` rounds, the order of dog, floor and ours rotating (the
+  side that runs after another meets the node still removing the objects of
+  the family the other just deleted);
 * import: ``--mib`` MiB of random bytes from a file into an empty 1 GiB volume
   (dog vdi write < file; ours copy_image_to_volume), default io_window and 1;
 * export: that 1 GiB volume to a file (dog vdi read > file; ours
@@ -26,7 +29,7 @@ sheep and dog are found (SHEEPDOG_INTEROP_BIN, SHEEPDOG_SHEEP/SHEEPDOG_DOG or
 PATH), then the embedded server.  The numbers are as noisy as the machine:
 read the ratios, which are measured side by side.
 
-Run: .venv/bin/python benchmarks/bench_sheep.py [--rounds N] [--mib M]
+Run: .venv/bin/python benchmarks/bench_sheep.py [--rounds N] [--life-rounds L] [--mib M]
      [--sc-rounds P] [--vdis N] [--target auto|real|embedded] [--config FILE [--backend NAME]]
 """
 
@@ -98,11 +101,13 @@ def timed_counted(fn: Callable[[], object]) -> tuple[float, Counts]:
 
 class Bench:
     def __init__(self, target: Target, root: str, prefix: str, rounds: int, mib: int,
-                 vdis: int, *, no_dog: bool = False, local_disk: bool = False) -> None:
+                 vdis: int, *, no_dog: bool = False, local_disk: bool = False,
+                 life_rounds: int = 0) -> None:
         self.t = target
         self.root = root
         self.p = prefix
         self.rounds = rounds
+        self.life_rounds = life_rounds or rounds
         self.mib = mib
         self.vdis = vdis
         self.raw = Connection(parse_address(target.gateway), request_timeout=300)
@@ -122,18 +127,27 @@ class Bench:
     # -- lifecycle -----------------------------------------------------------
 
     def lifecycle(self) -> dict[str, Sample]:
+        """``life_rounds`` rounds; within each, dog, floor and ours run the
+        eight steps one side after the other, in an order that rotates every
+        round: what a side leaves the node doing (a deleted family's objects
+        are removed in the background) then delays each side alike, rather
+        than always the one that runs after it."""
         out = {s: Sample() for s in STEPS}
         d = self.t.driver
         size = GiB
-        for r in range(self.rounds):
+        for r in range(self.life_rounds):
+            sides: list[Callable[[], None]] = []
             if self.dog:
                 n, c = f"{self.p}d{r}", f"{self.p}dc{r}"
                 dog_cmds = [("vdi", "create", n, "1G"), ("vdi", "snapshot", "-s", "s", n),
                             ("vdi", "clone", "-s", "s", n, c), ("vdi", "resize", c, "2G"),
                             ("vdi", "list", n), ("vdi", "delete", c),
                             ("vdi", "delete", "-s", "s", n), ("vdi", "delete", n)]
-                for step, cmd in zip(STEPS, dog_cmds, strict=True):
-                    out[step].dog.append(self.t.run_dog(*cmd))
+
+                def run_dog(cmds: list[tuple[str, ...]] = dog_cmds) -> None:
+                    for step, cmd in zip(STEPS, cmds, strict=True):
+                        out[step].dog.append(self.t.run_dog(*cmd))
+                sides.append(run_dog)
             n, c = f"{self.p}f{r}", f"{self.p}fc{r}"
             raw = self.raw
             floors: list[Callable[[], object]] = [
@@ -145,10 +159,13 @@ class Bench:
                 lambda: floor.delete(raw, c, 2 * size, self.copies),
                 lambda: floor.delete(raw, n, size, self.copies, "s"),
                 lambda: floor.delete(raw, n, size, self.copies)]
-            for step, fn in zip(STEPS, floors, strict=True):
-                took, counts = timed_counted(fn)
-                out[step].floor.append(took)
-                out[step].floor_counts = counts
+
+            def run_floor(fns: list[Callable[[], object]] = floors) -> None:
+                for step, fn in zip(STEPS, fns, strict=True):
+                    took, counts = timed_counted(fn)
+                    out[step].floor.append(took)
+                    out[step].floor_counts = counts
+            sides.append(run_floor)
             vol = Volume(id=f"o{r}", size=1, name=f"{self.p}o{r}")
             snap = Snapshot(id="s", volume=vol, name="s")
             cvol = Volume(id=f"oc{r}", size=1, name=f"{self.p}oc{r}")
@@ -158,10 +175,16 @@ class Bench:
                 lambda: d.extend_volume(cvol, 2), lambda: d.describe_volume(vol),
                 lambda: d.delete_volume(cvol), lambda: d.delete_snapshot(snap),
                 lambda: d.delete_volume(vol)]
-            for step, fn in zip(STEPS, ours, strict=True):
-                took, counts = timed_counted(fn)
-                out[step].ours.append(took)
-                out[step].ours_counts = counts
+
+            def run_ours(fns: list[Callable[[], object]] = ours) -> None:
+                for step, fn in zip(STEPS, fns, strict=True):
+                    took, counts = timed_counted(fn)
+                    out[step].ours.append(took)
+                    out[step].ours_counts = counts
+            sides.append(run_ours)
+            k = r % len(sides)
+            for side in sides[k:] + sides[:k]:
+                side()
         return out
 
     # -- data ----------------------------------------------------------------
@@ -352,8 +375,8 @@ def counts_text(c: Counts | None) -> str:
 def report(b: Bench, life: dict[str, Sample], data: dict[str, Sample],
            listed: tuple[Sample, int], sc: tuple[Sample, Sample],
            plain: float | None) -> None:
-    print(f"\n== {b.t.label}; io_window {b.window}; {b.rounds} rounds: medians, "
-          "[min-max] of the per-round ratio")
+    print(f"\n== {b.t.label}; io_window {b.window}; {b.rounds} rounds ({b.life_rounds} of "
+          "the lifecycle): medians, [min-max] of the per-round ratio")
     if not b.dog:
         print("   (no dog: the dog column is empty)")
     total = Sample(dog=[sum(x) for x in zip(*(life[s].dog for s in STEPS), strict=True)],
@@ -427,7 +450,7 @@ def run(target: Target, root: str, args: argparse.Namespace, *, plain: bool,
     with open(source, "wb") as f:
         f.write(payload)
     b = Bench(target, root, f"bench-{os.getpid()}-", args.rounds, args.mib, args.vdis,
-              no_dog=args.no_dog, local_disk=local_disk)
+              no_dog=args.no_dog, local_disk=local_disk, life_rounds=args.life_rounds)
     try:
         target.driver.client.cluster_info()  # warm the pool
         life = b.lifecycle()
@@ -446,6 +469,8 @@ def run(target: Target, root: str, args: argparse.Namespace, *, plain: bool,
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--life-rounds", type=int, default=9,
+                        help="lifecycle rounds (the order of dog, floor, ours rotates)")
     parser.add_argument("--mib", type=int, default=256, help="MiB imported (<= 1024)")
     parser.add_argument("--sc-rounds", type=int, default=11,
                         help="interleaved full/empty pairs of the snapshot + clone job")

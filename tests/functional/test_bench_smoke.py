@@ -19,7 +19,8 @@ def test_bench_sheep_runs_and_prints_the_table(tmp_path: Path) -> None:
     env = dict(os.environ, BENCH_DIR=str(tmp_path))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_sheep.py"), "--target", "embedded",
-         "--rounds", "1", "--mib", "4", "--vdis", "5", "--sc-rounds", "2", "--no-dog"],
+         "--rounds", "1", "--life-rounds", "2", "--mib", "4", "--vdis", "5", "--sc-rounds",
+         "2", "--no-dog"],
         capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -52,8 +53,8 @@ def test_bench_sheep_on_a_configured_cluster_cleans_up(
         bench_dir.mkdir()
         proc = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "bench_sheep.py"), "--config", str(conf),
-             "--rounds", "1", "--mib", "4", "--vdis", "4", "--sc-rounds", "2",
-             "--no-dog"],
+             "--rounds", "1", "--life-rounds", "1", "--mib", "4", "--vdis", "4",
+             "--sc-rounds", "2", "--no-dog"],
             capture_output=True, text=True, timeout=240, cwd=ROOT,
             env=dict(os.environ, BENCH_DIR=str(bench_dir)))
         assert proc.returncode == 0, proc.stderr[-3000:]
