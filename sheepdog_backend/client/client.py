@@ -254,19 +254,20 @@ class SheepdogClient:
             what=f"list snapshots of {name!r}")
 
     def survey(self, name: str, *, tag: str = "", keys: Sequence[str] = (),
-               family: bool = False) -> sv.Survey:
-        """The working VDI of ``name``, its snapshot ``tag`` (when given), the
-        attributes ``keys`` of the name (tag "", snap_id 0; ``Survey.attrs``
-        keyed by key) and, with ``family``, every live VDI of
-        the name: in two round trips where separate calls take one each
-        (client/survey.py)."""
-        raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
-        rawkeys = [encode_text(k) for k in keys]
-        for key in rawkeys:
-            ops.attr_request(raw, key)  # validates the key
-        return self._run(lambda c: sv.survey(c, raw, tag=rawtag, keys=rawkeys, family=family,
-                                             window=self.io_window),
-                         what=f"survey {name!r}")
+               family: bool = False, look: bool = True) -> sv.Survey:
+        """The working VDI of ``name`` (unless ``look`` is False), its snapshot
+        ``tag`` (when given), the attributes ``keys`` of the name (tag "",
+        snap_id 0; ``Survey.attrs`` keyed by key) and, with ``family``, every
+        live VDI of the name: in two round trips where separate calls take one
+        each (client/survey.py)."""
+        return self.surveys([sv.Ask(name, tag, keys, family, look)])[0]
+
+    def surveys(self, asks: Sequence[sv.Ask]) -> list[sv.Survey]:
+        """``survey`` of each of ``asks``, all in the same two round trips."""
+        raw = [a.encoded() for a in asks]
+        names = ", ".join(repr(a.name) for a in asks)
+        return self._run(lambda c: sv.survey_all(c, raw, window=self.io_window),
+                         what=f"survey {names}")
 
     # -- create --------------------------------------------------------------
 

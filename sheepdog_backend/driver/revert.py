@@ -38,9 +38,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from sheepdog_backend.client import Ask
 from sheepdog_backend.driver.core import DriverCore
 from sheepdog_backend.exception import (
     NoTag,
@@ -51,8 +52,7 @@ from sheepdog_backend.exception import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sheepdog_backend.client import VdiInfo
-    from sheepdog_backend.client.survey import Survey
+    from sheepdog_backend.client import Survey, VdiInfo
 
 LOG = logging.getLogger(__name__)
 REVERT_KEY = "sheepdog-backend.revert-intent"
@@ -110,22 +110,28 @@ def _drop_record(core: DriverCore, name: str, working: VdiInfo | None,
         core.client.delete_attr(name, REVERT_KEY, snapid=snap.snap_id)
 
 
-def survey(core: DriverCore, name: str, *, tag: str = "", keys: Sequence[str] = (),
-           family: bool = False) -> Survey:
-    """``settle``, returning the client's survey of ``name`` afterwards (with
-    the snapshot ``tag``, the attributes ``keys`` and the family when asked).
+def surveys(core: DriverCore, ask: Ask, *others: Ask) -> list[Survey]:
+    """``settle`` ``ask.name``, returning the client's surveys of ``ask`` and
+    ``others`` afterwards (one pipelined survey: client/survey.py).
 
     The survey reads the revert record directly in the same round trip as the
-    lookup (client/survey.py): no record, the usual case, means nothing to
-    finish and no further request; a record takes ``settle``'s full path,
-    then the name is surveyed again."""
-    want = (REVERT_KEY, *keys)
-    with core.volume_lock(name):
-        found = core.client.survey(name, tag=tag, keys=want, family=family)
-        if found.attrs[REVERT_KEY] is None:
+    lookup: no record, the usual case, means nothing to finish and no further
+    request; a record takes ``settle``'s full path, then the names are
+    surveyed again."""
+    first = replace(ask, keys=(REVERT_KEY, *ask.keys))
+    with core.volume_lock(ask.name):
+        found = core.client.surveys([first, *others])
+        if found[0].attrs[REVERT_KEY] is None:
             return found
-        _settle(core, name)
-        return core.client.survey(name, tag=tag, keys=want, family=family)
+        _settle(core, ask.name)
+        return core.client.surveys([first, *others])
+
+
+def survey(core: DriverCore, name: str, *, tag: str = "", keys: Sequence[str] = (),
+           family: bool = False, look: bool = True) -> Survey:
+    """``surveys`` of one name (``look`` False: its working VDI is not looked
+    up and ``Survey.working`` is None)."""
+    return surveys(core, Ask(name, tag, keys, family, look))[0]
 
 
 def settle(core: DriverCore, name: str) -> VdiInfo | None:

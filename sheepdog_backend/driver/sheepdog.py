@@ -28,6 +28,7 @@ import logging
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sheepdog_backend import __version__
+from sheepdog_backend.client import Ask
 from sheepdog_backend.driver import attach, clones, images, manage, revert, sizing, stats
 from sheepdog_backend.driver import backing as _backing
 from sheepdog_backend.driver.base import (
@@ -54,6 +55,7 @@ from sheepdog_backend.exception import (
     NoTag,
     NoVdi,
     RetryExhausted,
+    SnapshotNotFound,
     TransportError,
     VdiExists,
     VolumeIsBusy,
@@ -154,10 +156,9 @@ class SheepdogDriver(VolumeDriver):
             snap, tag = self.resolve_backing(backing)
             revert.settle(core, name)
             return clones.clone_snapshot(core, snap, snap.name, tag, name, size)
-        # a half-done revert is finished, not replaced by a blank
-        found = revert.survey(core, name).working
-        if core.create_checked(name, size, parent_vid=None, found=found):
-            return {}
+        # a half-done revert is finished, not replaced by a blank; the name is
+        # not looked up: NEW_VDI answers VDI_EXIST when it is taken
+        revert.survey(core, name, look=False)
         try:
             if sizing.hyper_for_new_volume(self.configuration, size):
                 self.client.create_vdi(name, size, copies=core.copies,
@@ -259,9 +260,13 @@ class SheepdogDriver(VolumeDriver):
         size = gib(volume.size) * GiB
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         src = self.vdi_name(snapshot.volume)
-        snap = self._core.snapshot_info(src, tag)
-        found = revert.survey(self._core, name).working
-        return clones.clone_snapshot(self._core, snap, src, tag, name, size, found=found)
+        # the source snapshot and the new name's revert record in one survey;
+        # the new name is not looked up: NEW_VDI answers VDI_EXIST when taken
+        _, source = revert.surveys(self._core, Ask(name, look=False), Ask(src, tag, look=False))
+        snap = source.tagged
+        if snap is None or not snap.is_snapshot:
+            raise SnapshotNotFound(f"snapshot {tag!r} of volume {src!r} does not exist")
+        return clones.clone_snapshot(self._core, snap, src, tag, name, size, found=None)
 
     def create_cloned_volume(self, volume: Volume, src_vref: Volume, *,
                              force: bool = False) -> dict[str, Any]:

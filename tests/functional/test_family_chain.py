@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from sheepdog_backend.client import RetryPolicy, SheepdogClient
+from sheepdog_backend.client import Ask, RetryPolicy, SheepdogClient
 from sheepdog_backend.client.vdi import CHAIN_READ_LIMIT, chain_through
 from sheepdog_backend.exception import ProtocolError
 from sheepdog_backend.protocol.constants import SD_NR_VDIS
@@ -84,6 +84,15 @@ def check_survey(client: SheepdogClient, step: str, want: list[str]) -> None:
     snapid = 0 if working is not None else client.list_snapshots("fam")[-1].snap_id
     assert found.attrs == {KEY: client.get_attr("fam", KEY, snapid=snapid),
                            OTHER_KEY: client.get_attr("fam", OTHER_KEY, snapid=snapid)}, step
+    # several names in the same two trips: each answer is its own survey's
+    other, fam, again = client.surveys([Ask("other", "o1", look=False),
+                                        Ask("fam", "s1", (KEY, OTHER_KEY), family=True),
+                                        Ask("other", family=True)])
+    assert fam == found, step
+    assert other.working is None, step  # not looked up
+    assert other.tagged == client.find_vdi("other", "o1"), step
+    assert again.working == client.find_vdi("other"), step
+    assert again.snapshots == client.list_snapshots("other"), step
 
 
 def run_history(client: SheepdogClient, dog_tags: Callable[[], list[str]] | None) -> None:
