@@ -13,7 +13,9 @@ and the table shows medians, the ratios' per-round range in brackets):
   side that runs after another meets the node still removing the objects of
   the family the other just deleted);
 * import: ``--mib`` MiB of random bytes from a file into an empty 1 GiB volume
-  (dog vdi write < file; ours copy_image_to_volume), default io_window and 1;
+  (dog vdi write < file; ours copy_image_to_volume), default io_window and 1
+  (window 1 in the first round only); ``--rounds`` rounds, the order of dog,
+  floor and ours rotating, each after an ``os.sync``;
 * export: that 1 GiB volume to a file (dog vdi read > file; ours
   copy_volume_to_image, sparse: holes where the volume is unallocated or
   zero; the file's allocated size is printed);
@@ -204,27 +206,41 @@ class Bench:
                     if (key != "dimp" or self.dog) and (w1 or "1" not in key):
                         floor.create(self.raw, name, GiB, self.copies)
                         self.made.append((name, ""))
-                os.sync()
+                imports: list[Callable[[], None]] = []
                 if self.dog:
-                    out["import"].dog.append(self.t.run_dog("vdi", "write", names["dimp"],
-                                                            stdin=source))
+                    def dog_import() -> None:
+                        out["import"].dog.append(self.t.run_dog("vdi", "write", names["dimp"],
+                                                                stdin=source))
+                        if w1:
+                            out["import (window 1)"].dog.append(out["import"].dog[-1])
+                    imports.append(dog_import)
+
+                def floor_import() -> None:
+                    took, counts = timed_counted(lambda: floor.write_volume(
+                        self.raw, names["fimp"], payload, self.copies, self.window))
+                    out["import"].floor.append(took)
+                    out["import"].floor_counts = counts
                     if w1:
-                        out["import (window 1)"].dog.append(out["import"].dog[-1])
-                os.sync()  # each import starts with no writeback of the one before
-                took, counts = timed_counted(lambda: floor.write_volume(
-                    self.raw, names["fimp"], payload, self.copies, self.window))
-                out["import"].floor.append(took)
-                out["import"].floor_counts = counts
-                if w1:
-                    out["import (window 1)"].floor.append(timed(lambda: floor.write_volume(
-                        self.raw, names["f1imp"], payload, self.copies, 1)))
-                for key, drv, row in (("oimp", self.t.driver, "import"),
-                                      ("o1imp", d1, "import (window 1)"))[:2 if w1 else 1]:
-                    vol = Volume(id=key, size=1, name=names[key])
-                    os.sync()
-                    took, counts = timed_counted(lambda: drv.copy_image_to_volume(vol, source))
-                    out[row].ours.append(took)
-                    out[row].ours_counts = counts
+                        os.sync()
+                        out["import (window 1)"].floor.append(timed(lambda: floor.write_volume(
+                            self.raw, names["f1imp"], payload, self.copies, 1)))
+                imports.append(floor_import)
+
+                def our_import() -> None:
+                    for key, drv, row in (("oimp", self.t.driver, "import"),
+                                          ("o1imp", d1, "import (window 1)"))[:2 if w1 else 1]:
+                        vol = Volume(id=key, size=1, name=names[key])
+                        if key != "oimp":
+                            os.sync()
+                        took, counts = timed_counted(
+                            lambda: drv.copy_image_to_volume(vol, source))
+                        out[row].ours.append(took)
+                        out[row].ours_counts = counts
+                imports.append(our_import)
+                k = r % len(imports)  # the order rotates, as in the lifecycle
+                for side in imports[k:] + imports[:k]:
+                    os.sync()  # each import starts with no writeback of the one before
+                    side()
                 if self.local_disk:
                     self.plain.append(plain_write(self.root, payload, every=True))
                 os.sync()
@@ -468,8 +484,9 @@ def run(target: Target, root: str, args: argparse.Namespace, *, plain: bool,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--life-rounds", type=int, default=9,
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="import and export rounds (the import's order rotates)")
+    parser.add_argument("--life-rounds", type=int, default=30,
                         help="lifecycle rounds (the order of dog, floor, ours rotates)")
     parser.add_argument("--mib", type=int, default=256, help="MiB imported (<= 1024)")
     parser.add_argument("--sc-rounds", type=int, default=11,
