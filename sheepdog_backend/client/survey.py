@@ -129,9 +129,8 @@ def _attr_value(conn: Connection, name: bytes, key: bytes,
 
 @dataclass
 class _Trip1:
-    """Where one ask's answers sit in trip 1's replies, and what they said."""
+    """What trip 1's replies said about one ask."""
 
-    at: int  # index of its first reply
     working: int | None = None
     tagged: int | None = None
     attrs: dict[str, bytes | None] = field(default_factory=dict)
@@ -151,7 +150,7 @@ def _trip1_requests(q: Question) -> list[Request]:
 
 
 def _trip1_answers(conn: Connection, q: Question, rsps: Sequence[Response], at: int) -> _Trip1:
-    out = _Trip1(at)
+    out = _Trip1()
     if q.look:
         out.working = ops.found_vid(rsps[at])
         at += 1

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.driver import revert, sizing
 from sheepdog_backend.driver.base import GiB, Volume, gib, human
@@ -76,14 +76,14 @@ def is_temp_tag_of(src: str, tag: str) -> bool:
 
 
 def clone_snapshot(core: DriverCore, snap: VdiInfo, src: str, tag: str, name: str,
-                   size: int, *, found: VdiInfo | Literal["look"] | None = "look"
-                   ) -> dict[str, Any]:
+                   size: int, *, look: bool = True) -> dict[str, Any]:
     """Clone snapshot ``src``@``tag`` (VdiInfo ``snap``, just read) into ``name``
-    of ``size`` bytes (``found``: the working VDI ``name``, when just read)."""
+    of ``size`` bytes (``look`` False: ``name`` is not looked up first; NEW_VDI
+    answers VDI_EXIST when it is taken)."""
     if size < snap.size:
         raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than the "
                            f"snapshot {tag!r} of {src!r} ({human(snap.size)})")
-    if core.create_checked(name, size, parent_vid=snap.vid, found=found):
+    if core.create_checked(name, size, parent_vid=snap.vid, look=look):
         return {}
     try:
         core.client.clone_vdi(src, tag, name, size=size,

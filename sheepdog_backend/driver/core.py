@@ -33,7 +33,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.addresses import format_gateway, parse_gateway
 from sheepdog_backend.driver.base import BackendConfiguration, GiB, Snapshot, Volume, human
@@ -81,6 +81,14 @@ def redundancy(conf: BackendConfiguration) -> tuple[int, int]:
     except InvalidInput as exc:
         raise ConfigError(f"{conf.where('sheepdog_erasure_code')}: {exc}") from None
     return data + parity, ec_policy(data, parity)
+
+
+def require_snapshot(info: VdiInfo | None, name: str, tag: str) -> VdiInfo:
+    """``info`` when it is a snapshot (of ``name`` as ``tag``, as looked up),
+    else SnapshotNotFound."""
+    if info is None or not info.is_snapshot:
+        raise SnapshotNotFound(f"snapshot {tag!r} of volume {name!r} does not exist")
+    return info
 
 
 class DriverCore:
@@ -155,10 +163,7 @@ class DriverCore:
         return info
 
     def snapshot_info(self, name: str, tag: str) -> VdiInfo:
-        info = self.client.find_vdi(name, tag)
-        if info is None or not info.is_snapshot:
-            raise SnapshotNotFound(f"snapshot {tag!r} of volume {name!r} does not exist")
-        return info
+        return require_snapshot(self.client.find_vdi(name, tag), name, tag)
 
     def snapshots_of(self, name: str) -> list[VdiInfo]:
         """Snapshots of ``name``, oldest first (the client reads only the name's
@@ -166,11 +171,12 @@ class DriverCore:
         return self.client.list_snapshots(name)
 
     def create_checked(self, name: str, size: int, *, parent_vid: int | None,
-                       found: VdiInfo | Literal["look"] | None = "look") -> bool:
+                       look: bool = True) -> bool:
         """True when ``name`` already exists as requested (a retried create);
         raises VdiExists when it exists otherwise; False when absent.
-        ``found``: its working VDI (or None) as the caller just read it."""
-        info = self.client.find_vdi(name) if isinstance(found, str) else found
+        ``look`` False: False without a lookup (the caller sends NEW_VDI next,
+        which answers VDI_EXIST when the name is taken)."""
+        info = self.client.find_vdi(name) if look else None
         if info is None:
             return False
         if info.size != size:

@@ -43,7 +43,7 @@ from sheepdog_backend.driver.base import (
     human,
 )
 from sheepdog_backend.driver.connection import connection_info
-from sheepdog_backend.driver.core import DriverCore
+from sheepdog_backend.driver.core import DriverCore, require_snapshot
 from sheepdog_backend.driver.data import (
     ClientDataAccess,
     copy_image_to_volume,
@@ -55,7 +55,6 @@ from sheepdog_backend.exception import (
     NoTag,
     NoVdi,
     RetryExhausted,
-    SnapshotNotFound,
     TransportError,
     VdiExists,
     VolumeIsBusy,
@@ -264,10 +263,8 @@ class SheepdogDriver(VolumeDriver):
         # the source snapshot and the new name's revert record in one survey;
         # the new name is not looked up: NEW_VDI answers VDI_EXIST when taken
         _, source = revert.surveys(self._core, Ask(name, look=False), Ask(src, tag, look=False))
-        snap = source.tagged
-        if snap is None or not snap.is_snapshot:
-            raise SnapshotNotFound(f"snapshot {tag!r} of volume {src!r} does not exist")
-        return clones.clone_snapshot(self._core, snap, src, tag, name, size, found=None)
+        snap = require_snapshot(source.tagged, src, tag)
+        return clones.clone_snapshot(self._core, snap, src, tag, name, size, look=False)
 
     def create_cloned_volume(self, volume: Volume, src_vref: Volume, *,
                              force: bool = False) -> dict[str, Any]:
