@@ -1,21 +1,28 @@
 """The local Sheepdog-protocol gateway on an export host.
 
-How it works: ``Gateway`` is a request handler for the embedded server's wire
-loop (server.server.SheepServer: framing, one reader and writer thread per
-connection, object I/O in a worker pool, VDI ops in one serial worker).  It
-listens on a unix socket and/or a TCP port <= 9999 on loopback (tgt's
-Sheepdog store keeps only 4 digits of a port) and answers every request with
-the cluster's answer: ``handle`` runs the SnapshotGuard's ``before``,
-forwards through the Forwarder (the client's Cluster: failover between the
-cluster's nodes, a pool per node, the retry policy), runs ``after`` and counts
-the request in IoStats.  Writes pass the RecoveryReplay (replay.py), which
-sends again, once the cluster has recovered from a node's failure, the writes
-acknowledged during its recovery; its watcher thread runs from ``start`` to
-``stop``.  The cluster's nodes are the configured ones plus
-those GET_NODE_LIST reports at start.
+How it works: the gateway listens on a unix socket and/or a TCP port <= 9999
+on loopback (tgt's Sheepdog store keeps only 4 digits of a port) and answers
+every request with the cluster's answer.  It runs on the shared wire engine
+(sheepdog_backend.engine: one event loop over every connection, requests
+framed in place, admission within a memory budget, connections bounded by
+file descriptors).  Object I/O is relayed on that loop (relay.py: a request
+goes out to a node as soon as it is parsed, on an upstream connection paired
+with the client's, and its answer comes back as soon as it arrives).  What
+needs judgment or may wait runs ``handle`` on worker threads (engine.workers:
+VDI and cluster ops one at a time in arrival order, the rest on a pool):
+``handle`` runs the SnapshotGuard's ``before``, forwards through the
+Forwarder (the client's Cluster: failover between the cluster's nodes, a
+pool per node, the retry policy), runs ``after`` and counts the request in
+IoStats.  Writes pass the RecoveryReplay (replay.py), which sends again, once
+the cluster has recovered from a node's failure, the writes acknowledged
+during its recovery; its watcher thread runs from ``start`` to ``stop``.
+The cluster's nodes are the configured ones plus those GET_NODE_LIST reports
+at start.
 
-Shared state: the guard and the stats (each with its own lock) and the
-client's Cluster (thread-safe); ``start``/``stop`` are for one owner thread.
+Shared state: the guard, the replay and the stats (each with its own lock)
+and the client's Cluster (thread-safe); ``start``/``stop`` are for one owner
+thread.  Threads: the loop, the replay's watcher, and at most ``workers``
+pool threads plus one serial worker, however many clients connect.
 """
 
 from __future__ import annotations
@@ -32,8 +39,12 @@ from types import TracebackType
 from typing import Any
 
 from sheepdog_backend.client import RetryPolicy, SheepdogClient
+from sheepdog_backend.engine import engine as wire
+from sheepdog_backend.engine.engine import Engine
+from sheepdog_backend.engine.workers import Workers
 from sheepdog_backend.exception import InvalidInput, SheepdogError
 from sheepdog_backend.gateway.forward import Forwarder
+from sheepdog_backend.gateway.relay import DEFAULT_MAX_UPSTREAMS, Relay
 from sheepdog_backend.gateway.replay import (
     DEFAULT_BUDGET,
     DEFAULT_SETTLE_TIMEOUT,
@@ -46,11 +57,10 @@ from sheepdog_backend.gateway.stats import IoStats, RequestTrace
 from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD
 from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.structs import NodeId
-from sheepdog_backend.server.server import SheepServer
 
 LOG = logging.getLogger(__name__)
 MAX_TGT_PORT = 9999  # tgt's Sheepdog store reads 4 digits of the port
-DEFAULT_WORKERS = 48  # tgt opens up to 17 connections per LU, each one request at a time
+DEFAULT_WORKERS = 48  # threads for the blocking path (failover, snapshot gates, VDI ops)
 
 
 @dataclass
@@ -98,8 +108,14 @@ class Gateway:
                  request_timeout: float = 30.0, retry: RetryPolicy | None = None,
                  discover: bool = True, trace: int = 0,
                  replay_budget: int = DEFAULT_BUDGET,
-                 settle_timeout: float = DEFAULT_SETTLE_TIMEOUT) -> None:
+                 settle_timeout: float = DEFAULT_SETTLE_TIMEOUT,
+                 max_connections: int = wire.DEFAULT_MAX_CONNECTIONS,
+                 memory_budget: int = wire.DEFAULT_MEMORY_BUDGET,
+                 max_upstreams: int = DEFAULT_MAX_UPSTREAMS) -> None:
         check_listen(unix_path, port)
+        if min(workers, max_connections, memory_budget, max_upstreams) < 1:
+            raise InvalidInput("workers, max_connections, memory_budget and max_upstreams "
+                               "must be positive")
         if not cluster:
             raise InvalidInput("the gateway needs at least one cluster node address")
         self.cluster_gateways = list(cluster)
@@ -124,8 +140,15 @@ class Gateway:
         self.io = IoStats()
         self.trace = RequestTrace(trace) if trace else None  # the last ``trace`` requests
         self.max_payload = DEFAULT_MAX_PAYLOAD
+        self.max_connections = max_connections
+        self.memory_budget = memory_budget
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.max_upstreams = max_upstreams
         self._state = _LocalState(NodeId(host, self.port or 0))
-        self._server: SheepServer | None = None
+        self._engine: Engine | None = None
+        self._workers: Workers | None = None
+        self._relay: Relay | None = None
 
     # -- the handler interface of the wire loop -------------------------------
 
@@ -161,7 +184,7 @@ class Gateway:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._engine is not None
 
     @property
     def address(self) -> str:
@@ -171,7 +194,7 @@ class Gateway:
         return f"{self.host}:{self.port}"
 
     def start(self) -> Gateway:
-        if self._server is not None:
+        if self._engine is not None:
             raise RuntimeError("the gateway is already running")
         if self.discover:
             try:
@@ -183,20 +206,39 @@ class Gateway:
                             exc, " ".join(self.cluster_gateways))
         if self.unix_path:
             _clear_stale_socket(self.unix_path)
-        server = SheepServer(self, host=self.host, ports=[self.port] if self.port else [],
-                             workers=self.workers,
-                             unix_paths=[self.unix_path] if self.unix_path else [])
-        server.start()
-        self._server = server
+        relay = Relay(cluster=self.client.cluster, forwarder=self.forwarder, guard=self.guard,
+                      replay=self.replay, io=self.io, trace=self.trace, handle=self.handle,
+                      connect_timeout=self.connect_timeout,
+                      request_timeout=self.request_timeout, max_payload=self.max_payload,
+                      max_upstreams=self.max_upstreams)
+        engine = Engine(relay, host=self.host, ports=[self.port] if self.port else [],
+                        unix_paths=[self.unix_path] if self.unix_path else [],
+                        max_connections=self.max_connections,
+                        memory_budget=self.memory_budget, max_payload=self.max_payload,
+                        extra_fds=self.max_upstreams + self.workers, name="gateway")
+        workers = Workers(engine, self.workers, name="gateway",
+                          epoch=lambda: self._state.epoch)
+        relay.attach(engine.loop, workers)
+        relay.choose_node()
+        try:
+            engine.start()
+        except BaseException:
+            workers.shutdown()
+            raise
+        self._engine, self._workers, self._relay = engine, workers, relay
         self._watcher.start()
         LOG.info("gateway: listening on %s for %s", self.address,
                  " ".join(str(a) for a in self.client.cluster.addresses))
         return self
 
     def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.stop()
+        engine, workers, relay = self._engine, self._workers, self._relay
+        self._engine = self._workers = self._relay = None
+        if engine is not None and workers is not None and relay is not None:
+            engine.close_all()
+            workers.shutdown()
+            engine.loop.run_in_loop(relay.close)
+            engine.stop()
             self._watcher.stop()
             if self.unix_path:  # ours only once we listened on it
                 with contextlib.suppress(FileNotFoundError):
@@ -211,7 +253,12 @@ class Gateway:
             h = self.client.cluster.health(address)
             nodes.append({"address": str(address), "failures": h.failures,
                           "successes": h.successes, "last_error": h.last_error})
+        engine, relay = self._engine, self._relay
+        wire_stats: dict[str, int] = {}
+        if engine is not None and relay is not None:
+            wire_stats = {**engine.stats(), **relay.stats()}
         return {"listen": self.address, "vdis": self.io.snapshot(), "nodes": nodes,
+                "wire": wire_stats,
                 "snapshots": len(events), "reapplied_slots": self.guard.reapplied,
                 "refused_writes": self.guard.refused,
                 "recovery_retries": self.forwarder.recovery_retries,

@@ -130,17 +130,42 @@ class RecoveryReplay:
             self._in_flight += 1
         return True
 
-    def settle(self, request: Request, response: Response | None) -> None:
-        """After forwarding a write ``admit`` took: keep it if the window is open."""
-        key = _write_key(request)
+    def admit_nowait(self) -> bool:
+        """``admit`` for a write without waiting: False when it would wait (a
+        replay runs, or the kept writes fill the budget); the caller then takes
+        the blocking path.  True: ``settle_lazily`` must follow."""
+        with self._cond:
+            if self._replaying or (self._open and self._kept_bytes >= self.budget):
+                return False
+            self._in_flight += 1
+            return True
+
+    def settle_lazily(self, request: Callable[[], Request], ok: bool) -> None:
+        """``settle`` for a write ``admit_nowait`` took: ``request()`` builds
+        it only when it is kept (the window is open and the write succeeded);
+        ``ok=False`` also takes back an admission whose write is not sent."""
         with self._cond:
             self._in_flight -= 1
-            if self._open and key is not None and response is not None and response.ok:
-                old = self._kept.pop(key, None)
-                if old is not None:
-                    self._kept_bytes -= len(old.payload)
-                self._kept[key] = request
-                self._kept_bytes += len(request.payload)
+            if self._open and ok:
+                self._keep(request())
+            self._cond.notify_all()
+
+    def _keep(self, request: Request) -> None:
+        key = _write_key(request)
+        if key is None:
+            return
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self._kept_bytes -= len(old.payload)
+        self._kept[key] = request
+        self._kept_bytes += len(request.payload)
+
+    def settle(self, request: Request, response: Response | None) -> None:
+        """After forwarding a write ``admit`` took: keep it if the window is open."""
+        with self._cond:
+            self._in_flight -= 1
+            if self._open and response is not None and response.ok:
+                self._keep(request)
             self._cond.notify_all()
 
     # -- the watcher -------------------------------------------------------------

@@ -108,18 +108,25 @@ class _Pending:
 def slot_values(request: Request) -> tuple[int, tuple[int, ...]] | None:
     """(first idx, values) when ``request`` writes data_vdi_id slots of an inode."""
     body = request.body
-    if request.opcode != Opcode.WRITE_OBJ or not isinstance(body, ObjRequest) \
-            or not is_vdi_obj(body.oid):
+    if request.opcode != Opcode.WRITE_OBJ or not isinstance(body, ObjRequest):
         return None
-    start, end = body.offset, body.offset + len(request.payload)
+    return slot_values_at(body.oid, body.offset, request.payload)
+
+
+def slot_values_at(oid: int, offset: int, payload: bytes | bytearray
+                   ) -> tuple[int, tuple[int, ...]] | None:
+    """(first idx, values) when a WRITE_OBJ of ``payload`` at ``offset`` of
+    object ``oid`` writes data_vdi_id slots of an inode."""
+    if not is_vdi_obj(oid):
+        return None
+    start, end = offset, offset + len(payload)
     lo, hi = max(start, SD_INODE_INDEX_OFFSET), min(end, SD_INODE_GREF_OFFSET)
     first = (lo - SD_INODE_INDEX_OFFSET + _SLOT - 1) // _SLOT
     last = (hi - SD_INODE_INDEX_OFFSET) // _SLOT  # exclusive
     if last <= first:
         return None
     skip = SD_INODE_INDEX_OFFSET + first * _SLOT - start
-    raw = request.payload[skip:skip + (last - first) * _SLOT]
-    return first, struct.unpack(f"<{last - first}I", raw)
+    return first, struct.unpack_from(f"<{last - first}I", payload, skip)
 
 
 def snapshot_base(request: Request) -> int | None:
@@ -187,6 +194,45 @@ class SnapshotGuard:
             self._pending.setdefault(vid, _Pending()).since[idx] = self._clock()
         return Ticket("create", vid, first=idx, waited=self._clock() - start)
 
+    # -- without waiting (the gateway's event loop) ------------------------------
+
+    def try_create(self, vid: int, idx: int) -> Ticket | None:
+        """``before`` for a data create, unless it must wait (its VDI is gated
+        by a snapshot): then None, and the caller takes the blocking path."""
+        with self._cond:
+            if vid in self._gated:
+                return None
+            if self._just_frozen(vid):
+                return Ticket("readonly", vid, first=idx)
+            self._pending.setdefault(vid, _Pending()).since[idx] = self._clock()
+        return Ticket("create", vid, first=idx)
+
+    def readonly_now(self, vid: int) -> bool:
+        """Whether a data write of ``vid`` gets the guard's READONLY (a
+        snapshot of it was answered within the window); no lock while no
+        snapshot was ever seen."""
+        if not self._frozen_at:
+            return False
+        with self._cond:
+            return self._just_frozen(vid)
+
+    def needs_reapply(self, ticket: Ticket) -> bool:
+        """Whether an answered slot write must be re-applied to a newer working
+        VDI (``after`` does it, forwarding: not on the event loop)."""
+        return bool(self._frozen) and self.working(ticket.vid) != ticket.vid
+
+    def after_answer(self, ticket: Ticket, ok: bool) -> None:
+        """``after`` for a create or a slot write that needs no re-apply."""
+        if ticket.kind == "create":
+            if not ok:
+                self._settle(ticket.vid, (ticket.first,))
+        elif ticket.kind == "slots" and ok:
+            self._settle(ticket.vid, range(ticket.first, ticket.first + len(ticket.values)))
+
+    def count_refused(self) -> None:
+        with self._cond:
+            self.refused += 1
+
     def _just_frozen(self, vid: int) -> bool:
         """Whether a snapshot of ``vid`` was answered within the window (lock held)."""
         at = self._frozen_at.get(vid)
@@ -197,8 +243,7 @@ class SnapshotGuard:
         a data write of a VDI just snapshotted (what the cluster would say)."""
         if ticket.kind != "readonly":
             return None
-        with self._cond:
-            self.refused += 1
+        self.count_refused()
         return result_response(request, int(Result.READONLY))
 
     def _start_snapshot(self, vid: int) -> Ticket:
@@ -230,15 +275,12 @@ class SnapshotGuard:
     # -- after forwarding ----------------------------------------------------
 
     def after(self, ticket: Ticket, request: Request, response: Response) -> Response:
-        if ticket.kind == "create":
-            if not response.ok:
-                self._settle(ticket.vid, (ticket.first,))
-        elif ticket.kind == "slots":
-            if response.ok:
-                target = self.working(ticket.vid)
-                if target != ticket.vid:
-                    self._reapply(ticket, target)
-                self._settle(ticket.vid, range(ticket.first, ticket.first + len(ticket.values)))
+        if ticket.kind == "slots" and response.ok:
+            target = self.working(ticket.vid)
+            if target != ticket.vid:
+                self._reapply(ticket, target)
+        if ticket.kind in ("create", "slots"):
+            self.after_answer(ticket, response.ok)
         elif ticket.kind == "snapshot":
             self._finish_snapshot(ticket, response)
         return response

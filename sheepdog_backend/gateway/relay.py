@@ -1,0 +1,406 @@
+"""The gateway's data path on the event loop: object I/O relayed to a node.
+
+How it works: the wire engine (sheepdog_backend.engine) hands every complete
+client request to ``Relay.on_request`` on its loop thread.  Object I/O (the
+``FAST_OPS``, all safe to repeat) goes out at once on an upstream connection
+(upstream.py) paired with the client connection while it has requests in
+flight there: the header and payload as received, no id rewritten, no
+thread hand-off.  ``answer`` checks the node's answer in place and sends it
+straight back, from the loop's receive buffer when it fits there.  So an
+object read or write costs two receives and two sends, each a system call,
+and copies nothing the kernel does not.
+
+What the snapshot guard and the recovery replay need is looked at only when
+they may act: a data create registers with the guard (``try_create``), a
+data write asks whether its VDI was just snapshotted (no lock until a
+snapshot was seen), an inode slot write carries a ticket; a write is kept by
+the replay only while a recovery window is open.
+
+Everything else takes the blocking path (``slow``: the gateway's ``handle``
+on a worker thread; engine.workers): VDI and cluster ops, in arrival order on
+the serial worker; a create of a VDI whose snapshot gates it; writes while a
+replay runs; and, on the pool, any relayed request that needs the
+Forwarder's judgment: its connection failed (every fast op is safe to
+repeat, on another node), the node answered a node-state refusal or a
+transient result, or NO_OBJ while the cluster may be recovering.  A slot
+write that must be re-applied to a newer working VDI is answered from the
+pool after the re-apply.
+
+The node the fast path uses is the healthiest of the client's Cluster, once
+the cluster's identity check passed on it (client/identity.py, run on a
+worker); a node that fails is marked in the Cluster and the next healthiest
+is taken.  At most ``max_upstreams`` upstream connections exist; a request
+that finds none free takes the blocking path.  The sweep fails upstreams
+that do not connect within ``connect_timeout`` or answer within
+``request_timeout``.
+
+Runs on the loop thread, apart from what the workers run; the guard, the
+replay, the stats and the Cluster have their own locks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from sheepdog_backend.client.cluster import Cluster
+from sheepdog_backend.client.transport import Address
+from sheepdog_backend.engine.conn import Downstream, Frame
+from sheepdog_backend.engine.loop import EventLoop
+from sheepdog_backend.engine.workers import IO_OPS, Workers
+from sheepdog_backend.exception import (
+    SheepdogError,
+    TransportError,
+    error_for_code,
+    registered_codes,
+)
+from sheepdog_backend.gateway.forward import NODE_STATE_RESULTS, RECOVERY_NO_OBJ_OPS, Forwarder
+from sheepdog_backend.gateway.replay import RecoveryReplay
+from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, slot_values_at
+from sheepdog_backend.gateway.stats import IoStats, RequestTrace, TraceEntry
+from sheepdog_backend.gateway.upstream import Pending, Upstream
+from sheepdog_backend.protocol.constants import Opcode, Result
+from sheepdog_backend.protocol.header import Request, Response, decode_response_header
+from sheepdog_backend.protocol.oid import is_data_obj, oid_to_index, oid_to_vid
+from sheepdog_backend.protocol.peek import object_target, result_header
+
+LOG = logging.getLogger(__name__)
+_READ, _WRITE, _CREATE = (int(Opcode.READ_OBJ), int(Opcode.WRITE_OBJ),
+                          int(Opcode.CREATE_AND_WRITE_OBJ))
+FAST_OPS = frozenset({_READ, _WRITE, _CREATE, int(Opcode.EXIST), int(Opcode.FLUSH_VDI)})
+# Answers the Forwarder retries (on another node, or after a pause).
+RETRY_RESULTS = frozenset({int(code) for code in NODE_STATE_RESULTS} | {
+    code for code, cls in registered_codes().items() if cls.transient})
+_NO_OBJ = int(Result.NO_OBJ)
+_READONLY = int(Result.READONLY)
+_RECOVERY_OPS = frozenset(int(op) for op in RECOVERY_NO_OBJ_OPS)
+_NODE_STATE = frozenset(int(code) for code in NODE_STATE_RESULTS)
+DEFAULT_MAX_UPSTREAMS = 2048
+MAX_IDLE = 256  # idle upstream connections kept per node
+TICK = 0.5
+
+
+def _unused() -> Request:  # settle_lazily's builder when nothing is kept
+    raise AssertionError("a write that failed is never kept")
+
+
+class Relay:
+    loop: EventLoop  # the engine's, from attach()
+
+    def __init__(self, *, cluster: Cluster, forwarder: Forwarder, guard: SnapshotGuard,
+                 replay: RecoveryReplay, io: IoStats, trace: RequestTrace | None,
+                 handle: Callable[[Request], Response], connect_timeout: float,
+                 request_timeout: float, max_payload: int,
+                 max_upstreams: int = DEFAULT_MAX_UPSTREAMS) -> None:
+        self.cluster = cluster
+        self.forwarder = forwarder
+        self.guard = guard
+        self.replay = replay
+        self.io = io
+        self.trace = trace
+        self.handle = handle
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.max_payload = max_payload
+        self.max_upstreams = max_upstreams
+        self.workers: Workers | None = None
+        self.node: Address | None = None
+        self._verified: set[Address] = set()
+        self._verifying: dict[Address, float] = {}  # address -> when the check began
+        self._idle: dict[Address, list[Upstream]] = {}
+        self._all: set[Upstream] = set()
+        # Requests waiting for an upstream while max_upstreams are in use.
+        self._queued: deque[tuple[Downstream, Frame]] = deque()
+        self._epoch = 0  # the highest epoch the Forwarder was told of
+        self.fast = 0  # requests relayed on the loop
+        self.slow_count = 0  # requests that took the blocking path
+
+    # -- wiring (the gateway's start and stop) --------------------------------------
+
+    def attach(self, loop: EventLoop, workers: Workers) -> None:
+        self.loop = loop
+        self.workers = workers
+        loop.every(TICK, self._sweep)
+
+    def choose_node(self) -> None:
+        """Take the healthiest node and check its identity (now, blocking:
+        before the engine serves)."""
+        self._pick_node(verify=False)
+        node = self.node
+        if node is not None and self._check(node):
+            self._verified.add(node)
+
+    def close(self) -> None:
+        """Close every upstream (loop thread)."""
+        for up in list(self._all):
+            up.close()
+        self._all.clear()
+        self._idle.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {"fast_requests": self.fast, "slow_requests": self.slow_count,
+                "upstreams": len(self._all),
+                "idle_upstreams": sum(len(v) for v in self._idle.values())}
+
+    # -- the node -----------------------------------------------------------------------
+
+    def _pick_node(self, verify: bool = True) -> None:
+        ordered = self.cluster.ordered()
+        self.node = ordered[0].address if ordered else None
+        if verify and self.node is not None and self.node not in self._verified:
+            self._verify_soon(self.node)
+
+    def _check(self, address: Address) -> bool:
+        try:
+            self.cluster.run_on(address, lambda conn: None)  # identity.verify runs there
+            return True
+        except SheepdogError as exc:
+            LOG.warning("gateway: node %s not used for relaying yet: %s", address, exc)
+            return False
+
+    def _verify_soon(self, address: Address) -> None:
+        """Check ``address``'s identity on a worker (once a second at most)."""
+        now = time.monotonic()
+        if now - self._verifying.get(address, -10.0) < 1.0 or self.workers is None:
+            return
+        self._verifying[address] = now
+        loop = self.loop
+
+        def job() -> None:
+            ok = self._check(address)
+            loop.call_soon(lambda: self._verified.add(address) if ok else None)
+        self.workers.run(job)
+
+    # -- requests (loop thread) ------------------------------------------------------------
+
+    def on_request(self, conn: Downstream, frame: Frame) -> None:
+        op = frame.opcode
+        node = self.node
+        if op not in FAST_OPS or node is None or node not in self._verified:
+            if node is not None and op in FAST_OPS:
+                self._verify_soon(node)
+            self.slow(conn, frame)
+            return
+        if conn.peer is None and (self._queued or not self._can_lend(node)):
+            self._queued.append((conn, frame))  # an upstream frees up soon
+            return
+        self._relay(conn, frame, node)
+
+    def _relay(self, conn: Downstream, frame: Frame, node: Address) -> None:
+        op = frame.opcode
+        ticket: Ticket | None = None
+        kept = False
+        if op == _WRITE or op == _CREATE:
+            if self.replay.budget:
+                if not self.replay.admit_nowait():
+                    self.slow(conn, frame)
+                    return
+                kept = True
+            oid, _cow, offset = object_target(frame.header)
+            if is_data_obj(oid):
+                vid = oid_to_vid(oid)
+                if op == _CREATE:
+                    ticket = self.guard.try_create(vid, oid_to_index(oid))
+                    if ticket is None or ticket.kind == "readonly":
+                        self._unkeep(kept)
+                        if ticket is None:  # gated by a snapshot: wait on a worker
+                            self.slow(conn, frame)
+                        else:
+                            self.guard.count_refused()
+                            self._local(conn, frame, _READONLY, vid)
+                        return
+                elif self.guard.readonly_now(vid):
+                    self._unkeep(kept)
+                    self.guard.count_refused()
+                    self._local(conn, frame, _READONLY, vid)
+                    return
+            else:
+                slots = slot_values_at(oid, offset, frame.payload)
+                if slots is not None:
+                    ticket = Ticket("slots", oid_to_vid(oid), first=slots[0], values=slots[1])
+        up = conn.peer
+        if up is None:
+            up = self._lend(conn, node)
+            if up is None:
+                self._unkeep(kept)
+                self.slow(conn, frame)
+                return
+        conn.peer_inflight += 1
+        if not up.send(Pending(conn, frame, ticket, kept, time.monotonic())):
+            conn.peer_inflight -= 1  # the client reused an id still in flight
+            self._unkeep(kept)
+            self.slow(conn, frame)
+            return
+        self.fast += 1
+
+    def _unkeep(self, kept: bool) -> None:
+        if kept:
+            self.replay.settle_lazily(_unused, False)
+
+    def _local(self, conn: Downstream, frame: Frame, result: int, vid: int) -> None:
+        """Answer without the cluster (the guard's READONLY)."""
+        self.io.count_op(vid, frame.opcode, False, True, 0, len(frame.payload), 0.0)
+        conn.send(result_header(frame.opcode, frame.id, result), b"", frame.cost)
+
+    def slow(self, conn: Downstream, frame: Frame) -> None:
+        """The blocking path: the gateway's ``handle`` on a worker."""
+        assert self.workers is not None
+        self.slow_count += 1
+        self.workers.submit(conn, frame, self.handle, frame.opcode not in IO_OPS)
+
+    # -- upstream connections ----------------------------------------------------------------
+
+    def _can_lend(self, node: Address) -> bool:
+        return len(self._all) < self.max_upstreams or bool(self._idle.get(node))
+
+    def _dequeue(self) -> None:
+        """Requests that waited for an upstream, now that one is free."""
+        queued = self._queued
+        while queued and (self.node is None or self._can_lend(self.node)):
+            conn, frame = queued.popleft()
+            if conn.closed:
+                conn.send(b"", b"", frame.cost)  # gives its cost back
+            elif self.node is None or self.node not in self._verified:
+                self.slow(conn, frame)
+            else:
+                self._relay(conn, frame, self.node)
+
+    def _lend(self, conn: Downstream, node: Address) -> Upstream | None:
+        idle = self._idle.get(node)
+        up = None
+        while idle:
+            candidate = idle.pop()
+            if not candidate.closed:
+                up = candidate
+                break
+        if up is None:
+            if len(self._all) >= self.max_upstreams:
+                return None
+            try:
+                up = Upstream(self, node, time.monotonic())
+            except OSError as exc:
+                self.cluster.mark_failed(node, TransportError(f"cannot connect: {exc}"))
+                self._pick_node()
+                return None
+            self._all.add(up)
+        up.owner = conn
+        conn.peer = up
+        return up
+
+    def _give_back(self, conn: Downstream) -> None:
+        up = conn.peer
+        conn.peer = None
+        if up is None or up.closed:
+            return
+        up.owner = None
+        idle = self._idle.setdefault(up.address, [])
+        if up.address != self.node or len(idle) >= MAX_IDLE or up.out or up.waiting:
+            up.close()
+            self._all.discard(up)
+        else:
+            idle.append(up)
+        if self._queued:
+            self._dequeue()
+
+    def on_close(self, conn: Downstream) -> None:
+        if conn.peer is not None and not conn.peer_inflight:
+            self._give_back(conn)
+
+    # -- answers and failures (loop thread, from upstream.py) -----------------------------------
+
+    def answer(self, up: Upstream, pending: Pending, header: memoryview, payload: memoryview,
+               result: int, epoch: int, owned: bool) -> None:
+        conn, frame = pending.conn, pending.frame
+        conn.peer_inflight -= 1
+        if not conn.peer_inflight and conn.peer is up:
+            self._give_back(conn)
+        if epoch > self._epoch:
+            self._epoch = epoch
+            self.forwarder.note_epoch(epoch)
+        op = frame.opcode
+        if result and (result in RETRY_RESULTS or (
+                result == _NO_OBJ and op in _RECOVERY_OPS
+                and self.forwarder.may_be_recovering())):
+            if result == _NO_OBJ:
+                self.forwarder.count_recovery_retry()
+            elif result in _NODE_STATE:
+                self.cluster.mark_failed(up.address, error_for_code(result))
+                if up.address == self.node:
+                    self._pick_node()
+            self._unkeep(pending.kept)
+            self.slow(conn, frame)
+            return
+        ok = not result
+        ticket = pending.ticket
+        if ticket is not None:
+            if ok and ticket.kind == "slots" and self.guard.needs_reapply(ticket):
+                self._reapply_then_send(pending, bytes(header), bytes(payload))
+                return
+            self.guard.after_answer(ticket, ok)
+        if pending.kept:
+            self.replay.settle_lazily(frame.request, ok)
+        self._account(frame, result, len(payload), pending.start)
+        conn.send(header, payload, frame.cost, owned)
+
+    def _account(self, frame: Frame, result: int, read: int, start: float) -> None:
+        end = time.monotonic()
+        oid, _cow, offset = object_target(frame.header)
+        self.io.count_op(oid_to_vid(oid), frame.opcode, not result, is_data_obj(oid), read,
+                         len(frame.payload), end - start)
+        if self.trace is not None:
+            self.trace.add(TraceEntry(start, end, frame.opcode, oid, offset,
+                                      frame.data_length, result, 0.0))
+
+    def _reapply_then_send(self, pending: Pending, header: bytes, payload: bytes) -> None:
+        """A slot write that landed on a frozen VDI: re-apply it on a worker,
+        then answer (the writer holds its inode lock until then)."""
+        assert self.workers is not None
+        conn, frame, ticket = pending.conn, pending.frame, pending.ticket
+        workers = self.workers
+
+        def job() -> None:
+            request = frame.request()
+            response = decode_response_header(header).with_payload(payload)
+            try:
+                self.guard.after(ticket, request, response)
+            finally:
+                if pending.kept:
+                    self.replay.settle_lazily(lambda: request, response.ok)
+            self._account(frame, response.result, len(payload), pending.start)
+            workers.replier.reply(conn, header, payload, frame.cost)
+        workers.run(job)
+
+    def failed(self, up: Upstream, reason: str, pendings: list[Pending], sent: bool) -> None:
+        self._all.discard(up)
+        idle = self._idle.get(up.address)
+        if idle and up in idle:
+            idle.remove(up)
+        if pendings or not up.connected:  # the node may be gone
+            LOG.warning("gateway: connection to %s failed (%s); %d request(s) go to the "
+                        "failover path", up.address, reason, len(pendings))
+            self.cluster.mark_failed(up.address, TransportError(reason))
+            if up.address == self.node:
+                self._pick_node()
+        if sent:
+            self.forwarder.note_change()  # a node failed under our requests
+        owner = up.owner
+        if owner is not None and owner.peer is up:
+            owner.peer = None
+            owner.peer_inflight = 0
+        up.owner = None
+        for pending in pendings:
+            self._unkeep(pending.kept)
+            self.slow(pending.conn, pending.frame)
+        if self._queued:
+            self._dequeue()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for up in list(self._all):
+            if not up.connected:
+                if now - up.started > self.connect_timeout:
+                    up.fail(f"no connection within {self.connect_timeout:g} s")
+            elif up.waiting and now - up.oldest() > self.request_timeout:
+                up.fail(f"no answer within {self.request_timeout:g} s")
