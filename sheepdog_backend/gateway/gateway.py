@@ -10,7 +10,9 @@ goes out to a node as soon as it is parsed, on an upstream connection paired
 with the client's, and its answer comes back as soon as it arrives).  What
 needs judgment or may wait runs ``handle`` on worker threads (engine.workers:
 VDI and cluster ops one at a time in arrival order, the rest on a pool):
-``handle`` runs the SnapshotGuard's ``before``, forwards through the
+``handle`` runs the SnapshotGuard's ``before``, turns a data create whose
+object exists into a write (coherence.py: a LU's stale inode must not
+replace another LU's object), forwards through the
 Forwarder (the client's Cluster: failover between the cluster's nodes, a
 pool per node, the retry policy), runs ``after`` and counts the request in
 IoStats.  Writes pass the RecoveryReplay (replay.py), which sends again, once
@@ -28,6 +30,7 @@ pool threads plus one serial worker, however many clients connect.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -43,6 +46,7 @@ from sheepdog_backend.engine import engine as wire
 from sheepdog_backend.engine.engine import Engine
 from sheepdog_backend.engine.workers import Workers
 from sheepdog_backend.exception import InvalidInput, SheepdogError
+from sheepdog_backend.gateway.coherence import CoherentCreates
 from sheepdog_backend.gateway.forward import Forwarder
 from sheepdog_backend.gateway.relay import DEFAULT_MAX_UPSTREAMS, Relay
 from sheepdog_backend.gateway.replay import (
@@ -54,8 +58,10 @@ from sheepdog_backend.gateway.replay import (
 )
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, snapshot_base
 from sheepdog_backend.gateway.stats import IoStats, RequestTrace
+from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD
-from sheepdog_backend.protocol.header import Request, Response
+from sheepdog_backend.protocol.header import ObjRequest, Request, Response
+from sheepdog_backend.protocol.oid import is_data_obj
 from sheepdog_backend.protocol.structs import NodeId
 
 LOG = logging.getLogger(__name__)
@@ -136,6 +142,7 @@ class Gateway:
                                      lambda: probe_cluster(self.client.cluster),
                                      budget=replay_budget, settle_timeout=settle_timeout)
         self.forwarder.on_change = self.replay.open
+        self.coherence = CoherentCreates(self.forwarder.forward, wait_timeout=gate_timeout)
         self._watcher = ReplayWatcher(self.replay)
         self.io = IoStats()
         self.trace = RequestTrace(trace) if trace else None  # the last ``trace`` requests
@@ -163,13 +170,21 @@ class Gateway:
         if local is not None:
             response = local
         else:
-            kept = self.replay.admit(request)
+            sent, creating = request, None
+            if request.opcode == Opcode.CREATE_AND_WRITE_OBJ and \
+                    isinstance(request.body, ObjRequest) and is_data_obj(request.body.oid):
+                sent, creating = self.coherence.prepare(request)
+            kept = self.replay.admit(sent)
             answer: Response | None = None
             try:
-                response = answer = self.forwarder.forward(request)
+                response = answer = self.forwarder.forward(sent)
             finally:
+                if creating is not None:
+                    self.coherence.finish(creating, answer is not None and answer.ok)
                 if kept:
-                    self.replay.settle(request, answer)
+                    self.replay.settle(sent, answer)
+            if sent is not request:  # a create written as a write: answer the create
+                response = dataclasses.replace(response, opcode=request.opcode)
         if ticket is not None:
             response = self.guard.after(ticket, request, response)
         self._state.epoch = response.epoch or self._state.epoch
@@ -262,6 +277,8 @@ class Gateway:
                 "snapshots": len(events), "reapplied_slots": self.guard.reapplied,
                 "refused_writes": self.guard.refused,
                 "recovery_retries": self.forwarder.recovery_retries,
+                "create_probes": self.coherence.probes,
+                "creates_as_writes": self.coherence.as_writes,
                 "recovery_replays": self.replay.replays,
                 "replayed_writes": self.replay.replayed,
                 "replay_failures": self.replay.replay_failures,

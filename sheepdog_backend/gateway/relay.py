@@ -11,14 +11,14 @@ object read or write costs two receives and two sends, each a system call,
 and copies nothing the kernel does not.
 
 What the snapshot guard and the recovery replay need is looked at only when
-they may act: a data create registers with the guard (``try_create``), a
-data write asks whether its VDI was just snapshotted (no lock until a
-snapshot was seen), an inode slot write carries a ticket; a write is kept by
-the replay only while a recovery window is open.
+they may act: a data write asks whether its VDI was just snapshotted (no
+lock until a snapshot was seen), an inode slot write carries a ticket; a
+write is kept by the replay only while a recovery window is open.
 
 Everything else takes the blocking path (``slow``: the gateway's ``handle``
 on a worker thread; engine.workers): VDI and cluster ops, in arrival order on
-the serial worker; a create of a VDI whose snapshot gates it; writes while a
+the serial worker; data creates (the snapshot guard may hold them, and
+coherence.py checks first that they replace no object); writes while a
 replay runs; and, on the pool, any relayed request that needs the
 Forwarder's judgment: its connection failed (every fast op is safe to
 repeat, on another node), the node answered a node-state refusal or a
@@ -63,7 +63,7 @@ from sheepdog_backend.gateway.stats import IoStats, RequestTrace, TraceEntry
 from sheepdog_backend.gateway.upstream import Pending, Upstream
 from sheepdog_backend.protocol.constants import Opcode, Result
 from sheepdog_backend.protocol.header import Request, Response, decode_response_header
-from sheepdog_backend.protocol.oid import is_data_obj, oid_to_index, oid_to_vid
+from sheepdog_backend.protocol.oid import is_data_obj, oid_to_vid
 from sheepdog_backend.protocol.peek import object_target, result_header
 
 LOG = logging.getLogger(__name__)
@@ -200,21 +200,13 @@ class Relay:
                 kept = True
             oid, _cow, offset = object_target(frame.header)
             if is_data_obj(oid):
-                vid = oid_to_vid(oid)
-                if op == _CREATE:
-                    ticket = self.guard.try_create(vid, oid_to_index(oid))
-                    if ticket is None or ticket.kind == "readonly":
-                        self._unkeep(kept)
-                        if ticket is None:  # gated by a snapshot: wait on a worker
-                            self.slow(conn, frame)
-                        else:
-                            self.guard.count_refused()
-                            self._local(conn, frame, _READONLY, vid)
-                        return
-                elif self.guard.readonly_now(vid):
+                if op == _CREATE or self.guard.readonly_now(oid_to_vid(oid)):
                     self._unkeep(kept)
-                    self.guard.count_refused()
-                    self._local(conn, frame, _READONLY, vid)
+                    if op == _CREATE:  # coherent creates (coherence.py): a worker checks
+                        self.slow(conn, frame)
+                    else:
+                        self.guard.count_refused()
+                        self._local(conn, frame, _READONLY, oid_to_vid(oid))
                     return
             else:
                 slots = slot_values_at(oid, offset, frame.payload)

@@ -196,17 +196,6 @@ class SnapshotGuard:
 
     # -- without waiting (the gateway's event loop) ------------------------------
 
-    def try_create(self, vid: int, idx: int) -> Ticket | None:
-        """``before`` for a data create, unless it must wait (its VDI is gated
-        by a snapshot): then None, and the caller takes the blocking path."""
-        with self._cond:
-            if vid in self._gated:
-                return None
-            if self._just_frozen(vid):
-                return Ticket("readonly", vid, first=idx)
-            self._pending.setdefault(vid, _Pending()).since[idx] = self._clock()
-        return Ticket("create", vid, first=idx)
-
     def readonly_now(self, vid: int) -> bool:
         """Whether a data write of ``vid`` gets the guard's READONLY (a
         snapshot of it was answered within the window); no lock while no
