@@ -1,18 +1,18 @@
 """Admission of requests on the event loop: the server-wide byte budget.
 
 How it works: a request costs the payload it carries plus the reply payload
-it may get (protocol.peek.request_cost).  A connection asks ``admit`` as soon
-as a header is parsed, before its payload is received: it needs room on its
-own connection (at most ``max_inflight`` requests and about
-``max_inflight_bytes``; one request always fits) and in the budget shared by
-every connection (one request always fits an empty budget).  A request that
-does not fit parks its connection (the connection stops reading, so TCP
-pushes back on the client) in one of two queues: *fresh* connections, which
-hold nothing, and connections that already hold some.  Fairness: while a
-fresh connection waits, connections that hold some get no more, so a few
-clients pipelining large requests and never reading their replies cannot
-keep a newcomer out.  Every ``release`` lets the parked connections try
-again, fresh ones first, each in the order it parked.
+it may get (none for a WRITE without PIGGYBACK; engine/conn.py).  A
+connection asks for room as soon as a header is parsed, before its payload
+is received: on its own connection (at most ``max_inflight`` requests and
+about ``max_inflight_bytes``; one request always fits) and in the budget
+shared by every connection (one request always fits an empty budget).  A
+request that does not fit parks its connection (the connection stops
+reading, so TCP pushes back on the client) in one of two queues: *fresh*
+connections, which hold nothing, and connections that already hold some.
+Fairness: while a fresh connection waits, connections that hold some get no
+more, so a few clients pipelining large requests and never reading their
+replies cannot keep a newcomer out.  Every ``release`` lets the parked
+connections try again, fresh ones first, each in the order it parked.
 
 Runs on the loop thread only: no locks.  ``used``, ``peak`` and ``waiting``
 are read by ``stats()`` from other threads (plain ints).

@@ -31,12 +31,13 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from sheepdog_backend.engine.admission import Budget
 from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
 from sheepdog_backend.protocol.header import Request, decode_request_header
-from sheepdog_backend.protocol.peek import REQUEST_HEAD, WRITE, request_cost
+from sheepdog_backend.protocol.peek import PIGGYBACK, REQUEST_HEAD, WRITE
 
 LOG = logging.getLogger(__name__)
 HEADER = 48
@@ -76,8 +77,7 @@ class Host(Protocol):
     max_inflight: int
     max_inflight_bytes: int
     max_payload: int
-
-    def dispatch(self, conn: Downstream, frame: Frame) -> None: ...
+    dispatch: Callable[[Downstream, Frame], None]  # the service's on_request
 
     def closed(self, conn: Downstream) -> None: ...
 
@@ -150,7 +150,7 @@ class Downstream:
         if not n:
             self._end("")
             return
-        self.last_recv = _now()
+        self.last_recv = self.host.loop.now
         if view is not None:
             self.filled += n
             if self.filled == len(view):
@@ -184,7 +184,8 @@ class Downstream:
                 self._end(f"opcode {opcode:#x} announces {plen} payload bytes; the limit is "
                           f"{host.max_payload}")
                 return
-            cost = request_cost(flags, length)
+            # what it may hold: its payload, plus the reply's unless a plain write
+            cost = plen if plen and not (flags & PIGGYBACK) else plen + length
             if not self._admit(cost):
                 self.partial = bytes(data[pos:end])
                 return

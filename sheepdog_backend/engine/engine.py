@@ -35,7 +35,7 @@ import os
 import resource
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sheepdog_backend.engine.admission import Budget
@@ -137,6 +137,8 @@ class Engine:
                      max_connections=max_connections, idle_timeout=idle_timeout,
                      send_timeout=send_timeout, pressure_stall=pressure_stall)
         self.service = service
+        # what a connection calls with each request
+        self.dispatch: Callable[[Downstream, Frame], None] = service.on_request
         self.host = host
         self.ports = list(ports)
         self.unix_paths = list(unix_paths)
@@ -272,9 +274,6 @@ class Engine:
             self._last_refusal_log = now
             LOG.warning("refusing connections: %s (%d refused so far)", why,
                         self.counters["refused"])
-
-    def dispatch(self, conn: Downstream, frame: Frame) -> None:
-        self.service.on_request(conn, frame)
 
     def closed(self, conn: Downstream) -> None:
         conn.listener.conns.discard(conn)

@@ -57,6 +57,7 @@ class EventLoop:
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self.now = time.monotonic()  # when the loop last woke (a coarse clock for handlers)
         self.scratch = bytearray(SCRATCH)
         self.scratch_view = memoryview(self.scratch)
 
@@ -165,26 +166,30 @@ class EventLoop:
             except Exception:
                 LOG.exception("%s: a call failed", self.name)
 
-    def _run_timers(self) -> float:
-        """Run the timers due; seconds until the next one (-1: none)."""
+    def _run_timers(self, now: float) -> None:
+        """Run the timers due at ``now``."""
         timers = self._timers
-        now = time.monotonic()
         while timers and timers[0][0] <= now:
             _, _, fn = heapq.heappop(timers)
             try:
                 fn()
             except Exception:
                 LOG.exception("%s: a timer failed", self.name)
-        return max(0.0, timers[0][0] - time.monotonic()) if timers else -1.0
 
     def run(self) -> None:
         poll = self._epoll.poll
         handlers = self._handlers
         wake_fd = self._wake_fd
+        timers = self._timers
+        monotonic = time.monotonic
         while not self._stopping:
-            timeout = self._run_timers()
+            self.now = now = monotonic()
+            if timers and timers[0][0] <= now:
+                self._run_timers(now)
             if self._calls:
                 timeout = 0.0
+            else:
+                timeout = max(0.0, timers[0][0] - now) if timers else -1.0
             try:
                 events = poll(timeout)
             except InterruptedError:

@@ -79,6 +79,7 @@ _RECOVERY_OPS = frozenset(int(op) for op in RECOVERY_NO_OBJ_OPS)
 _NODE_STATE = frozenset(int(code) for code in NODE_STATE_RESULTS)
 DEFAULT_MAX_UPSTREAMS = 2048
 MAX_IDLE = 256  # idle upstream connections kept per node
+PAIR_IDLE = 2.0  # seconds a quiet client keeps its upstream
 TICK = 0.5
 
 
@@ -106,7 +107,8 @@ class Relay:
         self.max_payload = max_payload
         self.max_upstreams = max_upstreams
         self.workers: Workers | None = None
-        self.node: Address | None = None
+        self.node: Address | None = None  # the healthiest node
+        self.fast_node: Address | None = None  # the node, once its identity was checked
         self._verified: set[Address] = set()
         self._verifying: dict[Address, float] = {}  # address -> when the check began
         self._idle: dict[Address, list[Upstream]] = {}
@@ -130,7 +132,7 @@ class Relay:
         self._pick_node(verify=False)
         node = self.node
         if node is not None and self._check(node):
-            self._verified.add(node)
+            self._verified_ok(node)
 
     def close(self) -> None:
         """Close every upstream (loop thread)."""
@@ -148,9 +150,15 @@ class Relay:
 
     def _pick_node(self, verify: bool = True) -> None:
         ordered = self.cluster.ordered()
-        self.node = ordered[0].address if ordered else None
-        if verify and self.node is not None and self.node not in self._verified:
-            self._verify_soon(self.node)
+        node = self.node = ordered[0].address if ordered else None
+        self.fast_node = node if node in self._verified else None
+        if verify and node is not None and self.fast_node is None:
+            self._verify_soon(node)
+
+    def _verified_ok(self, address: Address) -> None:
+        self._verified.add(address)
+        if address == self.node:
+            self.fast_node = address
 
     def _check(self, address: Address) -> bool:
         try:
@@ -170,20 +178,25 @@ class Relay:
 
         def job() -> None:
             ok = self._check(address)
-            loop.call_soon(lambda: self._verified.add(address) if ok else None)
+            if ok:
+                loop.call_soon(lambda: self._verified_ok(address))
         self.workers.run(job)
 
     # -- requests (loop thread) ------------------------------------------------------------
 
     def on_request(self, conn: Downstream, frame: Frame) -> None:
-        op = frame.opcode
-        node = self.node
-        if op not in FAST_OPS or node is None or node not in self._verified:
-            if node is not None and op in FAST_OPS:
-                self._verify_soon(node)
+        node = self.fast_node
+        if frame.opcode not in FAST_OPS or node is None:
+            if self.node is not None and frame.opcode in FAST_OPS:
+                self._verify_soon(self.node)
             self.slow(conn, frame)
             return
-        if conn.peer is None and (self._queued or not self._can_lend(node)):
+        up = conn.peer
+        if up is not None and up.address is not node and up.address != node \
+                and not conn.peer_inflight:
+            self._give_back(conn)  # the node changed: pair with one of the new node
+            up = None
+        if up is None and (self._queued or not self._can_lend(node)):
             self._queued.append((conn, frame))  # an upstream frees up soon
             return
         self._relay(conn, frame, node)
@@ -192,13 +205,13 @@ class Relay:
         op = frame.opcode
         ticket: Ticket | None = None
         kept = False
+        oid, _cow, offset = object_target(frame.header)
         if op == _WRITE or op == _CREATE:
             if self.replay.budget:
                 if not self.replay.admit_nowait():
                     self.slow(conn, frame)
                     return
                 kept = True
-            oid, _cow, offset = object_target(frame.header)
             if is_data_obj(oid):
                 if op == _CREATE or self.guard.readonly_now(oid_to_vid(oid)):
                     self._unkeep(kept)
@@ -220,7 +233,7 @@ class Relay:
                 self.slow(conn, frame)
                 return
         conn.peer_inflight += 1
-        if not up.send(Pending(conn, frame, ticket, kept, time.monotonic())):
+        if not up.send(Pending(conn, frame, ticket, kept, time.monotonic(), oid, offset)):
             conn.peer_inflight -= 1  # the client reused an id still in flight
             self._unkeep(kept)
             self.slow(conn, frame)
@@ -245,21 +258,34 @@ class Relay:
     # -- upstream connections ----------------------------------------------------------------
 
     def _can_lend(self, node: Address) -> bool:
-        return len(self._all) < self.max_upstreams or bool(self._idle.get(node))
+        return (len(self._all) < self.max_upstreams or bool(self._idle.get(node))
+                or self._stealable() is not None)
+
+    def _stealable(self) -> Downstream | None:
+        """A client connection whose paired upstream has nothing in flight
+        (looked for only when every upstream allowed is in use)."""
+        for up in self._all:
+            owner = up.owner
+            if owner is not None and not owner.peer_inflight and owner.peer is up:
+                return owner
+        return None
 
     def _dequeue(self) -> None:
         """Requests that waited for an upstream, now that one is free."""
         queued = self._queued
-        while queued and (self.node is None or self._can_lend(self.node)):
+        while queued and (self.fast_node is None or self._can_lend(self.fast_node)):
             conn, frame = queued.popleft()
             if conn.closed:
                 conn.send(b"", b"", frame.cost)  # gives its cost back
-            elif self.node is None or self.node not in self._verified:
+            elif self.fast_node is None:
                 self.slow(conn, frame)
             else:
-                self._relay(conn, frame, self.node)
+                self._relay(conn, frame, self.fast_node)
 
     def _lend(self, conn: Downstream, node: Address) -> Upstream | None:
+        """Pair ``conn`` with an upstream to ``node``: an idle one, a new one,
+        or, when max_upstreams are open, one paired with a client that has
+        nothing in flight.  The pair lasts while the client keeps it busy."""
         idle = self._idle.get(node)
         up = None
         while idle:
@@ -267,6 +293,11 @@ class Relay:
             if not candidate.closed:
                 up = candidate
                 break
+        if up is None and len(self._all) >= self.max_upstreams:
+            owner = self._stealable()
+            if owner is not None:
+                up = owner.peer
+                owner.peer = None
         if up is None:
             if len(self._all) >= self.max_upstreams:
                 return None
@@ -282,6 +313,8 @@ class Relay:
         return up
 
     def _give_back(self, conn: Downstream) -> None:
+        """Unpair ``conn`` (nothing in flight): its upstream goes idle, or is
+        closed when enough are idle or it leads to another node."""
         up = conn.peer
         conn.peer = None
         if up is None or up.closed:
@@ -306,8 +339,8 @@ class Relay:
                result: int, epoch: int, owned: bool) -> None:
         conn, frame = pending.conn, pending.frame
         conn.peer_inflight -= 1
-        if not conn.peer_inflight and conn.peer is up:
-            self._give_back(conn)
+        if not conn.peer_inflight and (self._queued or conn.closed) and conn.peer is up:
+            self._give_back(conn)  # others wait for an upstream (or its client left)
         if epoch > self._epoch:
             self._epoch = epoch
             self.forwarder.note_epoch(epoch)
@@ -333,16 +366,16 @@ class Relay:
             self.guard.after_answer(ticket, ok)
         if pending.kept:
             self.replay.settle_lazily(frame.request, ok)
-        self._account(frame, result, len(payload), pending.start)
+        self._account(pending, result, len(payload))
         conn.send(header, payload, frame.cost, owned)
 
-    def _account(self, frame: Frame, result: int, read: int, start: float) -> None:
+    def _account(self, pending: Pending, result: int, read: int) -> None:
         end = time.monotonic()
-        oid, _cow, offset = object_target(frame.header)
+        frame, oid, start = pending.frame, pending.oid, pending.start
         self.io.count_op(oid_to_vid(oid), frame.opcode, not result, is_data_obj(oid), read,
                          len(frame.payload), end - start)
         if self.trace is not None:
-            self.trace.add(TraceEntry(start, end, frame.opcode, oid, offset,
+            self.trace.add(TraceEntry(start, end, frame.opcode, oid, pending.offset,
                                       frame.data_length, result, 0.0))
 
     def _reapply_then_send(self, pending: Pending, header: bytes, payload: bytes) -> None:
@@ -360,7 +393,7 @@ class Relay:
             finally:
                 if pending.kept:
                     self.replay.settle_lazily(lambda: request, response.ok)
-            self._account(frame, response.result, len(payload), pending.start)
+            self._account(pending, response.result, len(payload))
             workers.replier.reply(conn, header, payload, frame.cost)
         workers.run(job)
 
@@ -391,6 +424,10 @@ class Relay:
     def _sweep(self) -> None:
         now = time.monotonic()
         for up in list(self._all):
+            owner = up.owner
+            if owner is not None and owner.peer is up and not owner.peer_inflight \
+                    and now - owner.last_recv >= PAIR_IDLE:
+                self._give_back(owner)  # a client that went quiet keeps no upstream
             if not up.connected:
                 if now - up.started > self.connect_timeout:
                     up.fail(f"no connection within {self.connect_timeout:g} s")

@@ -36,15 +36,17 @@ _unpack_answer = RESPONSE_HEAD.unpack_from
 class Pending:
     """A request in flight on an upstream."""
 
-    __slots__ = ("conn", "frame", "kept", "start", "ticket")
+    __slots__ = ("conn", "frame", "kept", "offset", "oid", "start", "ticket")
 
     def __init__(self, conn: Downstream, frame: Frame, ticket: Any, kept: bool,
-                 start: float) -> None:
+                 start: float, oid: int, offset: int) -> None:
         self.conn = conn
         self.frame = frame
         self.ticket = ticket  # the snapshot guard's Ticket, if it looked at the request
         self.kept = kept  # admitted by the recovery replay: settle it
         self.start = start
+        self.oid = oid
+        self.offset = offset
 
 
 class Relaying(Protocol):

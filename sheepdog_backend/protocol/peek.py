@@ -28,21 +28,8 @@ _OBJ_OIDS_AT = 16
 _OBJ_OFFSET_AT = 40
 _RESULT_TAIL = bytes(HEADER_SIZE - RESPONSE_HEAD.size)
 
-WRITE = int(Flag.WRITE)
-PIGGYBACK = int(Flag.PIGGYBACK)
-
-
-def request_payload_length(flags: int, data_length: int) -> int:
-    """Payload bytes that follow a request header (only WRITE requests carry any)."""
-    return data_length if flags & WRITE else 0
-
-
-def request_cost(flags: int, data_length: int) -> int:
-    """Bytes a request may hold while in flight: the payload it carries plus
-    the reply payload it may get (none for a WRITE without PIGGYBACK)."""
-    if flags & WRITE:
-        return data_length if not flags & PIGGYBACK else 2 * data_length
-    return data_length
+WRITE = int(Flag.WRITE)  # a request carries data_length payload bytes
+PIGGYBACK = int(Flag.PIGGYBACK)  # ... and gets as many back
 
 
 def object_target(header: bytes | bytearray | memoryview) -> tuple[int, int, int]:

@@ -6,7 +6,8 @@ CREATE_AND_WRITE_OBJ by remembering the payload (``writes``), EXIST and
 FLUSH_VDI with SUCCESS, anything else with INVALID_PARMS (so the client's
 cluster-identity check does not judge it).  ``script`` maps an opcode to what
 the next request of it gets instead: a result code, "close" (the connection
-is closed without an answer), "hold" (never answered, until ``release``).
+is closed without an answer), "hold" (never answered, until ``release``);
+requests whose data length is in ``hold_lengths`` are held too.
 ``requests`` counts what arrived by opcode.  The test stops it (context
 manager); everything runs on the node's loop thread, so the test reads the
 counters only after what it waits for.
@@ -35,6 +36,7 @@ class FakeNode:
         self.requests: Counter[int] = Counter()
         self.writes: list[tuple[int, bytes]] = []  # (opcode, payload)
         self.held: list[tuple[Downstream, Frame]] = []
+        self.hold_lengths: set[int] = set()  # requests of these data lengths are held
         self.lock = threading.Lock()
         self.engine = Engine(self, ports=[0], name="fakenode")
 
@@ -56,6 +58,8 @@ class FakeNode:
             self.requests[op] += 1
             queue = self.script.get(op)
             action: Action | None = queue.popleft() if queue else None
+            if frame.data_length in self.hold_lengths:
+                action = "hold"
         if action == "close":
             conn.close()
             return

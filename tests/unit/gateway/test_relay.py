@@ -89,7 +89,7 @@ def test_a_real_answer_is_passed_on_as_it_is(nodes: tuple[FakeNode, FakeNode]) -
 def test_a_client_reusing_an_id_in_flight_still_gets_both_answers(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    first.then(Opcode.READ_OBJ, "hold")
+    first.hold_lengths.add(8)
     with _gateway(first) as gw, socket.create_connection(("127.0.0.1", gw.port or 0),
                                                         timeout=10) as sock:
         sock.sendall(rq.read_obj(OID, 0, 8).with_id(5).encode())
@@ -100,6 +100,7 @@ def test_a_client_reusing_an_id_in_flight_still_gets_both_answers(
             reader.feed(sock.recv(1 << 16))
             first_answer = reader.next_message()
         assert len(first_answer.payload) == 16  # the second went the blocking way
+        first.hold_lengths.clear()
         first.release()
         second_answer = None
         while second_answer is None:
