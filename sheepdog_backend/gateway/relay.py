@@ -115,6 +115,9 @@ class Relay:
         self._all: set[Upstream] = set()
         # Requests waiting for an upstream while max_upstreams are in use.
         self._queued: deque[tuple[Downstream, Frame]] = deque()
+        # Clients paired with an upstream that has nothing of theirs in flight
+        # (oldest first): where an upstream is taken from at max_upstreams.
+        self._quiet: dict[Downstream, None] = {}
         self._epoch = 0  # the highest epoch the Forwarder was told of
         self.fast = 0  # requests relayed on the loop
         self.slow_count = 0  # requests that took the blocking path
@@ -232,9 +235,13 @@ class Relay:
                 self._unkeep(kept)
                 self.slow(conn, frame)
                 return
+        if not conn.peer_inflight:
+            self._quiet.pop(conn, None)
         conn.peer_inflight += 1
         if not up.send(Pending(conn, frame, ticket, kept, time.monotonic(), oid, offset)):
             conn.peer_inflight -= 1  # the client reused an id still in flight
+            if not conn.peer_inflight and conn.peer is up:
+                self._quiet[conn] = None
             self._unkeep(kept)
             self.slow(conn, frame)
             return
@@ -262,13 +269,8 @@ class Relay:
                 or self._stealable() is not None)
 
     def _stealable(self) -> Downstream | None:
-        """A client connection whose paired upstream has nothing in flight
-        (looked for only when every upstream allowed is in use)."""
-        for up in self._all:
-            owner = up.owner
-            if owner is not None and not owner.peer_inflight and owner.peer is up:
-                return owner
-        return None
+        """The client that has been quiet longest with a paired upstream."""
+        return next(iter(self._quiet), None)
 
     def _dequeue(self) -> None:
         """Requests that waited for an upstream, now that one is free."""
@@ -298,6 +300,7 @@ class Relay:
             if owner is not None:
                 up = owner.peer
                 owner.peer = None
+                del self._quiet[owner]
         if up is None:
             if len(self._all) >= self.max_upstreams:
                 return None
@@ -317,6 +320,7 @@ class Relay:
         closed when enough are idle or it leads to another node."""
         up = conn.peer
         conn.peer = None
+        self._quiet.pop(conn, None)
         if up is None or up.closed:
             return
         up.owner = None
@@ -339,8 +343,11 @@ class Relay:
                result: int, epoch: int, owned: bool) -> None:
         conn, frame = pending.conn, pending.frame
         conn.peer_inflight -= 1
-        if not conn.peer_inflight and (self._queued or conn.closed) and conn.peer is up:
-            self._give_back(conn)  # others wait for an upstream (or its client left)
+        if not conn.peer_inflight and conn.peer is up:
+            if self._queued or conn.closed:
+                self._give_back(conn)  # others wait for an upstream (or its client left)
+            else:
+                self._quiet[conn] = None
         if epoch > self._epoch:
             self._epoch = epoch
             self.forwarder.note_epoch(epoch)
@@ -414,6 +421,7 @@ class Relay:
         if owner is not None and owner.peer is up:
             owner.peer = None
             owner.peer_inflight = 0
+            self._quiet.pop(owner, None)
         up.owner = None
         for pending in pendings:
             self._unkeep(pending.kept)
