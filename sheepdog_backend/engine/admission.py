@@ -9,9 +9,11 @@ shared by every connection (one request always fits an empty budget).  A
 request that does not fit parks its connection (the connection stops
 reading, so TCP pushes back on the client) in one of two queues: *fresh*
 connections, which hold nothing, and connections that already hold some.
-Fairness: while a fresh connection waits, connections that hold some get no
-more, so a few clients pipelining large requests and never reading their
-replies cannot keep a newcomer out.  Every ``release`` lets the parked
+Fairness: connections that hold some may fill the budget only up to
+``limit - reserve`` (a quarter is kept for connections that hold nothing),
+and while a fresh connection waits they get no more, so clients pipelining
+large requests and never reading their replies cannot keep a newcomer, or a
+client that reads its replies, waiting.  Every ``release`` lets the parked
 connections try again, fresh ones first, each in the order it parked.
 
 Runs on the loop thread only: no locks.  ``used``, ``peak`` and ``waiting``
@@ -41,6 +43,7 @@ class Budget:
         if limit < 1:
             raise ValueError("the memory budget must be positive")
         self.limit = limit
+        self.reserve = limit // 4  # kept for connections that hold nothing
         self.used = 0
         self.peak = 0
         self._fresh: deque[Parked] = deque()
@@ -52,9 +55,11 @@ class Budget:
         return len(self._fresh) + len(self._held)
 
     def fits(self, cost: int, held: int) -> bool:
-        if self.used and self.used + cost > self.limit:
-            return False
-        return not (held and self._fresh)
+        if not self.used:
+            return True  # one request always fits an empty budget
+        if held:
+            return not self._fresh and self.used + cost <= self.limit - self.reserve
+        return self.used + cost <= self.limit
 
     def take(self, cost: int) -> None:
         self.used += cost
@@ -84,11 +89,12 @@ class Budget:
         if self._waking or not (self._fresh or self._held):
             return
         self._waking = True  # a retried connection may release again: no recursion
+        held = self._held
         try:
-            for queue in (self._fresh, self._held):
+            for queue in (self._fresh, held):
                 while queue:
                     conn = queue[0]
-                    if self.used and self.used + conn.want > self.limit:
+                    if not self.fits(conn.want, conn.inflight_bytes if queue is held else 0):
                         return  # the head waits for more room; nobody overtakes it
                     queue.popleft()
                     conn.parked = False

@@ -43,17 +43,30 @@ def test_one_request_always_fits_an_empty_budget() -> None:
     assert other.admitted == [1] and budget.used == 1 and budget.waiting == 0
 
 
+def test_a_quarter_is_kept_for_connections_that_hold_nothing() -> None:
+    budget = Budget(100)
+    hoarder = FakeConn(budget, "hoarder")
+    assert hoarder.ask(60) and hoarder.ask(15)  # 75: up to limit - reserve
+    assert not hoarder.ask(1)  # the rest is kept for clients that hold nothing
+    reader = FakeConn(budget, "reader")  # reads its replies: holds nothing between them
+    assert reader.ask(25) and budget.used == 100
+    budget.release(25)  # the reader's reply went out: still no room for the hoarder
+    assert hoarder.admitted == [60, 15]
+    budget.release(60)
+    assert hoarder.admitted == [60, 15, 1] and budget.used == 16
+
+
 def test_a_fresh_connection_goes_before_those_that_hold_some() -> None:
     budget = Budget(100)
     hoarder = FakeConn(budget, "hoarder")
-    assert hoarder.ask(60) and hoarder.ask(30)
+    assert hoarder.ask(60) and hoarder.ask(10)
     fresh = FakeConn(budget, "fresh")
-    assert not fresh.ask(50)  # 90 + 50 > 100
-    assert not hoarder.ask(5)  # would fit (95), but a fresh one waits: fairness
+    assert not fresh.ask(40)  # 70 + 40 > 100
+    assert not hoarder.ask(1)  # would fit (71), but a fresh one waits: fairness
     assert budget.waiting == 2
-    budget.release(60)  # 30 used: the fresh one first, then the hoarder
-    assert fresh.admitted == [50] and hoarder.admitted == [60, 30, 5]
-    assert budget.used == 85 and budget.waiting == 0
+    budget.release(60)  # 10 used: the fresh one first, then the hoarder
+    assert fresh.admitted == [40] and hoarder.admitted == [60, 10, 1]
+    assert budget.used == 51 and budget.waiting == 0
 
 
 def test_waiters_are_served_in_order_and_nobody_overtakes_the_head() -> None:
