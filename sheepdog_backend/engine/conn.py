@@ -60,13 +60,23 @@ class Frame:
         self.flags = flags
         self.id = rid
         self.data_length = data_length
-        self.payload: bytes | bytearray = b""
+        # bytes, or a view lent by the loop's BufferPool (a payload larger
+        # than one receive): whoever is done with it may give it back
+        self.payload: bytes | memoryview = b""
         self.cost = cost
 
     def request(self) -> Request:
         """The typed request (header decoded, payload as bytes)."""
         payload = self.payload if isinstance(self.payload, bytes) else bytes(self.payload)
         return decode_request_header(self.header).with_payload(payload)
+
+    def give_back(self, loop: EventLoop) -> None:
+        """Return a lent payload buffer to the loop's pool (loop thread; the
+        payload must not be used any more)."""
+        payload = self.payload
+        if isinstance(payload, memoryview):
+            self.payload = b""
+            loop.buffers.put(payload)
 
 
 class Host(Protocol):
@@ -156,7 +166,7 @@ class Downstream:
             if self.filled == len(view):
                 frame = self.receiving
                 assert frame is not None
-                frame.payload = view.obj  # type: ignore[assignment]
+                frame.payload = view
                 self.receiving = self.payload_view = None
                 self.host.dispatch(self, frame)
             return
@@ -199,10 +209,10 @@ class Downstream:
                 if self.closed or self.eof:
                     return
                 continue
-            buf = bytearray(plen)
+            buf = host.loop.buffers.get(plen)
             got = end - body
             buf[:got] = data[body:end]
-            self.receiving, self.payload_view, self.filled = frame, memoryview(buf), got
+            self.receiving, self.payload_view, self.filled = frame, buf, got
             return
         if pos < end:
             self.partial = bytes(data[pos:end])
@@ -248,16 +258,17 @@ class Downstream:
 
     # -- replying ----------------------------------------------------------------
 
-    def send(self, header: Buffer, payload: Buffer, cost: int, owned: bool = True) -> None:
+    def send(self, header: Buffer, payload: Buffer, cost: int, owned: bool = True) -> bool:
         """Send a reply and give its request's cost back once it is out.
         ``owned``: the buffers stay as they are (else what the kernel does not
-        take at once is copied)."""
+        take at once is copied).  True when nothing of the buffers is kept
+        (all sent, dropped, or copied)."""
         if self.closed:
             self._release(cost)
-            return
+            return True
         if self.out:
             self._queue(header, payload, 0, cost, owned)
-            return
+            return not owned
         hlen = len(header)
         plen = len(payload)
         try:
@@ -267,12 +278,13 @@ class Downstream:
         except OSError:
             self._release(cost)
             self.close()
-            return
+            return True
         if n == hlen + plen:
             self._release(cost)
-            return
+            return True
         self.stalled_since = _now()
         self._queue(header, payload, n, cost, owned)
+        return not owned
 
     def _queue(self, header: Buffer, payload: Buffer, skip: int, cost: int,
                owned: bool) -> None:

@@ -8,7 +8,8 @@ again on the next turn.  Other threads hand work to the loop with
 eventfd write wakes it.  ``every(seconds, fn)`` runs periodic sweeps (timeouts
 are checked there, not with a timer per connection).  ``scratch`` is the
 loop's receive buffer: handlers ``recv_into`` it and parse in place, and
-whatever must outlive the handler's turn is copied out of it.
+whatever must outlive the handler's turn is copied out of it; ``buffers``
+lends reusable buffers for payloads larger than one receive (buffers.py).
 
 Shared: the ``_calls`` deque (appended by any thread, drained by the loop;
 deque operations are atomic) and the ``_woken`` flag.  Everything else
@@ -28,6 +29,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
+
+from sheepdog_backend.engine.buffers import BufferPool
 
 LOG = logging.getLogger(__name__)
 SCRATCH = 256 << 10  # bytes one recv may bring into the loop's buffer
@@ -60,6 +63,7 @@ class EventLoop:
         self.now = time.monotonic()  # when the loop last woke (a coarse clock for handlers)
         self.scratch = bytearray(SCRATCH)
         self.scratch_view = memoryview(self.scratch)
+        self.buffers = BufferPool()  # payloads larger than one receive
 
     # -- registration (loop thread, or before the loop runs) -------------------
 

@@ -374,7 +374,10 @@ class Relay:
         if pending.kept:
             self.replay.settle_lazily(frame.request, ok)
         self._account(pending, result, len(payload))
-        conn.send(header, payload, frame.cost, owned)
+        sent = conn.send(header, payload, frame.cost, owned)
+        frame.give_back(self.loop)  # the request's payload is not needed any more
+        if owned and sent:
+            self.loop.buffers.put(payload)  # the answer's, lent by the upstream
 
     def _account(self, pending: Pending, result: int, read: int) -> None:
         end = time.monotonic()

@@ -113,7 +113,7 @@ def slot_values(request: Request) -> tuple[int, tuple[int, ...]] | None:
     return slot_values_at(body.oid, body.offset, request.payload)
 
 
-def slot_values_at(oid: int, offset: int, payload: bytes | bytearray
+def slot_values_at(oid: int, offset: int, payload: bytes | memoryview
                    ) -> tuple[int, tuple[int, ...]] | None:
     """(first idx, values) when a WRITE_OBJ of ``payload`` at ``offset`` of
     object ``oid`` writes data_vdi_id slots of an inode."""

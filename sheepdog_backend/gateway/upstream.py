@@ -9,10 +9,11 @@ connect is non-blocking).  Answers are framed in the loop's scratch buffer:
 the header is read in place (protocol.peek) and matched by id, and an
 answer whose payload came in the same receive is handed to the relay as
 views of the scratch buffer (the relay sends them on before the buffer is
-reused); a larger payload gets a buffer of its own, exactly its size, that
-later receives fill directly.  Anything wrong (the node closed, a
-malformed or unexpected answer, a timeout from the relay's sweep) ends the
-connection with ``fail``: the relay gets back every request still waiting.
+reused); a larger payload gets a buffer of its own, exactly its size, lent
+by the loop's pool (engine/buffers.py), that later receives fill directly.
+Anything wrong (the node closed, a malformed or unexpected answer, a
+timeout from the relay's sweep) ends the connection with ``fail``: the relay
+gets back every request still waiting.
 
 Runs on the loop thread only: no locks.
 """
@@ -120,7 +121,7 @@ class Upstream:
             self._queue(frame.header, payload, n)
         return True
 
-    def _queue(self, header: bytes, payload: bytes | bytearray, skip: int) -> None:
+    def _queue(self, header: bytes, payload: bytes | memoryview, skip: int) -> None:
         parts = []
         for part in (header, payload):
             if skip >= len(part):
@@ -234,11 +235,11 @@ class Upstream:
                     return
                 pos = body + length
                 continue
-            buf = bytearray(length)
+            buf = relay.loop.buffers.get(length)
             got = end - body
             buf[:got] = data[body:end]
             self._answer = (bytes(data[pos:body]), pending, result, epoch)
-            self._view, self._filled = memoryview(buf), got
+            self._view, self._filled = buf, got
             return
         if pos < end:
             self.partial = bytes(data[pos:end])
