@@ -155,6 +155,7 @@ class SnapshotGuard:
         self.events: list[SnapshotEvent] = []  # the last snapshots seen (bounded)
         self.reapplied = 0  # slots re-applied to a working inode
         self.refused = 0  # data writes answered READONLY by the guard itself
+        self.draining = 0  # snapshots waiting now for answered creates' slot writes
 
     # -- before forwarding ---------------------------------------------------
 
@@ -239,27 +240,34 @@ class SnapshotGuard:
         start = self._clock()
         deadline = start + self.drain_timeout
         with self._cond:
-            while True:
-                pending = self._pending.get(vid)
-                if pending is not None:
-                    stale = [i for i, t in pending.since.items()
-                             if self._clock() - t > self.gate_timeout]
-                    for idx in stale:
-                        del pending.since[idx]
-                if pending is None or not pending.since:
-                    drained = True
-                    break
-                left = deadline - self._clock()
-                if left <= 0:
-                    drained = False
-                    LOG.warning("gateway: snapshot of vdi %x goes ahead with %d create(s) "
-                                "still waiting for their slot write (their slots will be "
-                                "re-applied)", vid, len(pending.since))
-                    break
-                self._cond.wait(left)
+            self.draining += 1
+            try:
+                drained = self._drain(vid, deadline)
+            finally:
+                self.draining -= 1
             self._gated.add(vid)
         now = self._clock()
         return Ticket("snapshot", vid, first=int(drained), waited=now - start, admitted=now)
+
+    def _drain(self, vid: int, deadline: float) -> bool:
+        """Wait (lock held) until ``vid`` has no pending create; False when
+        ``deadline`` came first."""
+        while True:
+            pending = self._pending.get(vid)
+            if pending is not None:
+                stale = [i for i, t in pending.since.items()
+                         if self._clock() - t > self.gate_timeout]
+                for idx in stale:
+                    del pending.since[idx]
+            if pending is None or not pending.since:
+                return True
+            left = deadline - self._clock()
+            if left <= 0:
+                LOG.warning("gateway: snapshot of vdi %x goes ahead with %d create(s) "
+                            "still waiting for their slot write (their slots will be "
+                            "re-applied)", vid, len(pending.since))
+                return False
+            self._cond.wait(left)
 
     # -- after forwarding ----------------------------------------------------
 

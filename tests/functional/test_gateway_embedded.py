@@ -121,6 +121,10 @@ def test_snapshot_waits_for_the_slot_write_of_an_answered_create(
             snap = threading.Thread(target=lambda: (via.snapshot_vdi("race", "s1"),
                                                     done.append(time.monotonic())))
             snap.start()
+            deadline = time.monotonic() + 10
+            while not gateway.guard.draining and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the snapshot waits in the guard
+            assert gateway.guard.draining == 1
             time.sleep(0.5)
             held = not done  # the snapshot waits for the slot write
             slot_at = time.monotonic()
