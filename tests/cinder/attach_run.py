@@ -155,7 +155,7 @@ def main(conf_file: str, control_port: int) -> dict[str, Any]:
 
     def guest(info: dict[str, Any], host: int, *commands: str) -> str:
         proc = qemu_io(info, *commands, initiator=IQN % host)
-        return proc.stdout[-2000:] + proc.stderr[-1000:] + f" rc={proc.returncode}"
+        return proc.stdout[-20000:] + proc.stderr[-2000:] + f" rc={proc.returncode}"
 
     def connected(info: dict[str, Any], host: int) -> QemuSession:
         session = QemuSession(info, initiator=IQN % host)
