@@ -94,7 +94,7 @@ def test_export_delete_ends_one_attachment_per_initiator(
         capsys: pytest.CaptureFixture[str], ini: tuple[str, TgtDaemon]) -> None:
     """The CLI keeps the driver's rule: the record counts each attachment, any
     process sees it, the target goes with the last one (or with --all)."""
-    conf, tgtd = ini
+    conf, _ = ini
     one, two = "iqn.1993-08.org.debian:01:one", "iqn.1993-08.org.debian:01:two"
     assert run(capsys, conf, "volume", "create", "v2", "--size", "1")[0] == 0
     for initiator in (one, one, two):
