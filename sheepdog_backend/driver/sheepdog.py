@@ -302,11 +302,13 @@ class SheepdogDriver(VolumeDriver):
         gateways = list(self.client.gateways_by_health())
         return connection_info(name, gateways)
 
-    def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
-        """Native Sheepdog keeps no per-host state; iSCSI drops the target."""
+    def terminate_connection(self, volume: Volume, connector: Connector | None) -> bool:
+        """Native Sheepdog keeps no per-host state; iSCSI ends one attachment
+        and says whether others still share the target."""
         if attach.uses_iscsi(self._core):
-            return attach.terminate_connection(self._core, volume, connector)
+            return attach.terminate_connection(self._core, volume, connector).shared
         self.vdi_name(volume)
+        return False
 
     # iSCSI exports (driver/attach.py, sheepdog_backend/export)
     def initialize_connection_snapshot(self, snapshot: Snapshot,
@@ -314,8 +316,8 @@ class SheepdogDriver(VolumeDriver):
         return attach.initialize_connection_snapshot(self._core, snapshot, connector)
 
     def terminate_connection_snapshot(self, snapshot: Snapshot,
-                                      connector: Connector | None) -> None:
-        attach.terminate_connection_snapshot(self._core, snapshot, connector)
+                                      connector: Connector | None) -> bool:
+        return attach.terminate_connection_snapshot(self._core, snapshot, connector).shared
 
     def create_export(self, volume: Volume,
                       connector: Connector | None = None) -> dict[str, Any]:
@@ -324,8 +326,8 @@ class SheepdogDriver(VolumeDriver):
     def ensure_export(self, volume: Volume) -> dict[str, Any]:
         return attach.ensure_export(self._core, volume)
 
-    def remove_export(self, volume: Volume) -> None:
-        attach.remove_export(self._core, volume)
+    def remove_export(self, volume: Volume, *, force: bool = False) -> None:
+        attach.remove_export(self._core, volume, force=force)
 
     # -- stats ---------------------------------------------------------------
 
