@@ -35,7 +35,7 @@ in-process gateway: the split needs its request trace.
 
 The machine is shared: treat the numbers as indicative.  Needs the real
 sheep/dog, tgtd/tgtadm and Debian's qemu-img/qemu-io; exits 0 with the
-reason when any is missing.  Takes about 4 minutes here at the defaults.
+reason when any is missing.  Takes 2-3 minutes here at the defaults.
 
 Run: .venv/bin/python benchmarks/bench_gateway.py [--rounds R] [--jobs-scale F]
      [--mib N] [--stall-writes W]

@@ -38,8 +38,9 @@ failed or hung LU, the run within 3x the direct one, peak RSS <= 512 MiB,
 threads at peak at most 32 above the idle gateway's (not growing with the
 connections).  Exits 0 when the run was measured, whatever the goals (1
 with --strict when a goal is missed, and when it refuses to start), 2 on a
-usage error.  `make bench` runs --lus 300 (about 4 minutes here today, most
-of it the gateway phase waiting for its deadline); --lus 1000 is opt-in.  The machine is shared:
+usage error.  `make bench` runs --lus 300 (1.5-4.5 minutes here today with
+the load, most of it the gateway phase waiting for its deadline); --lus 1000
+is opt-in (about 12 minutes).  The machine is shared:
 treat the figures as indicative.
 
 Run: .venv/bin/python benchmarks/bench_scale.py --lus 300 [--mib 8] [--depth 4]
