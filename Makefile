@@ -45,8 +45,9 @@ demo: $(STAMP)
 # bench_scale, 300 LUs in one tgtd all doing I/O at once through one gateway
 # next to tgt straight to the sheep (1.5-4.5 min today with the load, most of
 # it the gateway phase waiting out its deadline: today's gateway hangs); and
-# the embedded server's fairness under clients that never read (about 35 s).  bench-scale-1000 is the opt-in 1,000-LU run (about 12 min
-# today, 7 of them the hung gateway phase; 16,000 tgtd threads, 17,000 fds).
+# the embedded server's fairness under clients that never read (about 35 s).
+# bench-scale-1000 is the opt-in 1,000-LU run (about 12 min today, 7 of them
+# the hung gateway phase; 16,000 tgtd threads, 17,000 fds).
 # bench-all adds the client and server micro-benchmarks.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sheep.py $(BENCH_ARGS)
