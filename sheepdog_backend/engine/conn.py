@@ -88,6 +88,11 @@ class Host(Protocol):
     max_inflight_bytes: int
     max_payload: int
     dispatch: Callable[[Downstream, Frame], None]  # the service's on_request
+    sending: set[Downstream]  # connections with replies the kernel has not taken yet
+
+    def relieve(self) -> None:
+        """Close connections whose replies stalled while others need room."""
+        ...
 
     def closed(self, conn: Downstream) -> None: ...
 
@@ -225,9 +230,12 @@ class Downstream:
             return False
         budget = host.budget
         if not budget.fits(cost, self.inflight_bytes):
-            self.want = cost
-            budget.park(self)
-            return False
+            if not self.inflight_bytes:  # room held by clients that stopped reading?
+                host.relieve()
+            if self.closed or not budget.fits(cost, self.inflight_bytes):
+                self.want = cost
+                budget.park(self)
+                return False
         budget.take(cost)
         self.inflight += 1
         self.inflight_bytes += cost
@@ -297,6 +305,8 @@ class Downstream:
             if skip:
                 view, skip = view[skip:], 0
             parts.append(view if owned else memoryview(bytes(view)))
+        if not self.out:
+            self.host.sending.add(self)
         self.out.append([parts, cost])
         self._update_mask()
 
@@ -320,6 +330,8 @@ class Downstream:
                 parts[0] = parts[0][n:]
                 return
             out.popleft()
+            if not out:
+                self.host.sending.discard(self)
             self._release(entry[1])
             if self.closed:
                 return
@@ -364,6 +376,7 @@ class Downstream:
         except OSError:
             pass
         host.budget.unpark(self)
+        host.sending.discard(self)
         out, self.out = self.out, deque()
         if self.receiving is not None:
             frame, self.receiving, self.payload_view = self.receiving, None, None

@@ -18,9 +18,12 @@ is admitted as its header arrives, before its payload, within its
 connection's caps and the shared ``memory_budget``; memory held for requests
 and replies stays within the budget plus one receive per parked connection,
 whatever clients do.  The sweep (every ``TICK`` s) closes a connection whose
-reply made no progress for ``send_timeout`` s (``pressure_stall`` s while
-others wait for budget), and one that sent nothing for ``idle_timeout`` s
-while it waited for nothing (tgt and QEMU reconnect on their next request).
+reply made no progress for ``send_timeout`` s, and one that sent nothing for
+``idle_timeout`` s while it waited for nothing (tgt and QEMU reconnect on
+their next request).  While others wait for budget, a reply stalled for
+``pressure_stall`` s is enough, and a connection that holds nothing and must
+wait has those closed at once: clients that never read their replies cannot
+keep one that does waiting.
 
 Shared: ``stats()`` and the ``stop*`` calls may come from any thread; they
 read plain counters or run on the loop (``run_in_loop``).  Everything else
@@ -51,7 +54,7 @@ DEFAULT_MEMORY_BUDGET = 256 << 20
 DEFAULT_MAX_CONNECTIONS = 16384
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_SEND_TIMEOUT = 60.0
-DEFAULT_PRESSURE_STALL = 5.0
+DEFAULT_PRESSURE_STALL = 0.5
 _SPARE_FDS = 64  # listeners, the store, the loop's own
 _ACCEPTS_PER_TURN = 64
 
@@ -151,6 +154,7 @@ class Engine:
         self.max_payload = max_payload
         self.extra_fds = extra_fds  # descriptors the service opens (the gateway's upstreams)
         self.budget = Budget(memory_budget)
+        self.sending: set[Downstream] = set()  # connections with replies not yet taken
         self.loop = EventLoop(f"{name}-loop")
         self.listeners: list[Listener] = []
         self.connections = 0
@@ -285,19 +289,37 @@ class Engine:
         """Send a reply from any thread (queued onto the loop)."""
         self.loop.call_soon(lambda: conn.send(header, payload, cost))
 
+    def relieve(self) -> None:
+        """A connection that holds nothing waits for room: close those whose
+        replies made no progress for ``pressure_stall`` s (they hold it)."""
+        stall = self.pressure_stall
+        if not stall or not self.sending:
+            return
+        now = self.loop.now
+        for conn in list(self.sending):
+            stalled = conn.stalled_for(now)
+            if stalled >= stall:
+                self._close_stalled(conn, stalled)
+
+    def _close_stalled(self, conn: Downstream, stalled: float) -> None:
+        self.counters["stall_closed"] += 1
+        LOG.info("closing a connection whose client read nothing for %.1f s", stalled)
+        conn.close()
+
     def _sweep(self) -> None:
         now = time.monotonic()
-        idle, send, stall = self.idle_timeout, self.send_timeout, self.pressure_stall
+        send, stall = self.send_timeout, self.pressure_stall
         pressure = bool(stall and self.budget.waiting)
+        for conn in list(self.sending):
+            stalled = conn.stalled_for(now)
+            if (send and stalled >= send) or (pressure and stalled >= stall):
+                self._close_stalled(conn, stalled)
+        idle = self.idle_timeout
+        if not idle:
+            return
         for listener in self.listeners:
             for conn in list(listener.conns):
-                stalled = conn.stalled_for(now)
-                if stalled and ((send and stalled >= send) or (pressure and stalled >= stall)):
-                    self.counters["stall_closed"] += 1
-                    LOG.info("closing a connection whose client read nothing for %.1f s",
-                             stalled)
-                    conn.close()
-                elif idle and conn.idle_for(now) >= idle:
+                if conn.idle_for(now) >= idle:
                     self.counters["idle_closed"] += 1
                     LOG.info("closing a connection idle for %.0f s", idle)
                     conn.close()
