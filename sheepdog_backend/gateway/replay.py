@@ -92,6 +92,7 @@ class RecoveryReplay:
         self._kept: OrderedDict[tuple[int, int, int], Request] = OrderedDict()
         self._kept_bytes = 0
         self._in_flight = 0
+        self._admitting = 0  # writes waiting in ``admit``
         self._replaying = False
         self.replays = 0  # windows whose writes were sent again
         self.replayed = 0  # writes sent again
@@ -125,8 +126,12 @@ class RecoveryReplay:
         if not self.budget or _write_key(request) is None:
             return False
         with self._cond:
-            while self._replaying or (self._open and self._kept_bytes >= self.budget):
-                self._cond.wait(1.0)
+            self._admitting += 1
+            try:
+                while self._replaying or (self._open and self._kept_bytes >= self.budget):
+                    self._cond.wait(1.0)
+            finally:
+                self._admitting -= 1
             self._in_flight += 1
         return True
 
@@ -148,7 +153,7 @@ class RecoveryReplay:
             self._in_flight -= 1
             if self._open and ok:
                 self._keep(request())
-            self._cond.notify_all()
+            self._wake_waiters()
 
     def _keep(self, request: Request) -> None:
         key = _write_key(request)
@@ -166,6 +171,14 @@ class RecoveryReplay:
             self._in_flight -= 1
             if self._open and response is not None and response.ok:
                 self._keep(request)
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """After a write settled (lock held): wake whoever waits for it - a
+        replay for the writes in flight, writes for room - and nobody else (the
+        watcher waits on the same condition for a window, and waking it on
+        every write would cost a thread switch per write)."""
+        if self._replaying or self._admitting:
             self._cond.notify_all()
 
     # -- the watcher -------------------------------------------------------------
