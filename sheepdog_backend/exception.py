@@ -619,3 +619,42 @@ class ExportedVolumeBusy(VolumeIsBusy):
 class ForeignCluster(ConfigError):
     """A configured gateway belongs to another Sheepdog cluster than the others
     (its cluster creation time differs); client/identity.py."""
+
+
+# --------------------------------------------------------------------------
+# Local exports (issue 26: targets on the compute host; export/local.py, agent/)
+# --------------------------------------------------------------------------
+
+
+class ExportHostUnknown(ExportError, InvalidInput):
+    """The connector names a host no agent registered on the cluster (a typo,
+    or ``sheepdog-backend agent --host NAME`` never ran there), or a host
+    name that cannot be one.  Nothing was recorded."""
+
+
+class ExportAgentError(ExportError):
+    """A compute host's agent did not make or drop a target; ``host`` names it."""
+
+    def __init__(self, message: str, *, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class ExportAgentTimeout(ExportAgentError):
+    """The host's agent did not acknowledge within sheepdog_export_agent_timeout
+    (agent stopped, host down, cluster unreachable from it)."""
+
+
+class ExportAgentFailed(ExportAgentError):
+    """The host's agent acknowledged but could not make the target (its
+    gateway or tgtd refused); the message holds what it reported."""
+
+
+class ExportModeMismatch(ExportError):
+    """The volume is exported in the other export mode (central vs local):
+    detach it in the mode that exported it first."""
+
+
+class ExportLockTimeout(ExportError):
+    """A short lock on the cluster (export/clusterlock.py) stayed held by
+    another process for longer than the caller may wait."""

@@ -264,6 +264,24 @@ EXPORT_OPTS = [
         "makes snapshots safe for the writer. When sheepdog_gateways also names it, "
         "exported volumes may be snapshotted and cloned while attached. Empty: LUs use "
         "a cluster node directly."),
+    # issue 26: exports on the compute host (sheepdog_backend/export/local.py, agent/)
+    cfg.StrOpt(
+        "sheepdog_export_mode", default="central", choices=[
+            ("central", "the host that runs initialize_connection makes the target on its "
+             "own tgtd, its LU through sheepdog_export_gateway"),
+            ("local", "each compute host's 'sheepdog-backend agent' makes the targets of "
+             "its own attachments on its own tgtd, through its own gateway")],
+        help="Where iSCSI targets live (with sheepdog_attach_protocol = iscsi). In local "
+        "mode initialize_connection records the attachment for the connector's host on "
+        "the cluster and waits until that host's agent made the target; the connection "
+        "info points at the portal the agent registered. No host is special: any "
+        "cinder-volume can attach or detach any volume."),
+    cfg.FloatOpt(
+        "sheepdog_export_agent_timeout", default=30.0, min=0.5, max=3600.0,
+        help="Local export mode: seconds initialize_connection waits for the compute "
+        "host's agent to make the target (and a detach of a snapshot's temporary clone "
+        "for the agents to drop it) before failing with ExportAgentTimeout, naming the "
+        "host; the attachment it recorded is then taken back."),
 ]
 
 BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS + EXPORT_OPTS
