@@ -10,9 +10,16 @@ initiator leaves the ACL with its last one, the target with the last of all,
 and ``terminate_connection`` says whether others remain.  A snapshot attaches
 through a temporary read-only clone.
 
+``sheepdog_export_mode`` chooses where targets live: ``central`` (the
+ExportManager: this host's tgtd) or ``local`` (LocalExports: the connector's
+compute host, whose ``sheepdog-backend agent`` makes the target; records,
+host indexes and acknowledgements on the cluster).  In local mode
+create_export and ensure_export have nothing to do on this host.
+
 The driver calls these functions with its DriverCore (``driver.core``);
-``_managers`` maps a core to its ExportManager (built on first use, weakly
-keyed so a closed driver frees it; guarded by ``_managers_lock``).
+``_managers`` maps a core to its ExportManager and ``_locals`` to its
+LocalExports (built on first use, weakly keyed so a closed driver frees them;
+guarded by ``_managers_lock``).
 
 Snapshotting a volume that tgt writes straight to a node can lose
 acknowledged writes (the sheep rewrites the whole inode and drops a slot
@@ -32,20 +39,55 @@ from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.driver.connection import iscsi_connection_info
 from sheepdog_backend.driver.core import DriverCore
-from sheepdog_backend.exception import ExportedVolumeBusy
+from sheepdog_backend.exception import ConfigError, ExportedVolumeBusy
 
 if TYPE_CHECKING:
     from sheepdog_backend.driver.base import Connector, Snapshot, Volume
     from sheepdog_backend.export import ExportManager, ExportRecord
+    from sheepdog_backend.export.local import LocalExports
     from sheepdog_backend.export.manager import Detached
 
 _managers: weakref.WeakKeyDictionary[DriverCore, ExportManager] = (
     weakref.WeakKeyDictionary())
+_locals: weakref.WeakKeyDictionary[DriverCore, LocalExports] = weakref.WeakKeyDictionary()
 _managers_lock = threading.Lock()
+EXPORT_MODES = ("central", "local")
 
 
 def uses_iscsi(core: DriverCore) -> bool:
     return str(core.configuration.sheepdog_attach_protocol) == "iscsi"
+
+
+def is_local(core: DriverCore) -> bool:
+    """True when compute hosts' agents make the targets (sheepdog_export_mode =
+    local); ConfigError naming the option for a value that is neither mode."""
+    conf = core.configuration
+    mode = str(getattr(conf, "sheepdog_export_mode", "central"))
+    if mode not in EXPORT_MODES:
+        raise ConfigError(f"{conf.where('sheepdog_export_mode')}: {mode!r} is not one of "
+                          f"{', '.join(EXPORT_MODES)}")
+    return mode == "local"
+
+
+def local_exports(core: DriverCore) -> LocalExports:
+    """The driver's LocalExports (local export mode)."""
+    with _managers_lock:
+        found = _locals.get(core)
+        if found is None:
+            from sheepdog_backend.export import settings_for
+            from sheepdog_backend.export.local import LocalExports
+            conf = core.configuration
+            found = LocalExports(core.client, settings_for(conf),
+                                 timeout=float(conf.sheepdog_export_agent_timeout))
+            _locals[core] = found
+        return found
+
+
+def _where(connector: Connector | None) -> tuple[str | None, str | None]:
+    """(host, initiator) of a connector (None, None: a forced detach)."""
+    if connector is None:
+        return None, None
+    return connector.host or None, connector.initiator
 
 
 def manager(core: DriverCore) -> ExportManager:
@@ -67,10 +109,21 @@ def _info(core: DriverCore, rec: ExportRecord, volume_id: str) -> dict[str, Any]
                                  access_mode="ro" if conn["readonly"] else "rw")
 
 
+def _local_info(core: DriverCore, rec: ExportRecord, reg: Any, volume_id: str
+                ) -> dict[str, Any]:
+    conn = local_exports(core).connection(rec, reg)
+    return iscsi_connection_info(portal=conn["portal"], iqn=conn["iqn"], lun=conn["lun"],
+                                 volume_id=volume_id, chap=conn["chap"],
+                                 access_mode="ro" if conn["readonly"] else "rw")
+
+
 def initialize_connection(core: DriverCore, volume: Volume,
                           connector: Connector | None) -> dict[str, Any]:
     name = core.vdi_name(volume)
-    initiator = connector.initiator if connector is not None else None
+    host, initiator = _where(connector)
+    if is_local(core):
+        rec, reg = local_exports(core).attach(name, host or "", initiator)
+        return _local_info(core, rec, reg, volume.id)
     rec = manager(core).export_volume(name, initiator=initiator)
     return _info(core, rec, volume.id)
 
@@ -80,14 +133,19 @@ def terminate_connection(core: DriverCore, volume: Volume,
     """End one attachment of ``connector``'s initiator (None: a forced detach,
     see ExportRecord.ending); the target goes with the last attachment."""
     name = core.vdi_name(volume)
-    initiator = connector.initiator if connector is not None else None
+    host, initiator = _where(connector)
+    if is_local(core):
+        return local_exports(core).detach(name, host, initiator)
     return manager(core).detach(name, initiator=initiator)
 
 
 def initialize_connection_snapshot(core: DriverCore, snapshot: Snapshot,
                                    connector: Connector | None) -> dict[str, Any]:
     name, tag = core.vdi_name(snapshot.volume), core.snapshot_tag(snapshot)
-    initiator = connector.initiator if connector is not None else None
+    host, initiator = _where(connector)
+    if is_local(core):
+        rec, reg = local_exports(core).attach_snapshot(name, tag, host or "", initiator)
+        return _local_info(core, rec, reg, snapshot.id)
     rec = manager(core).export_snapshot(name, tag, initiator=initiator)
     return _info(core, rec, snapshot.id)
 
@@ -95,7 +153,9 @@ def initialize_connection_snapshot(core: DriverCore, snapshot: Snapshot,
 def terminate_connection_snapshot(core: DriverCore, snapshot: Snapshot,
                                   connector: Connector | None) -> Detached:
     name, tag = core.vdi_name(snapshot.volume), core.snapshot_tag(snapshot)
-    initiator = connector.initiator if connector is not None else None
+    host, initiator = _where(connector)
+    if is_local(core):
+        return local_exports(core).detach_snapshot(name, tag, host, initiator)
     return manager(core).detach_snapshot(name, tag, initiator=initiator)
 
 
@@ -107,7 +167,7 @@ def create_export(core: DriverCore, volume: Volume,
     recorded on the volume (a VDI attribute) and initialize_connection returns
     the portal, IQN and CHAP; provider_location stays the VDI name the Cinder
     adapter resolves volumes by."""
-    if not uses_iscsi(core):
+    if not uses_iscsi(core) or is_local(core):  # local: the agent makes it on attach
         return {}
     initiator = connector.initiator if connector is not None else None
     manager(core).export_volume(core.vdi_name(volume), initiator=initiator, attach=False)
@@ -120,6 +180,8 @@ def ensure_export(core: DriverCore, volume: Volume) -> dict[str, Any]:
     name = core.vdi_name(volume)
     if not uses_iscsi(core) and not _recorded(core, name):
         return {}  # native attach, and no export made by hand (CLI): nothing on tgtd
+    if is_local(core):
+        return {}  # the compute hosts' agents keep their targets
     manager(core).ensure(name)
     return {}
 
@@ -131,6 +193,10 @@ def remove_export(core: DriverCore, volume: Volume, *, force: bool = False) -> N
     name = core.vdi_name(volume)
     if not uses_iscsi(core) and not _recorded(core, name):
         return  # native attach, and no export made by hand (CLI): no tgtd to ask
+    if is_local(core):  # a local record holds attachments only: nothing unused
+        if force:
+            local_exports(core).unexport(name)
+        return
     if force:
         manager(core).unexport(name)
     else:
@@ -156,7 +222,10 @@ def _decoded(raw: bytes | None) -> ExportRecord | None:
 def after_extend(core: DriverCore, name: str, raw: bytes | None) -> None:
     """Let initiators see the new size of an exported volume (``raw``: its
     export record as read, None when it has none)."""
-    if _decoded(raw) is not None:
+    rec = _decoded(raw)
+    if rec is not None and rec.is_local:
+        local_exports(core).refresh_size(name)
+    elif rec is not None:
         manager(core).refresh_size(name)
 
 

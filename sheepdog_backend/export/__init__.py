@@ -30,6 +30,7 @@ __all__ = [
     "settings_for",
     "snapshot_clone_name",
     "target_iqn",
+    "targets_for",
 ]
 
 
@@ -48,11 +49,15 @@ def settings_for(conf: Any) -> ExportSettings:
         raise ConfigError(f"{where('target_prefix')}: {exc}") from None
 
 
-def manager_for(conf: Any, client: SheepdogClient) -> ExportManager:
+def targets_for(conf: Any) -> TgtTargets:
+    """This host's tgtd as the backend's options reach it."""
     if str(conf.target_helper) != "tgtadm":
         raise ConfigError(f"target_helper {conf.target_helper!r} is not supported "
                           "(only 'tgtadm')")
-    adm = Tgtadm(path=str(conf.sheepdog_tgtadm_path),
-                 control_port=int(conf.sheepdog_tgt_control_port),
-                 root_helper=str(conf.sheepdog_export_root_helper or ""))
-    return ExportManager(client, TgtTargets(adm), settings_for(conf))
+    return TgtTargets(Tgtadm(path=str(conf.sheepdog_tgtadm_path),
+                             control_port=int(conf.sheepdog_tgt_control_port),
+                             root_helper=str(conf.sheepdog_export_root_helper or "")))
+
+
+def manager_for(conf: Any, client: SheepdogClient) -> ExportManager:
+    return ExportManager(client, targets_for(conf), settings_for(conf))

@@ -100,6 +100,7 @@ def check_gateway(host: str, port: int) -> tuple[str, int]:
 
 ANY_INITIATOR = "*"  # the attachments of hosts that named no initiator (ACL: ALL, CHAP only)
 RECORD_VERSION = 2
+LOCAL_RECORD_VERSION = 3  # version 2 plus ``hosts`` and ``size`` (local export mode)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,11 @@ class ExportRecord:
     chap: bool = True
     source: dict[str, str] | None = None
     attachments: dict[str, int] = field(default_factory=dict)
+    # local export mode (version 3): attachments per compute host, then per
+    # initiator; None for a central record.  ``size``: the VDI's size the LUs
+    # should show (an extend raises it and the agents re-open their LUs).
+    hosts: dict[str, dict[str, int]] | None = None
+    size: int = 0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": RECORD_VERSION, "vdi": self.vdi, "iqn": self.iqn,
@@ -137,6 +143,9 @@ class ExportRecord:
                                 "attachments": dict(self.attachments)}
         if self.source is not None:
             body["source"] = dict(self.source)
+        if self.hosts is not None:
+            body.update(v=LOCAL_RECORD_VERSION, size=self.size,
+                        hosts={h: dict(c) for h, c in self.hosts.items()})
         return json.dumps(body, sort_keys=True).encode("utf-8")
 
     @classmethod
@@ -149,12 +158,17 @@ class ExportRecord:
             if counts is None:  # version 1
                 counts = {i: 1 for i in initiators} if initiators else {ANY_INITIATOR: 1}
             attachments = {str(k): int(n) for k, n in dict(counts).items() if int(n) > 0}
+            hosts = body.get("hosts")
             return cls(vdi=str(body["vdi"]), iqn=str(body["iqn"]),
                        gateway=str(body["gateway"]), readonly=bool(body["readonly"]),
                        initiators=initiators, chap=bool(body.get("chap", True)),
                        source=({"volume": str(source["volume"]), "tag": str(source["tag"])}
                                if source else None),
-                       attachments=attachments)
+                       attachments=attachments,
+                       hosts=None if hosts is None else {
+                           str(h): {str(k): int(n) for k, n in dict(c).items() if int(n) > 0}
+                           for h, c in dict(hosts).items()},
+                       size=int(body.get("size", 0)))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidInput(f"unreadable export record {raw[:80]!r}: {exc}") from None
 
@@ -221,6 +235,87 @@ class ExportRecord:
         """Only the initiators that have attachments left in the ACL."""
         return self.with_changes(initiators=tuple(
             i for i in self.initiators if self.attachments.get(i)))
+
+    # -- local export mode: attachments per compute host ---------------------------
+
+    @property
+    def is_local(self) -> bool:
+        return self.hosts is not None
+
+    def _with_hosts(self, hosts: dict[str, dict[str, int]]) -> ExportRecord:
+        """The record with ``hosts`` (empty counts dropped), its totals and ACL
+        union following them."""
+        hosts = {h: {k: n for k, n in c.items() if n > 0} for h, c in hosts.items()}
+        hosts = {h: c for h, c in hosts.items() if c}
+        totals: dict[str, int] = {}
+        for counts in hosts.values():
+            for key, n in counts.items():
+                totals[key] = totals.get(key, 0) + n
+        return self.with_changes(hosts=hosts, attachments=totals, initiators=tuple(
+            sorted(k for k in totals if k != ANY_INITIATOR)))
+
+    def attaching_on(self, host: str, initiator: str | None) -> ExportRecord:
+        """One more attachment of ``initiator`` on compute host ``host``."""
+        hosts = {h: dict(c) for h, c in (self.hosts or {}).items()}
+        counts = hosts.setdefault(host, {})
+        key = initiator or ANY_INITIATOR
+        counts[key] = counts.get(key, 0) + 1
+        return self._with_hosts(hosts)
+
+    def ending_on(self, host: str | None, initiator: str | None
+                  ) -> tuple[ExportRecord, tuple[str, str] | None]:
+        """The record with one attachment ended and which one (host, key), as
+        ``ending`` decides within a host.  ``host`` None (a forced detach
+        without a connector) looks at every host: it ends the attachment only
+        when exactly one host holds one that fits."""
+        hosts = {h: dict(c) for h, c in (self.hosts or {}).items()}
+        candidates = [host] if host is not None else list(hosts)
+        picks = []
+        for name in candidates:
+            counts = hosts.get(name, {})
+            if initiator:
+                key = initiator if counts.get(initiator) else None
+            elif counts.get(ANY_INITIATOR):
+                key = ANY_INITIATOR
+            else:
+                key = next(iter(counts)) if sum(counts.values()) == 1 else None
+            if key is not None:
+                picks.append((name, key))
+        if len(picks) != 1:
+            return self, None
+        name, key = picks[0]
+        hosts[name][key] -= 1
+        return self._with_hosts(hosts), (name, key)
+
+    def host_view(self, host: str) -> HostExport | None:
+        """What compute host ``host``'s target must be; None when the host has
+        no attachment of this export."""
+        counts = (self.hosts or {}).get(host)
+        if not counts:
+            return None
+        acl = () if ANY_INITIATOR in counts else tuple(sorted(counts))
+        return HostExport(vdi=self.vdi, iqn=self.iqn, readonly=self.readonly,
+                          chap=self.chap, acl=acl, size=self.size)
+
+
+@dataclass(frozen=True)
+class HostExport:
+    """One compute host's target of an export (local mode): the part of the
+    record that host's agent applies.  ``stamp`` names this exact content; a
+    host's index carries it so the agent re-reads only records that changed."""
+
+    vdi: str
+    iqn: str
+    readonly: bool
+    chap: bool
+    acl: tuple[str, ...]
+    size: int
+
+    @property
+    def stamp(self) -> str:
+        text = json.dumps([self.vdi, self.iqn, self.readonly, self.chap, list(self.acl),
+                           self.size])
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.exception import (
+    ExportModeMismatch,
     GatewayUnusable,
     InvalidInput,
     NoVdi,
     SheepdogError,
+    SnapshotNotFound,
     TargetBusy,
     VolumeNotFound,
 )
@@ -128,6 +130,47 @@ def read_record(client: SheepdogClient, vdi: str) -> ExportRecord | None:
     return ExportRecord.decode(raw) if raw else None
 
 
+def gateway_answers(gateway: str) -> bool:
+    """True when ``gateway`` (HOST:PORT) accepts and says its cluster is running."""
+    from sheepdog_backend.client import RetryPolicy, SheepdogClient
+    from sheepdog_backend.protocol.constants import ClusterStatus
+
+    host, port = _split(gateway)
+    try:  # the client may fail over to other nodes: first this node itself
+        socket.create_connection((host, port), timeout=2.0).close()
+    except OSError:
+        return False
+    try:
+        with SheepdogClient([gateway], connect_timeout=2.0, request_timeout=5.0,
+                            retry=RetryPolicy(attempts=1, deadline=5.0)) as probe:
+            return probe.cluster_info().status == ClusterStatus.OK
+    except SheepdogError:
+        return False
+
+
+def snapshot_clone(client: SheepdogClient, volume: str, tag: str) -> str:
+    """The temporary clone carrying snapshot ``tag`` of ``volume`` (made when
+    missing); SnapshotNotFound, or InvalidInput when the name is taken by
+    something else."""
+    clone = snapshot_clone_name(volume, tag)
+    snap = client.find_vdi(volume, tag)
+    if snap is None or not snap.is_snapshot:
+        raise SnapshotNotFound(f"snapshot {tag!r} of volume {volume!r} does not exist")
+    existing = client.find_vdi(clone)
+    if existing is None:
+        client.clone_vdi(volume, tag, clone)
+    elif existing.parent_vid != snap.vid:
+        raise InvalidInput(f"VDI {clone!r} exists and is not a clone of {volume!r}@{tag!r}")
+    return clone
+
+
+def connection_data(rec: ExportRecord, portal: tuple[str, int],
+                    chap: tuple[str, str] | None) -> dict[str, Any]:
+    """What an initiator needs: portal, IQN, LUN, CHAP credentials."""
+    return {"portal": portal, "iqn": rec.iqn, "lun": LUN, "readonly": rec.readonly,
+            "chap": chap, "vdi": rec.vdi}
+
+
 class ExportManager:
     def __init__(self, client: SheepdogClient, targets: TgtTargets,
                  settings: ExportSettings, *,
@@ -166,20 +209,7 @@ class ExportManager:
     # -- gateways -------------------------------------------------------------
 
     def _probe_gateway(self, gateway: str) -> bool:
-        from sheepdog_backend.client import RetryPolicy, SheepdogClient
-        from sheepdog_backend.protocol.constants import ClusterStatus
-
-        host, port = _split(gateway)
-        try:  # the client may fail over to other nodes: first this node itself
-            socket.create_connection((host, port), timeout=2.0).close()
-        except OSError:
-            return False
-        try:
-            with SheepdogClient([gateway], connect_timeout=2.0, request_timeout=5.0,
-                                retry=RetryPolicy(attempts=1, deadline=5.0)) as probe:
-                return probe.cluster_info().status == ClusterStatus.OK
-        except SheepdogError:
-            return False
+        return gateway_answers(gateway)
 
     def _candidates(self) -> list[tuple[str, int]]:
         seen: list[tuple[str, int]] = list(self.client.gateways_by_health())
@@ -233,7 +263,7 @@ class ExportManager:
             info = self.client.find_vdi(vdi)
             if info is None:
                 raise VolumeNotFound(f"volume {vdi!r} does not exist")
-            rec = self.record(vdi)
+            rec = self._central(vdi)
             if rec is None:
                 rec = ExportRecord(vdi=vdi, iqn=target_iqn(self.settings.prefix, vdi),
                                    gateway=self.pick_gateway(), readonly=readonly,
@@ -250,18 +280,8 @@ class ExportManager:
                         initiator: str | None = None) -> ExportRecord:
         """Export snapshot ``tag`` of ``volume`` read-only through a temporary
         clone (one more attachment of ``initiator``)."""
-        clone = snapshot_clone_name(volume, tag)
         with self._lock:
-            snap = self.client.find_vdi(volume, tag)
-            if snap is None or not snap.is_snapshot:
-                from sheepdog_backend.exception import SnapshotNotFound
-                raise SnapshotNotFound(f"snapshot {tag!r} of volume {volume!r} does not exist")
-            existing = self.client.find_vdi(clone)
-            if existing is None:
-                self.client.clone_vdi(volume, tag, clone)
-            elif existing.parent_vid != snap.vid:
-                raise InvalidInput(f"VDI {clone!r} exists and is not a clone of "
-                                   f"{volume!r}@{tag!r}")
+            clone = snapshot_clone(self.client, volume, tag)
             return self.export_volume(clone, initiator=initiator, readonly=True,
                                       source={"volume": volume, "tag": tag})
 
@@ -320,7 +340,18 @@ class ExportManager:
         return self.unexport(snapshot_clone_name(volume, tag))
 
     def _existing_record(self, vdi: str) -> ExportRecord | None:
-        return self.record(vdi) if self.client.find_vdi(vdi) is not None else None
+        return self._central(vdi) if self.client.find_vdi(vdi) is not None else None
+
+    def _central(self, vdi: str) -> ExportRecord | None:
+        """The record of ``vdi``; ExportModeMismatch when compute hosts' agents
+        export it (local mode: export/local.py changes it, not this tgtd)."""
+        rec = self.record(vdi)
+        if rec is not None and rec.is_local:
+            raise ExportModeMismatch(
+                f"volume {vdi!r} is exported by compute hosts' agents (local export mode, "
+                f"hosts {', '.join(sorted(rec.hosts or {})) or 'none'}): detach it with "
+                "sheepdog_export_mode = local")
+        return rec
 
     def _narrow(self, rec: ExportRecord, after: ExportRecord) -> None:
         """Save ``after`` and take the initiators it dropped off the target."""
@@ -372,6 +403,11 @@ class ExportManager:
         rec = self.record(vdi)
         if rec is None:
             return {"vdi": vdi, "exported": False, "problems": ["not exported"]}
+        if rec.is_local:
+            return {"vdi": vdi, "exported": True, "iqn": rec.iqn, "gateway": "",
+                    "readonly": rec.readonly, "initiators": list(rec.initiators),
+                    "attachments": dict(rec.attachments), "hosts": dict(rec.hosts or {}),
+                    "sessions": 0, "problems": []}
         problems = []
         target = self.targets.find(rec.iqn)
         host, port = _split(rec.gateway)
@@ -393,7 +429,7 @@ class ExportManager:
         gateway (moving it when its gateway is dead); None when not exported.
         TargetBusy when the LU has I/O stuck on the dead gateway."""
         with self._lock:
-            rec = self.record(vdi)
+            rec = self._central(vdi)
             if rec is None:
                 return None
             if not self._probe(rec.gateway):
@@ -413,6 +449,8 @@ class ExportManager:
         wanted = set()
         for rec in self.records():
             wanted.add(rec.iqn)
+            if rec.is_local:  # the compute hosts' agents keep those (local mode)
+                continue
             try:
                 self.ensure(rec.vdi)
                 done["ensured"].append(rec.iqn)
@@ -429,7 +467,7 @@ class ExportManager:
         """Re-create the LU of an exported ``vdi`` so initiators see its new
         size; False when it is not exported."""
         with self._lock:
-            rec = self.record(vdi)
+            rec = self._central(vdi)
             if rec is None:
                 return False
             if not self._probe(rec.gateway):
@@ -443,7 +481,5 @@ class ExportManager:
 
     def connection(self, rec: ExportRecord) -> dict[str, Any]:
         """What an initiator needs: portal, IQN, LUN, CHAP credentials."""
-        creds = self.credentials(rec)
-        return {"portal": (self.settings.portal_host, self.settings.portal_port),
-                "iqn": rec.iqn, "lun": LUN, "readonly": rec.readonly,
-                "chap": creds, "vdi": rec.vdi}
+        return connection_data(rec, (self.settings.portal_host, self.settings.portal_port),
+                               self.credentials(rec))

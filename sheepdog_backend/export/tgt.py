@@ -253,6 +253,9 @@ class TgtTargets:
             for name in sorted(want - current):
                 self.adm.run("--mode", "target", "--op", "bind", "--tid", str(target.tid),
                              "--initiator-name", name)
+            for name in sorted(current - want - {"ALL"}):  # the ACL is exactly ``initiators``
+                self.adm.run("--mode", "target", "--op", "unbind", "--tid", str(target.tid),
+                             "--initiator-name", name)
             if "ALL" in current:
                 self.adm.run("--mode", "target", "--op", "unbind", "--tid",
                              str(target.tid), "--initiator-address", "ALL")
