@@ -27,7 +27,8 @@ from sheepdog_backend import __version__
 
 # Modules that contribute subcommands, in help order.
 _GROUPS = ("serve", "volume", "image", "check", "export",
-           "gateway")  # gateway: the local gateway for tgt (issue 15)
+           "gateway",  # gateway: the local gateway for tgt (issue 15)
+           "agent")  # agent: the compute-host agent of the local export mode (issue 26)
 
 
 class _Parser(argparse.ArgumentParser):
