@@ -1,7 +1,9 @@
 """A private tgtd for tests: its own control port and loopback iSCSI portal.
 
 ``TgtDaemon(log_dir)`` starts ``tgtd -f -C PORT --iscsi portal=127.0.0.1:PORT``
-(never the defaults 0 / 3260, so several test runs can share the machine),
+(never the defaults 0 / 3260, so several test runs can share the machine;
+``host="127.0.0.2"`` puts the portal on another loopback address, as a second
+compute host's tgtd: Linux routes all of 127.0.0.0/8 to lo),
 waits until tgtadm answers, and ``stop()`` kills it by its pid.  ``restart()``
 keeps the ports (targets are lost: tgtd keeps them in memory only).  Skips
 with the reason when tgtd/tgtadm are absent or tgtd cannot start.
@@ -22,10 +24,6 @@ import pytest
 from tests.realsheep import free_port, wait_port
 
 
-def _free_any_port() -> int:
-    return free_port(max_port=65535)
-
-
 def _free_control_port() -> int:
     """tgtd's control "port" names a unix socket /var/run/tgtd/socket.N
     (N <= 32767); pick an N no other tgtd holds."""
@@ -37,8 +35,8 @@ def _free_control_port() -> int:
 
 
 class TgtDaemon:
-    def __init__(self, log_dir: str | os.PathLike[str], *, iothreads: int | None = None
-                 ) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str], *, iothreads: int | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.tgtd = shutil.which("tgtd")
         self.tgtadm = shutil.which("tgtadm")
         if self.tgtd is None or self.tgtadm is None:
@@ -47,20 +45,21 @@ class TgtDaemon:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.control_port = _free_control_port()
-        self.portal_port = _free_any_port()
+        self.host = host
+        self.portal_port = free_port(max_port=65535, host=host)
         self.iothreads = iothreads
         self.proc: subprocess.Popen[bytes] | None = None
         self._starts = 0
 
     @property
     def portal(self) -> str:
-        return f"127.0.0.1:{self.portal_port}"
+        return f"{self.host}:{self.portal_port}"
 
     def start(self, timeout: float = 15.0) -> TgtDaemon:
         assert self.tgtd is not None
         self._starts += 1
         argv = [self.tgtd, "-f", "-C", str(self.control_port),
-                "--iscsi", f"portal=127.0.0.1:{self.portal_port}"]
+                "--iscsi", f"portal={self.host}:{self.portal_port}"]
         if self.iothreads:
             argv += ["-t", str(self.iothreads)]
         log = open(self.log_dir / f"tgtd.{self._starts}.log", "wb")  # noqa: SIM115
@@ -83,7 +82,7 @@ class TgtDaemon:
                 pytest.skip("tgtd did not answer tgtadm within "
                             f"{timeout:g} s: {probe.stderr!r}")
             time.sleep(0.1)
-        wait_port("127.0.0.1", self.portal_port, timeout=timeout)
+        wait_port(self.host, self.portal_port, timeout=timeout)
         return self
 
     def log_text(self) -> str:
