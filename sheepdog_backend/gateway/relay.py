@@ -45,6 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.transport import Address
 from sheepdog_backend.engine.conn import Downstream, Frame
@@ -61,9 +62,16 @@ from sheepdog_backend.gateway.replay import RecoveryReplay
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, slot_values_at
 from sheepdog_backend.gateway.stats import IoStats, RequestTrace, TraceEntry
 from sheepdog_backend.gateway.upstream import Pending, Upstream
-from sheepdog_backend.protocol.constants import Opcode, Result
-from sheepdog_backend.protocol.header import Request, Response, decode_response_header
-from sheepdog_backend.protocol.oid import is_data_obj, oid_to_vid
+from sheepdog_backend.gateway.views import RELOAD, LuViews
+from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Opcode, Result
+from sheepdog_backend.protocol.header import (
+    Request,
+    Response,
+    VdiResponse,
+    decode_response_header,
+)
+from sheepdog_backend.protocol.inode import HOSTS_VALUE, OFFSET_EXPORT_HOSTS
+from sheepdog_backend.protocol.oid import is_data_obj, is_vdi_obj, oid_to_vid, vid_to_vdi_oid
 from sheepdog_backend.protocol.peek import object_target, result_header
 
 LOG = logging.getLogger(__name__)
@@ -77,9 +85,12 @@ _NO_OBJ = int(Result.NO_OBJ)
 _READONLY = int(Result.READONLY)
 _RECOVERY_OPS = frozenset(int(op) for op in RECOVERY_NO_OBJ_OPS)
 _NODE_STATE = frozenset(int(code) for code in NODE_STATE_RESULTS)
+_LOOKUPS = frozenset({int(Opcode.LOCK_VDI), int(Opcode.GET_VDI_INFO)})
 DEFAULT_MAX_UPSTREAMS = 2048
 MAX_IDLE = 256  # idle upstream connections kept per node
 PAIR_IDLE = 2.0  # seconds a quiet client keeps its upstream
+POLL = 1.0  # seconds between looks at whether the LUs' VDIs are shared
+_INVALIDATED = int(Result.INODE_INVALIDATED)
 TICK = 0.5
 
 
@@ -87,12 +98,19 @@ def _unused() -> Request:  # settle_lazily's builder when nothing is kept
     raise AssertionError("a write that failed is never kept")
 
 
+def _inode_load(oid: int, offset: int, frame: Frame) -> bool:
+    """Whether a READ_OBJ is a LU loading an inode (its whole header, at least)."""
+    return is_vdi_obj(oid) and offset == 0 and frame.data_length >= SD_INODE_INDEX_OFFSET
+
+
 class Relay:
     loop: EventLoop  # the engine's, from attach()
 
     def __init__(self, *, cluster: Cluster, forwarder: Forwarder, guard: SnapshotGuard,
                  replay: RecoveryReplay, io: IoStats, trace: RequestTrace | None,
-                 handle: Callable[[Request], Response], connect_timeout: float,
+                 handle: Callable[[Request], Response], views: LuViews,
+                 after_slots: Callable[[Ticket, Request, Response], Response],
+                 check_read: Callable[[int, Request], Response], connect_timeout: float,
                  request_timeout: float, max_payload: int,
                  max_upstreams: int = DEFAULT_MAX_UPSTREAMS) -> None:
         self.cluster = cluster
@@ -102,6 +120,9 @@ class Relay:
         self.io = io
         self.trace = trace
         self.handle = handle
+        self.views = views
+        self.after_slots = after_slots  # the guard's after, then the stamp (blocking)
+        self.check_read = check_read  # a read of a shared VDI's LU, checked (blocking)
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_payload = max_payload
@@ -121,6 +142,7 @@ class Relay:
         self._epoch = 0  # the highest epoch the Forwarder was told of
         self.fast = 0  # requests relayed on the loop
         self.slow_count = 0  # requests that took the blocking path
+        self._polling = False  # a poll of the views' sharing runs on a worker
 
     # -- wiring (the gateway's start and stop) --------------------------------------
 
@@ -128,6 +150,7 @@ class Relay:
         self.loop = loop
         self.workers = workers
         loop.every(TICK, self._sweep)
+        loop.every(POLL, self._poll)
 
     def choose_node(self) -> None:
         """Take the healthiest node and check its identity (now, blocking:
@@ -228,6 +251,15 @@ class Relay:
                 slots = slot_values_at(oid, offset, frame.payload)
                 if slots is not None:
                     ticket = Ticket("slots", oid_to_vid(oid), first=slots[0], values=slots[1])
+        elif op == _READ and self.views.shared and not _inode_load(oid, offset, frame):
+            plan = self.views.plan(conn, oid_to_vid(oid))  # views.py: coherent reads
+            if plan is not None:
+                kind, lu = plan
+                if kind == RELOAD:
+                    self._local(conn, frame, _INVALIDATED, oid_to_vid(oid))
+                else:
+                    self._workers().submit(conn, frame, lambda r: self.check_read(lu, r), False)
+                return
         up = conn.peer
         if up is None:
             up = self._lend(conn, node)
@@ -251,16 +283,28 @@ class Relay:
         if kept:
             self.replay.settle_lazily(_unused, False)
 
+    def _workers(self) -> Workers:
+        assert self.workers is not None, "the relay is not attached"
+        return self.workers
+
     def _local(self, conn: Downstream, frame: Frame, result: int, vid: int) -> None:
-        """Answer without the cluster (the guard's READONLY)."""
+        """Answer without the cluster (the guard's READONLY, a LU's reload)."""
         self.io.count_op(vid, frame.opcode, False, True, 0, len(frame.payload), 0.0)
         conn.send(result_header(frame.opcode, frame.id, result), b"", frame.cost)
 
     def slow(self, conn: Downstream, frame: Frame) -> None:
-        """The blocking path: the gateway's ``handle`` on a worker."""
-        assert self.workers is not None
+        """The blocking path: the gateway's ``handle`` on a worker (a VDI
+        lookup or lock there also tells which VDI the connection's LU reads)."""
         self.slow_count += 1
-        self.workers.submit(conn, frame, self.handle, frame.opcode not in IO_OPS)
+        serial = frame.opcode not in IO_OPS
+        handle = self.handle
+        if frame.opcode in _LOOKUPS:
+            def handle(request: Request) -> Response:
+                response = self.handle(request)
+                if response.ok and isinstance(response.body, VdiResponse):
+                    self.views.locked(conn, response.body.vdi_id)
+                return response
+        self._workers().submit(conn, frame, handle, serial)
 
     # -- upstream connections ----------------------------------------------------------------
 
@@ -336,6 +380,7 @@ class Relay:
     def on_close(self, conn: Downstream) -> None:
         if conn.peer is not None and not conn.peer_inflight:
             self._give_back(conn)
+        self.views.closed(conn)
 
     # -- answers and failures (loop thread, from upstream.py) -----------------------------------
 
@@ -367,10 +412,12 @@ class Relay:
         ok = not result
         ticket = pending.ticket
         if ticket is not None:
-            if ok and ticket.kind == "slots" and self.guard.needs_reapply(ticket):
-                self._reapply_then_send(pending, bytes(header), bytes(payload))
+            if ok and ticket.kind == "slots":  # re-applied if need be, then stamped
+                self._after_slots_then_send(pending, bytes(header), bytes(payload))
                 return
             self.guard.after_answer(ticket, ok)
+        elif ok and op == _READ and _inode_load(pending.oid, pending.offset, frame):
+            self.views.loaded(conn, oid_to_vid(pending.oid), payload[:SD_INODE_INDEX_OFFSET])
         if pending.kept:
             self.replay.settle_lazily(frame.request, ok)
         self._account(pending, result, len(payload))
@@ -388,18 +435,18 @@ class Relay:
             self.trace.add(TraceEntry(start, end, frame.opcode, oid, pending.offset,
                                       frame.data_length, result, 0.0))
 
-    def _reapply_then_send(self, pending: Pending, header: bytes, payload: bytes) -> None:
-        """A slot write that landed on a frozen VDI: re-apply it on a worker,
-        then answer (the writer holds its inode lock until then)."""
-        assert self.workers is not None
+    def _after_slots_then_send(self, pending: Pending, header: bytes, payload: bytes) -> None:
+        """An answered slot write: re-apply it if it landed on a frozen VDI,
+        stamp the inode (views.py) on a worker, then answer (the writer holds
+        its inode lock until then)."""
         conn, frame, ticket = pending.conn, pending.frame, pending.ticket
-        workers = self.workers
+        workers = self._workers()
 
         def job() -> None:
             request = frame.request()
             response = decode_response_header(header).with_payload(payload)
             try:
-                self.guard.after(ticket, request, response)
+                self.after_slots(ticket, request, response)
             finally:
                 if pending.kept:
                     self.replay.settle_lazily(lambda: request, response.ok)
@@ -431,6 +478,25 @@ class Relay:
             self.slow(pending.conn, pending.frame)
         if self._queued:
             self._dequeue()
+
+    def _poll(self) -> None:
+        """Whether the VDIs of the LUs seen are shared now (one small read
+        each, on a worker; at most one poll at a time)."""
+        watched = self.views.watched()
+        if not watched or self._polling or self.workers is None:
+            return
+        self._polling = True
+
+        def job() -> None:
+            try:
+                for vid in watched:
+                    answer = self.handle(rq.read_obj(vid_to_vdi_oid(vid), OFFSET_EXPORT_HOSTS,
+                                                     HOSTS_VALUE.size))
+                    if answer.ok and len(answer.payload) == HOSTS_VALUE.size:
+                        self.views.polled(vid, HOSTS_VALUE.unpack(answer.payload)[0])
+            finally:
+                self._polling = False
+        self.workers.run(job)
 
     def _sweep(self) -> None:
         now = time.monotonic()
