@@ -22,17 +22,19 @@ coherence.py checks first that they replace no object); writes while a
 replay runs; and, on the pool, any relayed request that needs the
 Forwarder's judgment: its connection failed (every fast op is safe to
 repeat, on another node), the node answered a node-state refusal or a
-transient result, or NO_OBJ while the cluster may be recovering.  A slot
-write that must be re-applied to a newer working VDI is answered from the
-pool after the re-apply.
+transient result, or NO_OBJ while the cluster may be recovering.  An
+answered inode slot write is answered from the pool once it is re-applied
+(if it landed on a frozen VDI) and the inode stamped (views.py); a read by
+the LU of a VDI two hosts export is checked there first (views.py); the
+lookups and locks of VDIs tell views.py which VDI a connection's LU reads.
 
 The node the fast path uses is the healthiest of the client's Cluster, once
 the cluster's identity check passed on it (client/identity.py, run on a
 worker); a node that fails is marked in the Cluster and the next healthiest
-is taken.  At most ``max_upstreams`` upstream connections exist; a request
-that finds none free takes the blocking path.  The sweep fails upstreams
-that do not connect within ``connect_timeout`` or answer within
-``request_timeout``.
+is taken.  Which upstream a client uses is pairing.py's; when all
+``max_upstreams`` are busy, requests wait in order for one.  The sweep
+unpairs clients quiet for a while and fails upstreams that do not connect
+within ``connect_timeout`` or answer within ``request_timeout``.
 
 Runs on the loop thread, apart from what the workers run; the guard, the
 replay, the stats and the Cluster have their own locks.
@@ -58,6 +60,7 @@ from sheepdog_backend.exception import (
     registered_codes,
 )
 from sheepdog_backend.gateway.forward import NODE_STATE_RESULTS, RECOVERY_NO_OBJ_OPS, Forwarder
+from sheepdog_backend.gateway.pairing import PAIR_IDLE, Pairs
 from sheepdog_backend.gateway.replay import RecoveryReplay
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, slot_values_at
 from sheepdog_backend.gateway.stats import IoStats, RequestTrace, TraceEntry
@@ -87,8 +90,6 @@ _RECOVERY_OPS = frozenset(int(op) for op in RECOVERY_NO_OBJ_OPS)
 _NODE_STATE = frozenset(int(code) for code in NODE_STATE_RESULTS)
 _LOOKUPS = frozenset({int(Opcode.LOCK_VDI), int(Opcode.GET_VDI_INFO)})
 DEFAULT_MAX_UPSTREAMS = 2048
-MAX_IDLE = 256  # idle upstream connections kept per node
-PAIR_IDLE = 2.0  # seconds a quiet client keeps its upstream
 POLL = 1.0  # seconds between looks at whether the LUs' VDIs are shared
 _INVALIDATED = int(Result.INODE_INVALIDATED)
 TICK = 0.5
@@ -126,19 +127,14 @@ class Relay:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_payload = max_payload
-        self.max_upstreams = max_upstreams
         self.workers: Workers | None = None
         self.node: Address | None = None  # the healthiest node
         self.fast_node: Address | None = None  # the node, once its identity was checked
         self._verified: set[Address] = set()
         self._verifying: dict[Address, float] = {}  # address -> when the check began
-        self._idle: dict[Address, list[Upstream]] = {}
-        self._all: set[Upstream] = set()
+        self.pairs = Pairs(max_upstreams)  # pairing.py: which upstream each client uses
         # Requests waiting for an upstream while max_upstreams are in use.
         self._queued: deque[tuple[Downstream, Frame]] = deque()
-        # Clients paired with an upstream that has nothing of theirs in flight
-        # (oldest first): where an upstream is taken from at max_upstreams.
-        self._quiet: dict[Downstream, None] = {}
         self._epoch = 0  # the highest epoch the Forwarder was told of
         self.fast = 0  # requests relayed on the loop
         self.slow_count = 0  # requests that took the blocking path
@@ -162,15 +158,11 @@ class Relay:
 
     def close(self) -> None:
         """Close every upstream (loop thread)."""
-        for up in list(self._all):
-            up.close()
-        self._all.clear()
-        self._idle.clear()
+        self.pairs.close()
 
     def stats(self) -> dict[str, int]:
         return {"fast_requests": self.fast, "slow_requests": self.slow_count,
-                "upstreams": len(self._all),
-                "idle_upstreams": sum(len(v) for v in self._idle.values())}
+                **self.pairs.stats()}
 
     # -- the node -----------------------------------------------------------------------
 
@@ -222,7 +214,7 @@ class Relay:
                 and not conn.peer_inflight:
             self._give_back(conn)  # the node changed: pair with one of the new node
             up = None
-        if up is None and (self._queued or not self._can_lend(node)):
+        if up is None and (self._queued or not self.pairs.can_lend(node)):
             self._queued.append((conn, frame))  # an upstream frees up soon
             return
         self._relay(conn, frame, node)
@@ -262,18 +254,20 @@ class Relay:
                 return
         up = conn.peer
         if up is None:
-            up = self._lend(conn, node)
+            try:
+                up = self.pairs.lend(conn, node, self._connect)
+            except OSError as exc:
+                self.cluster.mark_failed(node, TransportError(f"cannot connect: {exc}"))
+                self._pick_node()
             if up is None:
                 self._unkeep(kept)
                 self.slow(conn, frame)
                 return
-        if not conn.peer_inflight:
-            self._quiet.pop(conn, None)
-        conn.peer_inflight += 1
+        self.pairs.busy(conn)
         if not up.send(Pending(conn, frame, ticket, kept, time.monotonic(), oid, offset)):
             conn.peer_inflight -= 1  # the client reused an id still in flight
             if not conn.peer_inflight and conn.peer is up:
-                self._quiet[conn] = None
+                self.pairs.quiet(conn)
             self._unkeep(kept)
             self.slow(conn, frame)
             return
@@ -308,18 +302,10 @@ class Relay:
 
     # -- upstream connections ----------------------------------------------------------------
 
-    def _can_lend(self, node: Address) -> bool:
-        return (len(self._all) < self.max_upstreams or bool(self._idle.get(node))
-                or self._stealable() is not None)
-
-    def _stealable(self) -> Downstream | None:
-        """The client that has been quiet longest with a paired upstream."""
-        return next(iter(self._quiet), None)
-
     def _dequeue(self) -> None:
         """Requests that waited for an upstream, now that one is free."""
         queued = self._queued
-        while queued and (self.fast_node is None or self._can_lend(self.fast_node)):
+        while queued and (self.fast_node is None or self.pairs.can_lend(self.fast_node)):
             conn, frame = queued.popleft()
             if conn.closed:
                 conn.send(b"", b"", frame.cost)  # gives its cost back
@@ -328,52 +314,11 @@ class Relay:
             else:
                 self._relay(conn, frame, self.fast_node)
 
-    def _lend(self, conn: Downstream, node: Address) -> Upstream | None:
-        """Pair ``conn`` with an upstream to ``node``: an idle one, a new one,
-        or, when max_upstreams are open, one paired with a client that has
-        nothing in flight.  The pair lasts while the client keeps it busy."""
-        idle = self._idle.get(node)
-        up = None
-        while idle:
-            candidate = idle.pop()
-            if not candidate.closed:
-                up = candidate
-                break
-        if up is None and len(self._all) >= self.max_upstreams:
-            owner = self._stealable()
-            if owner is not None:
-                up = owner.peer
-                owner.peer = None
-                del self._quiet[owner]
-        if up is None:
-            if len(self._all) >= self.max_upstreams:
-                return None
-            try:
-                up = Upstream(self, node, time.monotonic())
-            except OSError as exc:
-                self.cluster.mark_failed(node, TransportError(f"cannot connect: {exc}"))
-                self._pick_node()
-                return None
-            self._all.add(up)
-        up.owner = conn
-        conn.peer = up
-        return up
+    def _connect(self, node: Address) -> Upstream:
+        return Upstream(self, node, time.monotonic())
 
     def _give_back(self, conn: Downstream) -> None:
-        """Unpair ``conn`` (nothing in flight): its upstream goes idle, or is
-        closed when enough are idle or it leads to another node."""
-        up = conn.peer
-        conn.peer = None
-        self._quiet.pop(conn, None)
-        if up is None or up.closed:
-            return
-        up.owner = None
-        idle = self._idle.setdefault(up.address, [])
-        if up.address != self.node or len(idle) >= MAX_IDLE or up.out or up.waiting:
-            up.close()
-            self._all.discard(up)
-        else:
-            idle.append(up)
+        self.pairs.give_back(conn, self.node)
         if self._queued:
             self._dequeue()
 
@@ -392,7 +337,7 @@ class Relay:
             if self._queued or conn.closed:
                 self._give_back(conn)  # others wait for an upstream (or its client left)
             else:
-                self._quiet[conn] = None
+                self.pairs.quiet(conn)
         if epoch > self._epoch:
             self._epoch = epoch
             self.forwarder.note_epoch(epoch)
@@ -455,10 +400,7 @@ class Relay:
         workers.run(job)
 
     def failed(self, up: Upstream, reason: str, pendings: list[Pending], sent: bool) -> None:
-        self._all.discard(up)
-        idle = self._idle.get(up.address)
-        if idle and up in idle:
-            idle.remove(up)
+        self.pairs.forget(up)
         if pendings or not up.connected:  # the node may be gone
             LOG.warning("gateway: connection to %s failed (%s); %d request(s) go to the "
                         "failover path", up.address, reason, len(pendings))
@@ -467,12 +409,6 @@ class Relay:
                 self._pick_node()
         if sent:
             self.forwarder.note_change()  # a node failed under our requests
-        owner = up.owner
-        if owner is not None and owner.peer is up:
-            owner.peer = None
-            owner.peer_inflight = 0
-            self._quiet.pop(owner, None)
-        up.owner = None
         for pending in pendings:
             self._unkeep(pending.kept)
             self.slow(pending.conn, pending.frame)
@@ -500,7 +436,7 @@ class Relay:
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for up in list(self._all):
+        for up in self.pairs:
             owner = up.owner
             if owner is not None and owner.peer is up and not owner.peer_inflight \
                     and now - owner.last_recv >= PAIR_IDLE:
