@@ -42,6 +42,7 @@ from types import TracebackType
 from typing import Any
 
 from sheepdog_backend.client import RetryPolicy, SheepdogClient
+from sheepdog_backend.client import requests as rq
 from sheepdog_backend.engine import engine as wire
 from sheepdog_backend.engine.engine import Engine
 from sheepdog_backend.engine.workers import Workers
@@ -58,10 +59,17 @@ from sheepdog_backend.gateway.replay import (
 )
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, snapshot_base
 from sheepdog_backend.gateway.stats import IoStats, RequestTrace
-from sheepdog_backend.protocol.constants import Opcode
+from sheepdog_backend.gateway.views import LuViews, new_stamp
+from sheepdog_backend.protocol.constants import Opcode, Result
 from sheepdog_backend.protocol.framing import DEFAULT_MAX_PAYLOAD
-from sheepdog_backend.protocol.header import ObjRequest, Request, Response
-from sheepdog_backend.protocol.oid import is_data_obj
+from sheepdog_backend.protocol.header import ObjRequest, Request, Response, result_response
+from sheepdog_backend.protocol.inode import (
+    FRESHNESS_LENGTH,
+    OFFSET_FRESHNESS,
+    OFFSET_STAMP,
+    STAMP_VALUE,
+)
+from sheepdog_backend.protocol.oid import is_data_obj, vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import NodeId
 
 LOG = logging.getLogger(__name__)
@@ -143,6 +151,7 @@ class Gateway:
                                      budget=replay_budget, settle_timeout=settle_timeout)
         self.forwarder.on_change = self.replay.open
         self.coherence = CoherentCreates(self.forwarder.forward, wait_timeout=gate_timeout)
+        self.views = LuViews()
         self._watcher = ReplayWatcher(self.replay)
         self.io = IoStats()
         self.trace = RequestTrace(trace) if trace else None  # the last ``trace`` requests
@@ -186,7 +195,7 @@ class Gateway:
             if sent is not request:  # a create written as a write: answer the create
                 response = dataclasses.replace(response, opcode=request.opcode)
         if ticket is not None:
-            response = self.guard.after(ticket, request, response)
+            response = self.after_slots(ticket, request, response)
         self._state.epoch = response.epoch or self._state.epoch
         base = snapshot_base(request)
         end, waited = time.monotonic(), ticket.waited if ticket is not None else 0.0
@@ -194,6 +203,39 @@ class Gateway:
         if self.trace is not None:
             self.trace.record(request, response, start, end, waited)
         return response
+
+    def after_slots(self, ticket: Ticket, request: Request, response: Response) -> Response:
+        """The guard's ``after``; an answered slot write also stamps the inode
+        (views.py), once re-applied, before the writer hears of it."""
+        response = self.guard.after(ticket, request, response)
+        if ticket.kind == "slots" and response.ok:
+            self.stamp(ticket.vid)
+            working = self.guard.working(ticket.vid)
+            if working != ticket.vid:
+                self.stamp(working)
+        return response
+
+    def stamp(self, vid: int) -> None:
+        """A new coherence stamp in ``vid``'s inode: LUs of other hosts reload."""
+        stamp = new_stamp()
+        answer = self.forwarder.forward(rq.write_obj(vid_to_vdi_oid(vid), OFFSET_STAMP,
+                                                     STAMP_VALUE.pack(stamp)))
+        if answer.ok:
+            self.views.stamped(vid, stamp)
+        elif answer.result != Result.READONLY:  # READONLY: snapshotted, frozen
+            LOG.warning("gateway: cannot stamp the inode of vdi %x (result %#x): a LU on "
+                        "another host may read from a stale inode", vid, answer.result)
+
+    def check_read(self, lu: int, request: Request) -> Response:
+        """A read by the LU of shared VDI ``lu``: INODE_INVALIDATED when the
+        inode changed since the LU loaded it (tgt reloads and reads again),
+        else the read."""
+        fresh = self.forwarder.forward(rq.read_obj(vid_to_vdi_oid(lu), OFFSET_FRESHNESS,
+                                                   FRESHNESS_LENGTH))
+        if fresh.ok and len(fresh.payload) == FRESHNESS_LENGTH \
+                and not self.views.fresh(lu, fresh.payload):
+            return result_response(request, int(Result.INODE_INVALIDATED))
+        return self.handle(request)
 
     # -- service ----------------------------------------------------------------
 
@@ -223,6 +265,8 @@ class Gateway:
             _clear_stale_socket(self.unix_path)
         relay = Relay(cluster=self.client.cluster, forwarder=self.forwarder, guard=self.guard,
                       replay=self.replay, io=self.io, trace=self.trace, handle=self.handle,
+                      views=self.views, after_slots=self.after_slots,
+                      check_read=self.check_read,
                       connect_timeout=self.connect_timeout,
                       request_timeout=self.request_timeout, max_payload=self.max_payload,
                       max_upstreams=self.max_upstreams)
@@ -278,6 +322,8 @@ class Gateway:
                 "refused_writes": self.guard.refused,
                 "recovery_retries": self.forwarder.recovery_retries,
                 "create_probes": self.coherence.probes,
+                "lu_reloads": self.views.reloads,
+                "shared_vdis": self.views.shared,
                 "creates_as_writes": self.coherence.as_writes,
                 "recovery_replays": self.replay.replays,
                 "replayed_writes": self.replay.replayed,

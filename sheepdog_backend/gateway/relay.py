@@ -22,17 +22,19 @@ coherence.py checks first that they replace no object); writes while a
 replay runs; and, on the pool, any relayed request that needs the
 Forwarder's judgment: its connection failed (every fast op is safe to
 repeat, on another node), the node answered a node-state refusal or a
-transient result, or NO_OBJ while the cluster may be recovering.  A slot
-write that must be re-applied to a newer working VDI is answered from the
-pool after the re-apply.
+transient result, or NO_OBJ while the cluster may be recovering.  An
+answered inode slot write is answered from the pool once it is re-applied
+(if it landed on a frozen VDI) and the inode stamped (views.py); a read by
+the LU of a VDI two hosts export is checked there first (views.py); the
+lookups and locks of VDIs tell views.py which VDI a connection's LU reads.
 
 The node the fast path uses is the healthiest of the client's Cluster, once
 the cluster's identity check passed on it (client/identity.py, run on a
 worker); a node that fails is marked in the Cluster and the next healthiest
-is taken.  At most ``max_upstreams`` upstream connections exist; a request
-that finds none free takes the blocking path.  The sweep fails upstreams
-that do not connect within ``connect_timeout`` or answer within
-``request_timeout``.
+is taken.  Which upstream a client uses is pairing.py's; when all
+``max_upstreams`` are busy, requests wait in order for one.  The sweep
+unpairs clients quiet for a while and fails upstreams that do not connect
+within ``connect_timeout`` or answer within ``request_timeout``.
 
 Runs on the loop thread, apart from what the workers run; the guard, the
 replay, the stats and the Cluster have their own locks.
@@ -45,6 +47,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.transport import Address
 from sheepdog_backend.engine.conn import Downstream, Frame
@@ -57,13 +60,21 @@ from sheepdog_backend.exception import (
     registered_codes,
 )
 from sheepdog_backend.gateway.forward import NODE_STATE_RESULTS, RECOVERY_NO_OBJ_OPS, Forwarder
+from sheepdog_backend.gateway.pairing import PAIR_IDLE, Pairs
 from sheepdog_backend.gateway.replay import RecoveryReplay
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, slot_values_at
 from sheepdog_backend.gateway.stats import IoStats, RequestTrace, TraceEntry
 from sheepdog_backend.gateway.upstream import Pending, Upstream
-from sheepdog_backend.protocol.constants import Opcode, Result
-from sheepdog_backend.protocol.header import Request, Response, decode_response_header
-from sheepdog_backend.protocol.oid import is_data_obj, oid_to_vid
+from sheepdog_backend.gateway.views import RELOAD, LuViews
+from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Opcode, Result
+from sheepdog_backend.protocol.header import (
+    Request,
+    Response,
+    VdiResponse,
+    decode_response_header,
+)
+from sheepdog_backend.protocol.inode import HOSTS_VALUE, OFFSET_EXPORT_HOSTS
+from sheepdog_backend.protocol.oid import is_data_obj, is_vdi_obj, oid_to_vid, vid_to_vdi_oid
 from sheepdog_backend.protocol.peek import object_target, result_header
 
 LOG = logging.getLogger(__name__)
@@ -77,9 +88,10 @@ _NO_OBJ = int(Result.NO_OBJ)
 _READONLY = int(Result.READONLY)
 _RECOVERY_OPS = frozenset(int(op) for op in RECOVERY_NO_OBJ_OPS)
 _NODE_STATE = frozenset(int(code) for code in NODE_STATE_RESULTS)
+_LOOKUPS = frozenset({int(Opcode.LOCK_VDI), int(Opcode.GET_VDI_INFO)})
 DEFAULT_MAX_UPSTREAMS = 2048
-MAX_IDLE = 256  # idle upstream connections kept per node
-PAIR_IDLE = 2.0  # seconds a quiet client keeps its upstream
+POLL = 1.0  # seconds between looks at whether the LUs' VDIs are shared
+_INVALIDATED = int(Result.INODE_INVALIDATED)
 TICK = 0.5
 
 
@@ -87,12 +99,19 @@ def _unused() -> Request:  # settle_lazily's builder when nothing is kept
     raise AssertionError("a write that failed is never kept")
 
 
+def _inode_load(oid: int, offset: int, frame: Frame) -> bool:
+    """Whether a READ_OBJ is a LU loading an inode (its whole header, at least)."""
+    return is_vdi_obj(oid) and offset == 0 and frame.data_length >= SD_INODE_INDEX_OFFSET
+
+
 class Relay:
     loop: EventLoop  # the engine's, from attach()
 
     def __init__(self, *, cluster: Cluster, forwarder: Forwarder, guard: SnapshotGuard,
                  replay: RecoveryReplay, io: IoStats, trace: RequestTrace | None,
-                 handle: Callable[[Request], Response], connect_timeout: float,
+                 handle: Callable[[Request], Response], views: LuViews,
+                 after_slots: Callable[[Ticket, Request, Response], Response],
+                 check_read: Callable[[int, Request], Response], connect_timeout: float,
                  request_timeout: float, max_payload: int,
                  max_upstreams: int = DEFAULT_MAX_UPSTREAMS) -> None:
         self.cluster = cluster
@@ -102,25 +121,24 @@ class Relay:
         self.io = io
         self.trace = trace
         self.handle = handle
+        self.views = views
+        self.after_slots = after_slots  # the guard's after, then the stamp (blocking)
+        self.check_read = check_read  # a read of a shared VDI's LU, checked (blocking)
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_payload = max_payload
-        self.max_upstreams = max_upstreams
         self.workers: Workers | None = None
         self.node: Address | None = None  # the healthiest node
         self.fast_node: Address | None = None  # the node, once its identity was checked
         self._verified: set[Address] = set()
         self._verifying: dict[Address, float] = {}  # address -> when the check began
-        self._idle: dict[Address, list[Upstream]] = {}
-        self._all: set[Upstream] = set()
+        self.pairs = Pairs(max_upstreams)  # pairing.py: which upstream each client uses
         # Requests waiting for an upstream while max_upstreams are in use.
         self._queued: deque[tuple[Downstream, Frame]] = deque()
-        # Clients paired with an upstream that has nothing of theirs in flight
-        # (oldest first): where an upstream is taken from at max_upstreams.
-        self._quiet: dict[Downstream, None] = {}
         self._epoch = 0  # the highest epoch the Forwarder was told of
         self.fast = 0  # requests relayed on the loop
         self.slow_count = 0  # requests that took the blocking path
+        self._polling = False  # a poll of the views' sharing runs on a worker
 
     # -- wiring (the gateway's start and stop) --------------------------------------
 
@@ -128,6 +146,7 @@ class Relay:
         self.loop = loop
         self.workers = workers
         loop.every(TICK, self._sweep)
+        loop.every(POLL, self._poll)
 
     def choose_node(self) -> None:
         """Take the healthiest node and check its identity (now, blocking:
@@ -139,15 +158,11 @@ class Relay:
 
     def close(self) -> None:
         """Close every upstream (loop thread)."""
-        for up in list(self._all):
-            up.close()
-        self._all.clear()
-        self._idle.clear()
+        self.pairs.close()
 
     def stats(self) -> dict[str, int]:
         return {"fast_requests": self.fast, "slow_requests": self.slow_count,
-                "upstreams": len(self._all),
-                "idle_upstreams": sum(len(v) for v in self._idle.values())}
+                **self.pairs.stats()}
 
     # -- the node -----------------------------------------------------------------------
 
@@ -199,7 +214,7 @@ class Relay:
                 and not conn.peer_inflight:
             self._give_back(conn)  # the node changed: pair with one of the new node
             up = None
-        if up is None and (self._queued or not self._can_lend(node)):
+        if up is None and (self._queued or not self.pairs.can_lend(node)):
             self._queued.append((conn, frame))  # an upstream frees up soon
             return
         self._relay(conn, frame, node)
@@ -228,20 +243,31 @@ class Relay:
                 slots = slot_values_at(oid, offset, frame.payload)
                 if slots is not None:
                     ticket = Ticket("slots", oid_to_vid(oid), first=slots[0], values=slots[1])
+        elif op == _READ and self.views.shared and not _inode_load(oid, offset, frame):
+            plan = self.views.plan(conn, oid_to_vid(oid))  # views.py: coherent reads
+            if plan is not None:
+                kind, lu = plan
+                if kind == RELOAD:
+                    self._local(conn, frame, _INVALIDATED, oid_to_vid(oid))
+                else:
+                    self._workers().submit(conn, frame, lambda r: self.check_read(lu, r), False)
+                return
         up = conn.peer
         if up is None:
-            up = self._lend(conn, node)
+            try:
+                up = self.pairs.lend(conn, node, self._connect)
+            except OSError as exc:
+                self.cluster.mark_failed(node, TransportError(f"cannot connect: {exc}"))
+                self._pick_node()
             if up is None:
                 self._unkeep(kept)
                 self.slow(conn, frame)
                 return
-        if not conn.peer_inflight:
-            self._quiet.pop(conn, None)
-        conn.peer_inflight += 1
+        self.pairs.busy(conn)
         if not up.send(Pending(conn, frame, ticket, kept, time.monotonic(), oid, offset)):
             conn.peer_inflight -= 1  # the client reused an id still in flight
             if not conn.peer_inflight and conn.peer is up:
-                self._quiet[conn] = None
+                self.pairs.quiet(conn)
             self._unkeep(kept)
             self.slow(conn, frame)
             return
@@ -251,31 +277,35 @@ class Relay:
         if kept:
             self.replay.settle_lazily(_unused, False)
 
+    def _workers(self) -> Workers:
+        assert self.workers is not None, "the relay is not attached"
+        return self.workers
+
     def _local(self, conn: Downstream, frame: Frame, result: int, vid: int) -> None:
-        """Answer without the cluster (the guard's READONLY)."""
+        """Answer without the cluster (the guard's READONLY, a LU's reload)."""
         self.io.count_op(vid, frame.opcode, False, True, 0, len(frame.payload), 0.0)
         conn.send(result_header(frame.opcode, frame.id, result), b"", frame.cost)
 
     def slow(self, conn: Downstream, frame: Frame) -> None:
-        """The blocking path: the gateway's ``handle`` on a worker."""
-        assert self.workers is not None
+        """The blocking path: the gateway's ``handle`` on a worker (a VDI
+        lookup or lock there also tells which VDI the connection's LU reads)."""
         self.slow_count += 1
-        self.workers.submit(conn, frame, self.handle, frame.opcode not in IO_OPS)
+        serial = frame.opcode not in IO_OPS
+        handle = self.handle
+        if frame.opcode in _LOOKUPS:
+            def handle(request: Request) -> Response:
+                response = self.handle(request)
+                if response.ok and isinstance(response.body, VdiResponse):
+                    self.views.locked(conn, response.body.vdi_id)
+                return response
+        self._workers().submit(conn, frame, handle, serial)
 
     # -- upstream connections ----------------------------------------------------------------
-
-    def _can_lend(self, node: Address) -> bool:
-        return (len(self._all) < self.max_upstreams or bool(self._idle.get(node))
-                or self._stealable() is not None)
-
-    def _stealable(self) -> Downstream | None:
-        """The client that has been quiet longest with a paired upstream."""
-        return next(iter(self._quiet), None)
 
     def _dequeue(self) -> None:
         """Requests that waited for an upstream, now that one is free."""
         queued = self._queued
-        while queued and (self.fast_node is None or self._can_lend(self.fast_node)):
+        while queued and (self.fast_node is None or self.pairs.can_lend(self.fast_node)):
             conn, frame = queued.popleft()
             if conn.closed:
                 conn.send(b"", b"", frame.cost)  # gives its cost back
@@ -284,58 +314,18 @@ class Relay:
             else:
                 self._relay(conn, frame, self.fast_node)
 
-    def _lend(self, conn: Downstream, node: Address) -> Upstream | None:
-        """Pair ``conn`` with an upstream to ``node``: an idle one, a new one,
-        or, when max_upstreams are open, one paired with a client that has
-        nothing in flight.  The pair lasts while the client keeps it busy."""
-        idle = self._idle.get(node)
-        up = None
-        while idle:
-            candidate = idle.pop()
-            if not candidate.closed:
-                up = candidate
-                break
-        if up is None and len(self._all) >= self.max_upstreams:
-            owner = self._stealable()
-            if owner is not None:
-                up = owner.peer
-                owner.peer = None
-                del self._quiet[owner]
-        if up is None:
-            if len(self._all) >= self.max_upstreams:
-                return None
-            try:
-                up = Upstream(self, node, time.monotonic())
-            except OSError as exc:
-                self.cluster.mark_failed(node, TransportError(f"cannot connect: {exc}"))
-                self._pick_node()
-                return None
-            self._all.add(up)
-        up.owner = conn
-        conn.peer = up
-        return up
+    def _connect(self, node: Address) -> Upstream:
+        return Upstream(self, node, time.monotonic())
 
     def _give_back(self, conn: Downstream) -> None:
-        """Unpair ``conn`` (nothing in flight): its upstream goes idle, or is
-        closed when enough are idle or it leads to another node."""
-        up = conn.peer
-        conn.peer = None
-        self._quiet.pop(conn, None)
-        if up is None or up.closed:
-            return
-        up.owner = None
-        idle = self._idle.setdefault(up.address, [])
-        if up.address != self.node or len(idle) >= MAX_IDLE or up.out or up.waiting:
-            up.close()
-            self._all.discard(up)
-        else:
-            idle.append(up)
+        self.pairs.give_back(conn, self.node)
         if self._queued:
             self._dequeue()
 
     def on_close(self, conn: Downstream) -> None:
         if conn.peer is not None and not conn.peer_inflight:
             self._give_back(conn)
+        self.views.closed(conn)
 
     # -- answers and failures (loop thread, from upstream.py) -----------------------------------
 
@@ -347,7 +337,7 @@ class Relay:
             if self._queued or conn.closed:
                 self._give_back(conn)  # others wait for an upstream (or its client left)
             else:
-                self._quiet[conn] = None
+                self.pairs.quiet(conn)
         if epoch > self._epoch:
             self._epoch = epoch
             self.forwarder.note_epoch(epoch)
@@ -367,10 +357,12 @@ class Relay:
         ok = not result
         ticket = pending.ticket
         if ticket is not None:
-            if ok and ticket.kind == "slots" and self.guard.needs_reapply(ticket):
-                self._reapply_then_send(pending, bytes(header), bytes(payload))
+            if ok and ticket.kind == "slots":  # re-applied if need be, then stamped
+                self._after_slots_then_send(pending, bytes(header), bytes(payload))
                 return
             self.guard.after_answer(ticket, ok)
+        elif ok and op == _READ and _inode_load(pending.oid, pending.offset, frame):
+            self.views.loaded(conn, oid_to_vid(pending.oid), payload[:SD_INODE_INDEX_OFFSET])
         if pending.kept:
             self.replay.settle_lazily(frame.request, ok)
         self._account(pending, result, len(payload))
@@ -388,18 +380,18 @@ class Relay:
             self.trace.add(TraceEntry(start, end, frame.opcode, oid, pending.offset,
                                       frame.data_length, result, 0.0))
 
-    def _reapply_then_send(self, pending: Pending, header: bytes, payload: bytes) -> None:
-        """A slot write that landed on a frozen VDI: re-apply it on a worker,
-        then answer (the writer holds its inode lock until then)."""
-        assert self.workers is not None
+    def _after_slots_then_send(self, pending: Pending, header: bytes, payload: bytes) -> None:
+        """An answered slot write: re-apply it if it landed on a frozen VDI,
+        stamp the inode (views.py) on a worker, then answer (the writer holds
+        its inode lock until then)."""
         conn, frame, ticket = pending.conn, pending.frame, pending.ticket
-        workers = self.workers
+        workers = self._workers()
 
         def job() -> None:
             request = frame.request()
             response = decode_response_header(header).with_payload(payload)
             try:
-                self.guard.after(ticket, request, response)
+                self.after_slots(ticket, request, response)
             finally:
                 if pending.kept:
                     self.replay.settle_lazily(lambda: request, response.ok)
@@ -408,10 +400,7 @@ class Relay:
         workers.run(job)
 
     def failed(self, up: Upstream, reason: str, pendings: list[Pending], sent: bool) -> None:
-        self._all.discard(up)
-        idle = self._idle.get(up.address)
-        if idle and up in idle:
-            idle.remove(up)
+        self.pairs.forget(up)
         if pendings or not up.connected:  # the node may be gone
             LOG.warning("gateway: connection to %s failed (%s); %d request(s) go to the "
                         "failover path", up.address, reason, len(pendings))
@@ -420,21 +409,34 @@ class Relay:
                 self._pick_node()
         if sent:
             self.forwarder.note_change()  # a node failed under our requests
-        owner = up.owner
-        if owner is not None and owner.peer is up:
-            owner.peer = None
-            owner.peer_inflight = 0
-            self._quiet.pop(owner, None)
-        up.owner = None
         for pending in pendings:
             self._unkeep(pending.kept)
             self.slow(pending.conn, pending.frame)
         if self._queued:
             self._dequeue()
 
+    def _poll(self) -> None:
+        """Whether the VDIs of the LUs seen are shared now (one small read
+        each, on a worker; at most one poll at a time)."""
+        watched = self.views.watched()
+        if not watched or self._polling or self.workers is None:
+            return
+        self._polling = True
+
+        def job() -> None:
+            try:
+                for vid in watched:
+                    answer = self.handle(rq.read_obj(vid_to_vdi_oid(vid), OFFSET_EXPORT_HOSTS,
+                                                     HOSTS_VALUE.size))
+                    if answer.ok and len(answer.payload) == HOSTS_VALUE.size:
+                        self.views.polled(vid, HOSTS_VALUE.unpack(answer.payload)[0])
+            finally:
+                self._polling = False
+        self.workers.run(job)
+
     def _sweep(self) -> None:
         now = time.monotonic()
-        for up in list(self._all):
+        for up in self.pairs:
             owner = up.owner
             if owner is not None and owner.peer is up and not owner.peer_inflight \
                     and now - owner.last_recv >= PAIR_IDLE:

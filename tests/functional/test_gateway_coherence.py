@@ -13,6 +13,7 @@ Every acknowledged write is read back from the cluster."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ OBJ = 4 * MiB
 BLOCK = 64 * 1024
 OBJECTS = 8
 IQN = "iqn.2010-10.org.openstack:coherence-"
+_MISMATCH = re.compile(r"Pattern verification failed at offset (\d+)")
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +121,48 @@ def test_a_stale_lu_does_not_replace_copy_on_write_objects_after_a_snapshot(
         assert turned == OBJECTS
         middle = client.read("co-cow", 2 * MiB, BLOCK)  # copied from the snapshot
         assert middle == b"\x11" * BLOCK
+
+
+def _read_back(url: str, blocks: list[tuple[int, int]]) -> list[int]:
+    """The offsets whose 64 KiB do not read back as their pattern through the LU."""
+    argv = [qemu_io_path(), "-f", "raw", "-r"]
+    for off, pattern in blocks:
+        argv += ["-c", f"read -P {pattern} {off} 64k"]
+    proc = subprocess.run([*argv, url], capture_output=True, text=True, timeout=120,
+                          check=False)
+    bad = [int(m.group(1)) for m in _MISMATCH.finditer(proc.stdout + proc.stderr)]
+    assert bad or (proc.returncode == 0 and proc.stdout.count("read ") == len(blocks)), \
+        proc.stdout + proc.stderr
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["new-objects", "clone", "snapshot"])
+def test_a_lu_of_a_shared_volume_reads_what_the_other_host_wrote_since_it_opened(
+        sheep: SheepCluster, tgtd: TgtDaemon, kind: str) -> None:
+    """B, the destination of a live migration, opened before A's last writes:
+    it must read them, not zeros (objects A allocated since), not the parent's
+    bytes (objects A copied from a snapshot since), not the old objects (a
+    snapshot since)."""
+    name = f"rd-{kind}"
+    with SheepdogClient(sheep.gateways) as client:
+        if kind == "clone":
+            client.create_vdi("rd-base", 64 * MiB)
+            client.write("rd-base", 0, b"\x33" * (OBJECTS * OBJ))
+            client.snapshot_vdi("rd-base", "image")
+            client.clone_vdi("rd-base", "image", name)
+        else:
+            client.create_vdi(name, 64 * MiB)
+        if kind == "snapshot":
+            client.write(name, 0, b"\x44" * (OBJECTS * OBJ))
+        client.set_export_hosts(name, 2)  # as the export layer does for a second host
+        for url_a, url_b, gw_b in _two_lus(sheep, tgtd, name):
+            assert _read_back(url_b, [(0, 0x44 if kind == "snapshot" else
+                                       0x33 if kind == "clone" else 0)]) == []
+            if kind == "snapshot":
+                client.snapshot_vdi(name, "since")
+            _write(url_a, *(f"write -P {p} {off} 64k" for off, p in _blocks("A")))
+            stale = _read_back(url_b, _blocks("A"))
+            reloads = gw_b.stats()["lu_reloads"]
+        assert stale == [], f"{len(stale)} of {OBJECTS} blocks read stale through B's LU"
+        assert _lost(client, name, _blocks("A")) == []
+        assert reloads >= 1
