@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sheepdog_backend.client import SheepdogClient
-from sheepdog_backend.export import TgtTargets, Tgtadm
+from sheepdog_backend.export import Tgtadm, TgtTargets
 from sheepdog_backend.export.hosts import ack, registration
 from tests.realsheep import free_port, wait_port
 from tests.tgtd import TgtDaemon
@@ -89,7 +89,7 @@ class ComputeHost:
                 "--port", str(self.gateway_port)]
         for node in self.cluster:
             argv += ["--cluster", node]
-        log = open(self.dir / "gateway.log", "ab")  # noqa: SIM115
+        log = open(self.dir / "gateway.log", "ab")
         self.gateway_proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_port(self.address, self.gateway_port, timeout=20)
@@ -100,7 +100,7 @@ class ComputeHost:
         argv = [sys.executable, "-m", "sheepdog_backend", "--config-file",
                 str(self._config()), "agent", "--host", self.name, "--portal", self.portal,
                 "--gateway", self.gateway, "--poll-interval", "0.1", "--check-interval", "1"]
-        log = open(self.dir / f"agent.{self._agent_runs}.log", "ab")  # noqa: SIM115
+        log = open(self.dir / f"agent.{self._agent_runs}.log", "ab")
         self.agent_proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         pid = self.agent_proc.pid

@@ -84,7 +84,21 @@ class LocalExports:
 
     def _publish(self, before: ExportRecord, after: ExportRecord | None) -> dict[str, int]:
         """Write ``after`` (None: delete the record) and the index of every host
-        whose part changed; the new index generation per host."""
+        whose part changed; the new index generation per host.
+
+        The VDI's inode also says how many hosts export it (the gateways check
+        the reads of a VDI two hosts export: gateway/views.py): raised before
+        a new host's agent can open its LU, and kept at its highest while the
+        record lives.  Lowering it when the source of a live migration leaves
+        would let the destination's gateway stop checking its LU while that
+        LU's inode is still the one it loaded before the source's last writes
+        (an idle guest then reads zeros where the source wrote: tried); it is
+        cleared with the record.
+        """
+        count_before = len(before.hosts or {})
+        count_after = len(after.hosts or {}) if after is not None else 0
+        if count_after > count_before:
+            self.client.set_export_hosts(before.vdi, count_after)
         if after is None:
             self.client.delete_attr(before.vdi, RECORD_KEY)
         else:
@@ -96,6 +110,11 @@ class LocalExports:
             if old != new:
                 gens[host] = hosts.update_index(self.client, host, before.vdi,
                                                 new.stamp if new is not None else None)
+        if after is None and count_before > 1:
+            try:
+                self.client.set_export_hosts(before.vdi, 0)
+            except NoVdi:  # deleted meanwhile: nobody reads it any more
+                pass
         return gens
 
     # -- attach ----------------------------------------------------------------

@@ -32,6 +32,7 @@ from sheepdog_backend.exception import (
 )
 from sheepdog_backend.export import clusterlock, hosts
 from sheepdog_backend.export.manager import read_record
+from sheepdog_backend.gateway.relay import POLL
 from tests.compute_hosts import ComputeHost, backend_values, wait_for
 from tests.iscsi_tools import QemuSession, qemu_io, qemu_io_path
 from tests.realsheep import SheepCluster, require
@@ -185,8 +186,9 @@ def _blocks(first: int, count: int, at: int, base: int) -> list[tuple[int, int]]
 def test_live_migration_from_host_2_to_host_3_loses_nothing(site: Site) -> None:
     """Nova's flow: attach on the destination, the source writes (into objects
     the destination later writes too, and into objects only the source
-    writes), the destination writes, the source is detached; the destination
-    reads every acknowledged write through its own LU, as the guest would."""
+    writes), the destination writes, the source is detached; the destination,
+    idle meanwhile, reads every acknowledged write through its own LU, as the
+    guest would, and through a fresh login."""
     vol = site.volume("loc-migrate")
     src_info = site.driver.initialize_connection(vol, connector("compute-2"))
     src = QemuSession(src_info, initiator=iqn("compute-2"))
@@ -208,6 +210,7 @@ def test_live_migration_from_host_2_to_host_3_loses_nothing(site: Site) -> None:
         iqn_ = dst_info["data"]["target_iqn"]
         wait_for("host 2's target removed", lambda: iqn_ not in site.h2.iqns())
         assert iqn_ in site.h3.iqns()
+        time.sleep(POLL * 1.5)  # an idle guest: its gateway looked at the VDI again
         every = [(0, 1), *shared, *theirs, *only_src]
         for off, p in every:  # the truth on the cluster
             assert site.client.read("loc-migrate", off, BLOCK) == bytes([p]) * BLOCK, off
@@ -240,7 +243,7 @@ def test_concurrent_attaches_and_detaches_from_two_clients_count_right(site: Sit
         def run(drv: SheepdogDriver, conn: Connector) -> None:
             try:
                 call(drv, conn)
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:
                 errors.append(exc)
         threads = [threading.Thread(target=run, args=pair) for pair in plan]
         for thread in threads:
