@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "(through a temporary clone)")
     p.add_argument("--initiator", metavar="IQN", help="allow only this initiator "
                    "(repeat the command to add more); default: any initiator with CHAP")
+    p.add_argument("--host", metavar="NAME", default="cli", help="sheepdog_export_mode = "
+                   "local: the compute host whose agent makes the target")
     p = add("delete", "end one attachment of a volume's export (the target goes with "
             "the last), or the whole export with --all", _delete,
             {"name": "volume", "snapshot": "tag"})
@@ -54,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "(default: one made without --initiator, or the only one)")
     p.add_argument("--all", action="store_true", help="remove the export whatever "
                    "attachments it still has (hosts still logged in lose the disk)")
+    p.add_argument("--host", metavar="NAME", default=None, help="sheepdog_export_mode = "
+                   "local: the compute host of the attachment (default: the only host "
+                   "that has one that fits)")
     add("list", "list recorded exports and whether tgtd serves them", _list)
     p = add("check", "check one export: target present, gateway alive", _check,
             {"name": "volume"})
@@ -87,7 +92,7 @@ def _volume(name: str) -> Volume:
 
 def _create(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
-    connector = Connector(host="cli", initiator=args.initiator)
+    connector = Connector(host=args.host, initiator=args.initiator)
     if args.snapshot:
         snap = Snapshot(id=args.snapshot, volume=_volume(args.name), name=args.snapshot)
         info = attach.initialize_connection_snapshot(drv.core, snap, connector)
@@ -98,6 +103,8 @@ def _create(driver: VolumeDriver, args: argparse.Namespace) -> Result:
 
 def _delete(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
+    if attach.is_local(drv.core):
+        return _delete_local(attach.local_exports(drv.core), args)
     mgr = attach.manager(drv.core)
     what = f"{args.name}@{args.snapshot}" if args.snapshot else args.name
     if args.all:
@@ -121,9 +128,36 @@ def _delete(driver: VolumeDriver, args: argparse.Namespace) -> Result:
         message = (f"nothing changed: {what} has no attachment of {who} "
                    f"({done.remaining} remain); name one with --initiator, or remove "
                    "the whole export with --all")
+    return _deleted(message, done)
+
+
+def _deleted(message: str, done: Any) -> Result:
     return Result(message=message, data={
         "message": message, "removed": done.target_removed, "exported": done.exported,
         "ended": done.ended, "remaining": done.remaining})
+
+
+def _delete_local(local: Any, args: argparse.Namespace) -> Result:
+    """``export delete`` in the local export mode: the record changes, each
+    host's agent follows."""
+    from sheepdog_backend.export import snapshot_clone_name
+
+    vdi = snapshot_clone_name(args.name, args.snapshot) if args.snapshot else args.name
+    if args.all:
+        gone = local.unexport(vdi)
+        message = f"export of {vdi} removed" if gone else f"{vdi} was not exported"
+        return Result(message=message, data={"message": message, "removed": gone})
+    done = local.detach(vdi, args.host, args.initiator)
+    if not done.exported:
+        message = f"{vdi} was not exported"
+    elif done.ended is None:
+        message = (f"nothing changed: no single attachment of {vdi} fits; name it with "
+                   "--host and --initiator, or remove the whole export with --all")
+    else:
+        message = (f"one attachment of {vdi} ended; {done.remaining} remain"
+                   + ("" if done.remaining else " (the record is gone; the agents drop "
+                      "their targets)"))
+    return _deleted(message, done)
 
 
 def _list(driver: VolumeDriver, args: argparse.Namespace) -> Result:

@@ -316,3 +316,25 @@ def test_the_agent_refuses_a_gateway_tgt_cannot_use(site: Site, tmp_path: Path) 
     assert proc.returncode != 0 and "9999" in proc.stderr, proc.stderr
     with pytest.raises(ExportHostUnknown):
         hosts.registration(site.client, "compute-7")
+
+
+def test_the_cli_exports_on_a_compute_host(site: Site, tmp_path: Path) -> None:
+    site.volume("loc-cli")
+    conf = tmp_path / "cli.conf"
+    conf.write_text("[DEFAULT]\nenabled_backends = sd\n\n[sd]\nsheepdog_gateways = "
+                    + ",".join(site.sheep.gateways) + "\nsheepdog_export_mode = local\n"
+                    "sheepdog_export_chap_key = test-key-not-secret\n")
+
+    def cli(*args: str) -> dict[str, Any]:
+        proc = subprocess.run([sys.executable, "-m", "sheepdog_backend", "--config-file",
+                               str(conf), "--json", "export", *args], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return dict(json.loads(proc.stdout))
+
+    info = cli("create", "loc-cli", "--host", "compute-3", "--initiator", iqn("compute-3"))
+    assert portal_of(info) == site.h3.portal
+    assert _acl(site.h3, info["data"]["target_iqn"]) == (iqn("compute-3"),)
+    done = cli("delete", "loc-cli", "--host", "compute-3", "--initiator", iqn("compute-3"))
+    assert done["removed"] is True and read_record(site.client, "loc-cli") is None
+    wait_for("host 3's target removed", lambda: info["data"]["target_iqn"] not in site.h3.iqns())
