@@ -19,6 +19,7 @@ import sys
 import threading
 from types import FrameType
 
+from sheepdog_backend.cli.common import memory_size, positive_int
 from sheepdog_backend.engine.engine import DEFAULT_MAX_CONNECTIONS, DEFAULT_MEMORY_BUDGET
 from sheepdog_backend.exception import SheepdogError
 
@@ -45,12 +46,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="MiB of writes kept during a cluster recovery to send again "
                         "once it is done (sheep 1.0 can lose them on one copy); past it "
                         "writes wait for the recovery; 0 turns this off (default 256)")
-    parser.add_argument("--max-connections", type=_positive, default=None, metavar="N",
-                        help="client connections served at once (default 16384; tgt opens "
-                        "up to 17 per LU); more are closed at once and logged")
-    parser.add_argument("--memory-budget", type=_mib_positive, default=None, metavar="MIB",
-                        help="MiB held at most for requests and replies in flight, all "
-                        "clients together (default 256)")
+    parser.add_argument("--max-connections", type=lambda t: positive_int(t, "max-connections"),
+                        default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help="client connections served at once (default "
+                        f"{DEFAULT_MAX_CONNECTIONS}; tgt opens up to 17 per LU); more are "
+                        "closed at once and logged")
+    parser.add_argument("--memory-budget", type=memory_size, default=DEFAULT_MEMORY_BUDGET,
+                        metavar="SIZE", help="bytes held at most for requests and replies "
+                        "in flight, all clients together (default 256M)")
     parser.add_argument("--stats-file", metavar="PATH",
                         help="write per-volume I/O counters here as JSON")
     parser.add_argument("--stats-interval", type=float, default=10.0,
@@ -65,23 +68,6 @@ def _mib(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} MiB: the budget cannot be negative")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
-    return value
-
-
-def _mib_positive(text: str) -> int:
-    value = _mib(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} MiB: the budget must be at least 1 MiB")
     return value
 
 
@@ -100,9 +86,8 @@ def run(args: argparse.Namespace) -> int:
         gateway = Gateway(args.cluster, unix_path=args.unix, port=args.port, host=args.host,
                           drain_timeout=args.drain_timeout,
                           replay_budget=args.replay_budget << 20,
-                          max_connections=args.max_connections or DEFAULT_MAX_CONNECTIONS,
-                          memory_budget=(args.memory_budget or 0) << 20
-                          or DEFAULT_MEMORY_BUDGET)
+                          max_connections=args.max_connections,
+                          memory_budget=args.memory_budget)
         gateway.start()
     except SheepdogError as exc:
         print(f"sheepdog-backend gateway: error: {exc}", file=sys.stderr)

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from sheepdog_backend.engine.admission import Budget
 from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
+from sheepdog_backend.engine.stream import Buffer, advance, unsent
 from sheepdog_backend.protocol.header import Request, decode_request_header
 from sheepdog_backend.protocol.peek import PIGGYBACK, REQUEST_HEAD, WRITE
 
@@ -45,7 +46,6 @@ RECV = 64 << 10  # most bytes one receive brings in while no payload is pending
 
 _unpack_head = REQUEST_HEAD.unpack_from
 _now = time.monotonic
-Buffer = bytes | bytearray | memoryview
 
 
 class Frame:
@@ -296,15 +296,7 @@ class Downstream:
 
     def _queue(self, header: Buffer, payload: Buffer, skip: int, cost: int,
                owned: bool) -> None:
-        parts: list[memoryview] = []
-        for part in (header, payload):
-            view = memoryview(part).cast("B")
-            if skip >= len(view):
-                skip -= len(view)
-                continue
-            if skip:
-                view, skip = view[skip:], 0
-            parts.append(view if owned else memoryview(bytes(view)))
+        parts = unsent(header, payload, skip, not owned)
         if not self.out:
             self.host.sending.add(self)
         self.out.append([parts, cost])
@@ -323,11 +315,7 @@ class Downstream:
                 self.close()
                 return
             self.stalled_since = _now()
-            while parts and n >= len(parts[0]):
-                n -= len(parts[0])
-                parts.pop(0)
-            if parts:
-                parts[0] = parts[0][n:]
+            if not advance(parts, n):
                 return
             out.popleft()
             if not out:

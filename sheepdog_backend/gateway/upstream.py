@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from sheepdog_backend.client.transport import Address
 from sheepdog_backend.engine.conn import Downstream, Frame
 from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
+from sheepdog_backend.engine.stream import advance, unsent
 from sheepdog_backend.protocol.peek import RESPONSE_HEAD
 
 HEADER = 48
@@ -122,14 +123,7 @@ class Upstream:
         return True
 
     def _queue(self, header: bytes, payload: bytes | memoryview, skip: int) -> None:
-        parts = []
-        for part in (header, payload):
-            if skip >= len(part):
-                skip -= len(part)
-                continue
-            parts.append(memoryview(part)[skip:])
-            skip = 0
-        self.out.append(parts)
+        self.out.append(unsent(header, payload, skip, False))  # the frame's own buffers
         self._update_mask()
 
     def _flush(self) -> None:
@@ -143,11 +137,7 @@ class Upstream:
             except OSError as exc:
                 self.fail(f"send failed: {exc}")
                 return
-            while parts and n >= len(parts[0]):
-                n -= len(parts[0])
-                parts.pop(0)
-            if parts:
-                parts[0] = parts[0][n:]
+            if not advance(parts, n):
                 return
             out.popleft()
         self._update_mask()
