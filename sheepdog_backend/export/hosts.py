@@ -30,9 +30,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sheepdog_backend.exception import ExportHostUnknown, InvalidInput, VdiExists
 from sheepdog_backend.export import clusterlock
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 CONTROL_VDI = "sheepdog-backend.hosts"
 CONTROL_SIZE = 4 << 20
+T = TypeVar("T")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -65,14 +66,16 @@ def ack_key(host: str) -> str:
     return registration_key(host) + ".ack"
 
 
-def _json(raw: bytes, what: str) -> dict[str, Any]:
+def _decoded(raw: bytes, what: str, build: Callable[[dict[str, Any]], T]) -> T:
+    """``build`` of the JSON object in ``raw``; InvalidInput naming ``what``
+    when it is not one or lacks what ``build`` needs."""
     try:
         body = json.loads(raw.rstrip(b"\0").decode("utf-8"))
-    except ValueError as exc:
+        if not isinstance(body, dict):
+            raise TypeError("not an object")
+        return build(body)
+    except (KeyError, ValueError, TypeError) as exc:
         raise InvalidInput(f"unreadable {what} {raw[:80]!r}: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidInput(f"unreadable {what} {raw[:80]!r}: not an object")
-    return body
 
 
 @dataclass(frozen=True)
@@ -91,14 +94,12 @@ class Registration:
 
     @classmethod
     def decode(cls, raw: bytes) -> Registration:
-        body = _json(raw, "host registration")
-        try:
+        def build(body: dict[str, Any]) -> Registration:
             address, _, port = str(body["portal"]).rpartition(":")
             return cls(host=str(body["host"]), portal=(address, int(port)),
                        gateway=str(body["gateway"]), agent=str(body.get("agent", "")),
                        started=float(body.get("started", 0.0)))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InvalidInput(f"unreadable host registration {raw[:80]!r}: {exc}") from None
+        return _decoded(raw, "host registration", build)
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,9 @@ class HostIndex:
 
     @classmethod
     def decode(cls, raw: bytes | None) -> HostIndex:
-        if not raw:
-            return cls()
-        body = _json(raw, "host index")
-        try:
-            return cls(gen=int(body["gen"]),
-                       exports={str(k): str(v) for k, v in dict(body["exports"]).items()})
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InvalidInput(f"unreadable host index {raw[:80]!r}: {exc}") from None
+        return cls() if not raw else _decoded(raw, "host index", lambda body: cls(
+            gen=int(body["gen"]),
+            exports={str(k): str(v) for k, v in dict(body["exports"]).items()}))
 
 
 @dataclass(frozen=True)
@@ -135,16 +131,10 @@ class HostAck:
 
     @classmethod
     def decode(cls, raw: bytes | None) -> HostAck:
-        if not raw:
-            return cls()
-        body = _json(raw, "agent acknowledgement")
-        try:
-            return cls(gen=int(body["gen"]),
-                       failed={str(k): str(v) for k, v in dict(body["failed"]).items()},
-                       at=float(body.get("at", 0.0)), agent=str(body.get("agent", "")))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InvalidInput(f"unreadable agent acknowledgement {raw[:80]!r}: "
-                               f"{exc}") from None
+        return cls() if not raw else _decoded(raw, "agent acknowledgement", lambda body: cls(
+            gen=int(body["gen"]),
+            failed={str(k): str(v) for k, v in dict(body["failed"]).items()},
+            at=float(body.get("at", 0.0)), agent=str(body.get("agent", ""))))
 
 
 # -- reading (direct reads of attribute objects: no cluster operation) ---------
