@@ -88,12 +88,10 @@ class LocalExports:
 
         The VDI's inode also says how many hosts export it (the gateways check
         the reads of a VDI two hosts export: gateway/views.py): raised before
-        a new host's agent can open its LU, and kept at its highest while the
-        record lives.  Lowering it when the source of a live migration leaves
-        would let the destination's gateway stop checking its LU while that
-        LU's inode is still the one it loaded before the source's last writes
-        (an idle guest then reads zeros where the source wrote: tried); it is
-        cleared with the record.
+        a new host's agent can open its LU, lowered once a host's part is gone
+        (a gateway keeps checking a LU that was shared until it found its
+        inode current, so a destination that stayed idle since the source's
+        last writes still reloads; tried).
         """
         count_before = len(before.hosts or {})
         count_after = len(after.hosts or {}) if after is not None else 0
@@ -110,9 +108,9 @@ class LocalExports:
             if old != new:
                 gens[host] = hosts.update_index(self.client, host, before.vdi,
                                                 new.stamp if new is not None else None)
-        if after is None and count_before > 1:
+        if count_after < count_before and count_before > 1:
             try:
-                self.client.set_export_hosts(before.vdi, 0)
+                self.client.set_export_hosts(before.vdi, count_after)
             except NoVdi:  # deleted meanwhile: nobody reads it any more
                 pass
         return gens

@@ -20,7 +20,9 @@ VDI is shared (hosts >= 2, read with every load and refreshed by ``poll``).
 While a VDI is shared, every read of its LU is checked first (``plan``: a
 worker reads snap_ctime and the stamp, one small read): when the inode was
 snapshotted or stamped since the load, the read is answered
-INODE_INVALIDATED, tgt reloads, and the load records the new stamp.  A LU
+INODE_INVALIDATED, tgt reloads, and the load records the new stamp.  Once
+the other host is gone, reads stay checked until one check finds the inode
+current (the other host's last writes may have come after the last reload).  A LU
 is one VDI's: its connections are matched to the VDI by what they send (a
 lock, an inode read, an object of the VDI itself); a connection not matched
 yet that reads another VDI's object (a parent snapshot's) while a VDI is
@@ -59,6 +61,14 @@ class View:
     seen: int  # the stamp of the inode the LU loaded
     shared: bool  # exported by two hosts or more
     used: float  # when a LU last touched it
+    # Shared since the LU loaded its inode, and not found current since: its
+    # reads stay checked after the other host left (the other host's last
+    # writes may have come after the LU's last reload).
+    doubt: bool = False
+
+    @property
+    def checked(self) -> bool:
+        return self.shared or self.doubt
 
 
 def new_stamp() -> int:
@@ -74,7 +84,7 @@ class LuViews:
         self._conns: dict[Hashable, int] = {}  # connection -> the VDI its LU reads
         self._forget = forget
         self._clock = clock
-        self.shared = 0  # how many views are shared (read without the lock)
+        self.shared = 0  # how many views have their reads checked (read without the lock)
         self.reloads = 0  # reads answered INODE_INVALIDATED
 
     # -- what the LUs show ---------------------------------------------------------
@@ -103,22 +113,29 @@ class LuViews:
         since the LU loaded, so the next check reloads it once."""
         with self._lock:
             view = self._views.get(vid)
-            if view is not None and not view.shared:
+            if view is not None and not view.checked:
                 view.seen = stamp
 
     def _set(self, vid: int, stamp: int, shared: bool) -> None:
         view = self._views.get(vid)
         if view is None:
-            view = self._views[vid] = View(stamp, shared, self._clock())
+            view = self._views[vid] = View(stamp, shared, self._clock(), doubt=shared)
             self.shared += shared
             return
         view.seen, view.used = stamp, self._clock()
-        self._share(view, shared)
+        self._share(view, shared, current=True)  # the LU has just loaded it
 
-    def _share(self, view: View, shared: bool) -> None:
-        if view.shared != shared:
-            self.shared += 1 if shared else -1
-            view.shared = shared
+    def _share(self, view: View, shared: bool, current: bool = False) -> None:
+        """Record whether ``view``'s VDI is shared; ``current``: the LU's inode
+        is known to be current now (else a view that was shared stays in doubt)."""
+        before = view.checked
+        if shared:
+            view.doubt = True
+        elif current:
+            view.doubt = False
+        view.shared = shared
+        if view.checked != before:
+            self.shared += 1 if view.checked else -1
 
     # -- reads -------------------------------------------------------------------------
 
@@ -134,7 +151,7 @@ class LuViews:
                     self.reloads += 1
                     return RELOAD, 0  # another VDI's object: whose LU? tgt's reload says
             view = self._views.get(lu)
-            if view is None or not view.shared:
+            if view is None or not view.checked:
                 return None
             view.used = self._clock()
             return CHECK, lu
@@ -148,8 +165,8 @@ class LuViews:
             view = self._views.get(vid)
             if view is None:
                 return True
-            self._share(view, hosts >= 2)
             current = not snap_ctime and stamp == view.seen
+            self._share(view, hosts >= 2, current)
             if not current:
                 self.reloads += 1
             return current
@@ -162,7 +179,7 @@ class LuViews:
         with self._lock:
             for vid in [v for v, view in self._views.items() if now - view.used > self._forget]:
                 view = self._views.pop(vid)
-                self._share(view, False)
+                self._share(view, False, current=True)
                 for conn in [c for c, v in self._conns.items() if v == vid]:
                     del self._conns[conn]
             return list(self._views)

@@ -78,3 +78,18 @@ def test_the_poll_learns_sharing_and_unused_views_are_forgotten() -> None:
     assert views.watched() == [] and views.shared == 0
     views.loaded("b", OTHER, header(1, hosts=2))
     assert views.plan("a", V) == (RELOAD, 0)  # "a" was forgotten with V: matched anew
+
+
+def test_reads_stay_checked_after_the_other_host_left_until_one_finds_the_inode_current(
+        ) -> None:
+    views = LuViews()
+    views.loaded("conn", V, header(1, hosts=2))
+    views.polled(V, 1)  # the source detached: its last writes may be newer than the load
+    assert views.plan("conn", V) == (CHECK, V) and views.shared == 1
+    assert not views.fresh(V, freshness(2, 1))  # they were: reload
+    views.loaded("conn", V, header(2, hosts=1))  # tgt reloaded: current, unshared
+    assert views.plan("conn", V) is None and views.shared == 0
+    views.loaded("conn", V, header(2, hosts=2))
+    views.polled(V, 1)
+    assert views.fresh(V, freshness(2, 1))  # nothing changed since: current
+    assert views.plan("conn", V) is None and views.shared == 0
