@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from sheepdog_backend.engine.admission import Budget
 from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
-from sheepdog_backend.engine.stream import Buffer, advance, unsent
+from sheepdog_backend.engine.stream import Buffer, advance, unsent, wait_for
 from sheepdog_backend.protocol.header import Request, decode_request_header
 from sheepdog_backend.protocol.peek import PIGGYBACK, REQUEST_HEAD, WRITE
 
@@ -119,6 +119,7 @@ class Downstream:
         self.last_recv = now
         self.stalled_since = 0.0
         self._parsing = False
+        self._lowat = False  # SO_RCVLOWAT is set for the payload arriving
         # The service's per-connection state (the gateway's paired upstream).
         self.peer: Any = None
         self.peer_inflight = 0
@@ -173,7 +174,11 @@ class Downstream:
                 assert frame is not None
                 frame.payload = view
                 self.receiving = self.payload_view = None
+                if self._lowat:
+                    self._lowat = wait_for(self.sock, 0, started=True)
                 self.host.dispatch(self, frame)
+            elif self._lowat:
+                self._lowat = wait_for(self.sock, len(view) - self.filled, started=True)
             return
         data = self.host.loop.scratch_view[:n]
         if self.partial:
@@ -218,6 +223,7 @@ class Downstream:
             got = end - body
             buf[:got] = data[body:end]
             self.receiving, self.payload_view, self.filled = frame, buf, got
+            self._lowat = wait_for(self.sock, plen - got)
             return
         if pos < end:
             self.partial = bytes(data[pos:end])

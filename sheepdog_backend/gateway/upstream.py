@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from sheepdog_backend.client.transport import Address
 from sheepdog_backend.engine.conn import Downstream, Frame
 from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
-from sheepdog_backend.engine.stream import advance, unsent
+from sheepdog_backend.engine.stream import advance, unsent, wait_for
 from sheepdog_backend.protocol.peek import RESPONSE_HEAD
 
 HEADER = 48
@@ -91,6 +91,7 @@ class Upstream:
         self._answer: tuple[bytes, Pending, int, int] | None = None
         self._view: memoryview | None = None
         self._filled = 0
+        self._lowat = False  # SO_RCVLOWAT is set for the payload arriving
         self.mask = OUT
         relay.loop.add(self.fd, OUT, self)
 
@@ -196,7 +197,11 @@ class Upstream:
                 assert self._answer is not None
                 header, pending, result, epoch = self._answer
                 self._answer, self._view = None, None
+                if self._lowat:
+                    self._lowat = wait_for(self.sock, 0, started=True)
                 self.relay.answer(self, pending, memoryview(header), view, result, epoch, True)
+            elif self._lowat:
+                self._lowat = wait_for(self.sock, len(view) - self._filled, started=True)
             return
         data = self.relay.loop.scratch_view[:n]
         if self.partial:
@@ -230,6 +235,7 @@ class Upstream:
             buf[:got] = data[body:end]
             self._answer = (bytes(data[pos:body]), pending, result, epoch)
             self._view, self._filled = buf, got
+            self._lowat = wait_for(self.sock, length - got)
             return
         if pos < end:
             self.partial = bytes(data[pos:end])

@@ -169,3 +169,21 @@ def test_an_unknown_opcode_is_answered_not_dropped() -> None:
 def test_bad_limits_are_refused(limits: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Engine(FakeNode(), ports=[0], **limits)  # type: ignore[arg-type]
+
+
+def test_a_large_payload_whose_tail_comes_later_is_received() -> None:
+    """The engine waits for most of a large payload at once (SO_RCVLOWAT); the
+    tail it waits for must never be more than what is still to come (once
+    the wait was set past the small tail, the old code waited for bytes that
+    would never come: the client timed out)."""
+    plen = (1 << 20) + 100 * 1024
+    payload = random.Random(3).randbytes(plen)
+    frame = rq.write_obj(OID, 0, payload).with_id(8).encode()
+    first = 48 + (64 << 10) - 48 + (1 << 20)  # the first receive's 64 KiB, then 1 MiB
+    with FakeNode() as node, _connect(node) as sock:
+        sock.sendall(frame[:first])
+        time.sleep(0.3)  # the engine has taken the first MiB and waits for the rest
+        sock.sendall(frame[first:])
+        (answer,) = _answers(sock, 1)
+    assert answer.id == 8 and answer.ok
+    assert node.writes == [(Opcode.WRITE_OBJ, payload)]
