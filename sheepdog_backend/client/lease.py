@@ -44,8 +44,9 @@ a waiter) and ``_queue`` (leases to release) under ``_lock``; a Lease's
 record writes under its own ``lock``.  Different volumes' leases are taken,
 renewed and released in parallel; the operations on one volume in one
 process are serialised by the caller (DriverCore.volume_lock), which makes a
-reused lease safe to share.  After a fork the child forgets the parent's
-leases.
+reused lease safe to share.  A forked child starts with fresh locks and
+none of the parent's leases (``_reset_after_fork``, registered with
+``os.register_at_fork``; ``_MANAGERS`` holds every manager weakly).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,6 +73,18 @@ T = TypeVar("T")
 POLL_FIRST = 0.005  # seconds between a waiter's first reads of a held lease
 POLL_MAX = 0.1
 FLAG_POLL = 0.02  # seconds between reads of the flags of the leases kept for reuse
+
+
+_MANAGERS: weakref.WeakSet[LeaseManager] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for manager in list(_MANAGERS):
+        manager._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class Runner(Protocol):
@@ -184,6 +198,7 @@ class LeaseManager:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._pid = os.getpid()
+        _MANAGERS.add(self)
 
     # -- taking and holding ----------------------------------------------------
 
@@ -528,6 +543,14 @@ class LeaseManager:
             self._yielded.clear()
             self._queue.clear()
             self._thread = None
+
+    def _forked(self) -> None:
+        """In a forked child, before anything else runs: fresh locks (the
+        parent's thread may have held one at the fork) and no leases."""
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        with self._lock:
+            self._after_fork()
 
     def close(self) -> None:
         """Stop the thread and release every lease held (idle or not)."""

@@ -8,7 +8,10 @@ releases) where that thread would."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -328,3 +331,29 @@ def test_a_driver_with_a_bad_lease_option_fails_to_load_and_sends_nothing(
     assert clients[0].list_vdis() == before
     with pytest.raises(NoVdi):  # not even the leases' anchor was made
         clients[0].get_vdi(lr.ANCHOR)
+
+
+def test_a_forked_child_releases_none_of_its_parents_leases(
+        clients: list[SheepdogClient], clock: Clock) -> None:
+    a = manager(clients[0], clock)
+    with a.hold(["v"], "op"):
+        pass  # kept for reuse
+    pid = os.fork()
+    if pid == 0:  # the child closes what it inherited, as a worker's exit would
+        code = 1
+        try:
+            a.close()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if done == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
+    top, live = state(clients[2], "v")
+    assert top == 1 and live is not None and live.fields["owner"] == a.owner  # still ours
+    a.close()
+    assert state(clients[2], "v") == (1, None)
