@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # without it (older Python) still works; the Cinder tests then skip saying why.
 CINDER_STAMP := $(VENV)/.installed-cinder
 
-.PHONY: venv test lint demo bench bench-all genconfig cinder-sample clean
+.PHONY: venv test lint demo bench bench-scale-1000 bench-all genconfig cinder-sample clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,16 +38,29 @@ demo: $(STAMP)
 # bench: issue 13's table (dog, raw floor, ours) on real sheep nodes when
 # SHEEPDOG_INTEROP_BIN (or SHEEPDOG_SHEEP/SHEEPDOG_DOG, PATH) finds sheep and
 # dog, then on the embedded server; BENCH_ARGS="--config FILE" for your own
-# cluster.  Then the local gateway's cost next to tgt talking to a node
-# directly, and the guest's stall per snapshot (needs tgt and QEMU 7.2; says
-# why and exits 0 without them; skipped with --config).  bench-all adds the
-# client and server micro-benchmarks.
+# cluster.  Then issue 24's figures (need tgt and QEMU 7.2; say why and exit 0
+# without them; skipped with --config): bench_gateway, the five qemu-img bench
+# jobs through QEMU 5.2's own driver, tgt -> sheep and tgt -> gateway -> sheep,
+# the convert/dd throughput and the guest's stall per snapshot (2-3 min);
+# bench_scale, 300 LUs in one tgtd all doing I/O at once through one gateway
+# next to tgt straight to the sheep (1.5-4.5 min today with the load, most of
+# it the gateway phase waiting out its deadline: today's gateway hangs); and
+# the embedded server's fairness under clients that never read (about 35 s).
+# bench-scale-1000 is the opt-in 1,000-LU run (about 12 min today, 7 of them
+# the hung gateway phase; 16,000 tgtd threads, 17,000 fds).
+# bench-all adds the client and server micro-benchmarks.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sheep.py $(BENCH_ARGS)
-	if [ -z "$(BENCH_ARGS)" ]; then $(PY) benchmarks/bench_gateway.py; fi
+	if [ -z "$(BENCH_ARGS)" ]; then \
+	  $(PY) benchmarks/bench_gateway.py && $(PY) benchmarks/bench_scale.py --lus 300; fi
+	$(PY) benchmarks/bench_server.py --fairness-only
+
+bench-scale-1000: $(STAMP)
+	$(PY) benchmarks/bench_scale.py --lus 1000
 
 bench-all: bench
-	for b in benchmarks/bench_client.py benchmarks/bench_server.py; do $(PY) $$b || exit 1; done
+	$(PY) benchmarks/bench_client.py
+	$(PY) benchmarks/bench_server.py --fairness-rounds 0
 
 genconfig: $(STAMP)
 	$(VENV)/bin/oslo-config-generator --config-file etc/oslo-config-generator/sheepdog-backend.conf

@@ -1,24 +1,44 @@
-"""The local gateway's cost: tgt's LU talking to a real sheep directly next
-to the same LU through `sheepdog-backend gateway` (TCP port), in one run.
+"""The local gateway's cost: QEMU through tgt talking to a real sheep
+directly, next to the same through `sheepdog-backend gateway`, and QEMU 5.2's
+own Sheepdog driver talking to the sheep, in one run (issue 24).
 
-For each path the same N MiB of random data are written to a fresh exported
-1 GiB volume with `qemu-img convert -n -m 16 -W` (QEMU 7.2, libiscsi, CHAP
-on) and read back with `qemu-img dd bs=4M` (checked byte for byte); then
-`qemu-io` does 200 small 4 KiB writes one after another (latency-bound: every
-request crosses the gateway once more).  Each figure is the median of
---rounds runs; "x direct" is the gateway's speed over the direct path's.
+First issue 24's table: five `qemu-img bench -t none` jobs (4 KiB write and
+read at depth 1, 4 KiB write at depth 16, 1 MiB write and read at depth 4;
+_qemu_bench.py) on three paths: QEMU 5.2's own driver straight to the sheep
+(`sheepdog:127.0.0.1:PORT:VDI`; its qemu-img found as tests/realsheep.py
+finds it: SHEEPDOG_QEMU_IMG, SHEEPDOG_INTEROP_BIN or PATH; the column says
+why when absent), QEMU 7.2 (Debian's, libiscsi, CHAP on) -> tgt -> sheep,
+and QEMU 7.2 -> tgt -> gateway -> sheep.  Each path has its own 256 MiB VDI,
+created preallocated and written whole with random data once before the
+jobs, so writes go to allocated objects and reads read data.  --rounds
+rounds, the order of the paths rotated each round; medians, the ratio
+gateway / tgt, and the time the gateway adds to every 4 KiB request (1/IOPS
+through the gateway minus 1/IOPS through tgt straight to the node, each
+depth-1 job, median over rounds).  The gateway is a separate
+`sheepdog-backend gateway` process (_gateway_proc.py), as tgt meets it.
+
+Then the same N MiB of random data written to a fresh (unallocated) 1 GiB
+volume with `qemu-img convert -n -m 16 -W` and read back with `qemu-img dd
+bs=4M` (checked byte for byte), through tgt to the node and through the
+gateway process, median of --rounds: the allocating-write and streaming
+figures the jobs above do not cover.  (The former "200 small 4 KiB writes
+by one qemu-io" figure is gone: it measured the 4 KiB depth-1 write job
+again, with qemu-io's start and the iSCSI login inside the timing.)
 
 Then the guest's stall per snapshot, both paths: the snapshot race of
 tests/gateway_race.py (--stall-writes 64 KiB writes by qemu-io over half as
 many 4 MiB objects, a snapshot of the volume every 0.1 s, through the
 gateway or straight to the node), the guest's longest and median write next
 to the same writes without snapshots, the acknowledged writes lost, and the
-gateway's longest write split into its requests.
+gateway's longest write split into its requests.  This part runs an
+in-process gateway: the split needs its request trace.
+
 The machine is shared: treat the numbers as indicative.  Needs the real
 sheep/dog, tgtd/tgtadm and Debian's qemu-img/qemu-io; exits 0 with the
-reason when any is missing.
+reason when any is missing.  Takes 2-3 minutes here at the defaults.
 
-Run: .venv/bin/python benchmarks/bench_gateway.py [--mib N] [--rounds R]
+Run: .venv/bin/python benchmarks/bench_gateway.py [--rounds R] [--jobs-scale F]
+     [--mib N] [--stall-writes W]
 """
 
 from __future__ import annotations
@@ -32,7 +52,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import _tgt  # type: ignore[import-not-found]  # benchmarks/ is not a package
+import _gateway_proc  # type: ignore[import-not-found]  # benchmarks/ is not a package
+import _qemu_bench  # type: ignore[import-not-found]
+import _tgt  # type: ignore[import-not-found]
 
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.driver.base import BackendConfiguration, Volume
@@ -83,19 +105,112 @@ def print_stall(results: dict[str, RaceResult], writes: int) -> None:
         print(f"gateway's longest write ({int(stall['tries'])} tries): {parts}")
 
 
+JOB_VDI_MIB = 256
+
+
+def say(text: str) -> None:
+    """Progress, on stderr (the tables go to stdout)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
+              stack: contextlib.ExitStack) -> tuple[list[_qemu_bench.Path], str]:
+    """The jobs' paths, each on its own preallocated VDI filled with data
+    (the iSCSI ones attached until ``stack`` closes), and why QEMU 5.2's
+    column is missing ("" when it is there)."""
+    from tests.realsheep import find_program  # needs pytest: lazily
+    qemu52 = find_program("qemu-img")
+    client = drivers["direct"].client
+    block = os.urandom(4 * MiB)
+    names = {key: f"jobs-{key}" for key in ("qemu52", "tgt", "gateway")}
+    for name in names.values():
+        client.create_vdi(name, JOB_VDI_MIB * MiB, prealloc=True)
+        for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
+            client.write(name, offset, block)
+    paths = []
+    why = ""
+    if qemu52 is not None:
+        paths.append(_qemu_bench.Path("qemu52", "QEMU 5.2's own Sheepdog driver", qemu52, (
+            "-f", "raw", f"sheepdog:{setup.gateways[0]}:{names['qemu52']}")))
+    else:
+        why = ("no QEMU < 6.0 qemu-img (set SHEEPDOG_QEMU_IMG or SHEEPDOG_INTEROP_BIN, "
+               "or put it on PATH)")
+    for key, title in (("tgt", "QEMU 7.2 -> tgt -> sheep"),
+                       ("gateway", "-> tgt -> gateway -> sheep")):
+        vol = Volume(id=names[key], size=1, name=names[key])
+        data = stack.enter_context(_tgt.exported(drivers[key], vol))["data"]
+        # qemu-img bench takes no --object: the CHAP secret goes in the image
+        # options (a throwaway secret of this run's own tgtd)
+        target = ",".join(f"{k}={str(v).replace(',', ',,')}" for k, v in (
+            ("driver", "iscsi"), ("transport", "tcp"), ("portal", data["target_portal"]),
+            ("target", data["target_iqn"]), ("lun", data["target_lun"]),
+            ("user", data["auth_username"]), ("password", data["auth_password"])))
+        paths.append(_qemu_bench.Path(key, title, _tgt.QEMU_IMG, ("--image-opts", target)))
+    return paths, why
+
+
+def print_jobs(results: _qemu_bench.Results, paths: list[_qemu_bench.Path], why: str,
+               rounds: int, scale: float) -> None:
+    print(f"issue 24's jobs: qemu-img bench -t none on preallocated {JOB_VDI_MIB} MiB VDIs, "
+          f"median of {rounds} rounds, path order rotated each round, requests x{scale:g} "
+          "(indicative: shared machine)")
+    if why:
+        print(f"(QEMU 5.2's own driver: not measured: {why})")
+    print(_qemu_bench.table(results, paths, ("gateway", "tgt")))
+    added = _qemu_bench.added_latency(results, "gateway", "tgt")
+    print("added latency per 4 KiB request, gateway minus tgt -> sheep (1/IOPS, median of "
+          "the rounds): " + ", ".join(f"{label.split(',')[0]}: {us:.0f} us"
+                                      for label, us in added.items()))
+
+
+def convert_rounds(drivers: dict[str, SheepdogDriver], src: Path, out: Path, mib: int,
+                   rounds: int) -> dict[tuple[str, str], list[float]]:
+    """(op, path) -> seconds per round of the convert write and dd read."""
+    results: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        for path in (["direct", "gateway"] if r % 2 == 0 else ["gateway", "direct"]):
+            name = f"bench-{path}-{r}"
+            vol = Volume(id=name, size=1, name=name)
+            drivers[path].create_volume(vol)
+            with _tgt.attached(drivers[path], vol) as (target, secret):
+                results.setdefault(("write", path), []).append(
+                    _tgt.qemu_write(secret, target, src))
+                results.setdefault(("read", path), []).append(
+                    _tgt.qemu_read(secret, target, out, mib))
+                if out.read_bytes()[:mib * MiB] != src.read_bytes():
+                    raise RuntimeError(f"{path}: the bytes read back differ")
+    return results
+
+
+def print_convert(results: dict[tuple[str, str], list[float]], mib: int, rounds: int) -> None:
+    print(f"\nfresh volume: qemu-img convert -n -m 16 -W of {mib} MiB, qemu-img dd bs=4M back, "
+          f"tgt -> sheep vs tgt -> gateway -> sheep, median of {rounds}")
+    print(f"{'op':<10} {'path':<8} {'rate':>14} {'x direct':>9}")
+    for op in ("write", "read"):
+        base_t = statistics.median(results[(op, "direct")])
+        for path in ("direct", "gateway"):
+            t = statistics.median(results[(op, path)])
+            print(f"{op:<10} {path:<8} {f'{mib / t:7.1f} MiB/s':>14} {base_t / t:9.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--mib", type=int, default=32, help="a multiple of 4")
+    parser.add_argument("--mib", type=int, default=32,
+                        help="MiB of the convert/dd figure, a multiple of 4")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs-scale", type=float, default=1.0,
+                        help="requests of each qemu-img bench job, times this (0: skip the "
+                        "jobs)")
     parser.add_argument("--stall-writes", type=int, default=200,
                         help="writes of the snapshot stall race (0: skip it)")
     args = parser.parse_args()
-    if args.mib < 4 or args.mib % 4 or args.rounds < 1 or args.stall_writes < 0:
-        parser.error("--mib must be a positive multiple of 4, --rounds at least 1 and "
-                     "--stall-writes not negative")
+    if (args.mib < 4 or args.mib % 4 or args.rounds < 1 or args.stall_writes < 0
+            or not 0 <= args.jobs_scale <= 100):
+        parser.error("--mib must be a positive multiple of 4, --rounds at least 1, "
+                     "--jobs-scale 0..100 and --stall-writes not negative")
     stall: dict[str, RaceResult] = {}
+    jobs: _qemu_bench.Results = {}
     size = args.mib * MiB
-    results: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         src = Path(tmp) / "src.raw"
         src.write_bytes(os.urandom(size))
@@ -108,50 +223,46 @@ def main() -> int:
             print(f"bench_gateway: skipped: {exc}")
             return 0
         with stack:
-            from tests.realsheep import free_port
-            gateway = Gateway(setup.gateways, port=free_port(), trace=20 * args.stall_writes
-                              + 1000).start()
-            local = f"127.0.0.1:{gateway.port}"
+            gateway = stack.enter_context(_gateway_proc.GatewayProcess(
+                setup.gateways, Path(tmp) / "gateway.log"))
+            local = gateway.address
             drivers: dict[str, SheepdogDriver] = {}
-            try:
-                base = setup.iscsi_options()
-                drivers["direct"] = SheepdogDriver(BackendConfiguration(
-                    {**base, "sheepdog_gateways": setup.gateways}), backend_name="direct")
-                drivers["gateway"] = SheepdogDriver(BackendConfiguration(
-                    {**base, "sheepdog_gateways": [local], "sheepdog_export_gateway": local}),
-                    backend_name="gateway")
-                for r in range(args.rounds):
-                    for path, driver in drivers.items():
-                        name = f"bench-{path}-{r}"
-                        vol = Volume(id=name, size=1, name=name)
-                        driver.create_volume(vol)
-                        with _tgt.attached(driver, vol) as (target, secret):
-                            results.setdefault(("write", path), []).append(
-                                _tgt.qemu_write(secret, target, src))
-                            results.setdefault(("read", path), []).append(
-                                _tgt.qemu_read(secret, target, out, args.mib))
-                            if out.read_bytes()[:size] != src.read_bytes():
-                                raise RuntimeError(f"{path}: the bytes read back differ")
-                            small = [a for i in range(200)
-                                     for a in ("-c", f"write -P 7 {i * 4096} 4k")]
-                            results.setdefault(("4k-writes", path), []).append(_tgt.timed_run(
-                                [_tgt.QEMU_IO, "--object", secret, "--image-opts", target,
-                                 *small]))
-                if args.stall_writes:
-                    stall = snapshot_stall(drivers, gateway, setup.gateways, args.stall_writes)
-            finally:
-                for driver in drivers.values():
-                    driver.close()
-                gateway.stop()
-    print(f"tgt -> sheep directly vs tgt -> local gateway -> sheep: {args.mib} MiB, "
-          f"median of {args.rounds} (indicative: shared machine)")
-    print(f"{'op':<10} {'path':<8} {'rate':>14} {'x direct':>9}")
-    for op in ("write", "read", "4k-writes"):
-        base_t = statistics.median(results[(op, "direct")])
-        for path in ("direct", "gateway"):
-            t = statistics.median(results[(op, path)])
-            rate = f"{200 / t:8.0f} IOPS" if op == "4k-writes" else f"{args.mib / t:7.1f} MiB/s"
-            print(f"{op:<10} {path:<8} {rate:>14} {base_t / t:9.2f}")
+            base = setup.iscsi_options()
+            drivers["direct"] = SheepdogDriver(BackendConfiguration(
+                {**base, "sheepdog_gateways": setup.gateways}), backend_name="direct")
+            stack.callback(drivers["direct"].close)
+            drivers["gateway"] = SheepdogDriver(BackendConfiguration(
+                {**base, "sheepdog_gateways": [local], "sheepdog_export_gateway": local}),
+                backend_name="gateway")
+            stack.callback(drivers["gateway"].close)
+            why = ""
+            paths: list[_qemu_bench.Path] = []
+            if args.jobs_scale:
+                with contextlib.ExitStack() as attached:
+                    say("bench_gateway: preparing the jobs' VDIs")
+                    paths, why = job_paths(setup, {"direct": drivers["direct"],
+                                                   "tgt": drivers["direct"],
+                                                   "gateway": drivers["gateway"]}, attached)
+                    jobs = _qemu_bench.run_jobs(paths, args.rounds, args.jobs_scale,
+                                                progress=say)
+            say("bench_gateway: convert/dd on fresh volumes")
+            convert = convert_rounds(drivers, src, out, args.mib, args.rounds)
+            if args.stall_writes:
+                say("bench_gateway: the snapshot stall (in-process gateway with its trace)")
+                from tests.realsheep import free_port
+                traced = Gateway(setup.gateways, port=free_port(),
+                                 trace=20 * args.stall_writes + 1000).start()
+                stack.callback(traced.stop)
+                at = f"127.0.0.1:{traced.port}"
+                stall_driver = SheepdogDriver(BackendConfiguration(
+                    {**base, "sheepdog_gateways": [at], "sheepdog_export_gateway": at}),
+                    backend_name="stall")
+                stack.callback(stall_driver.close)
+                stall = snapshot_stall({"direct": drivers["direct"], "gateway": stall_driver},
+                                       traced, setup.gateways, args.stall_writes)
+    if jobs:
+        print_jobs(jobs, paths, why, args.rounds, args.jobs_scale)
+    print_convert(convert, args.mib, args.rounds)
     if stall:
         print_stall(stall, args.stall_writes)
     return 0

@@ -7,8 +7,17 @@ request in flight and with ``--window`` in flight (the server runs pipelined
 object I/O concurrently), then READ_OBJ one at a time.  Everything is
 measured side by side in one run; ratios are to the plain file.
 
+Then issue 24's fairness figure: how long a well-behaved client waits for
+a 1 MiB read while 30 clients pipeline 4 MiB reads and never read their
+replies and 400 connections sit idle, against a fresh `serve` process with
+its default limits (sync on) each round; the scenario is the one of
+tests/functional/test_server_fairness.py (``answer_under_pressure``), so the
+test and the figure measure the same thing.  Goal: within 1 s.
+``--fairness-only`` runs just that (``make bench`` does).
+
 Run: .venv/bin/python benchmarks/bench_server.py [--objects N] [--sizes B,B]
-     [--window W]   (BENCH_DIR=... to measure another disk)
+     [--window W] [--fairness-rounds R] [--fairness-only]
+     (BENCH_DIR=... to measure another disk)
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 from _serve import serve  # type: ignore[import-not-found]  # benchmarks/ is not a package
 
@@ -78,6 +89,39 @@ def server_round(root: str, blocks: list[bytes], window: int) -> tuple[float, fl
     return one_s, many_s, read_s
 
 
+def fairness(rounds: int) -> None:
+    """Print the well-behaved client's wait under pressure, ``rounds`` rounds."""
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from sheepdog_backend.client import SheepdogClient
+    from tests.functional.test_server_fairness import (  # the test's own scenario
+        GOAL,
+        HOSTILE,
+        IDLE,
+        answer_under_pressure,
+    )
+
+    waits, exact = [], 0
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as tmp, \
+                serve(os.path.join(tmp, "sheep"), sync=True) as gateway:
+            data = os.urandom(4 << 20)
+            with SheepdogClient([gateway]) as client:
+                vid = client.create_vdi("fair", 64 << 20).vid
+                client.write("fair", 0, data)
+            host, port = gateway.rsplit(":", 1)
+            answer = answer_under_pressure(host, int(port), vid_to_data_oid(vid, 0),
+                                           data[:1 << 20])
+            waits.append(answer.seconds)
+            exact += answer.exact
+    print(f"fairness: a well-behaved client's 1 MiB read while {HOSTILE} clients never read "
+          f"their replies and {IDLE} sit idle (serve, default limits): answered in "
+          f"{statistics.median(waits):.2f} s median, {max(waits):.2f} s at most of {rounds} "
+          f"rounds, {exact}/{rounds} exact (goal <= {GOAL:g} s: "
+          f"{'met' if exact == rounds and max(waits) <= GOAL else 'missed'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--objects", type=int, default=32)
@@ -86,7 +130,16 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=4, help="requests in flight")
     parser.add_argument("--repeat", type=int, default=3,
                         help="rounds per size (plain and server alternate); medians shown")
+    parser.add_argument("--fairness-rounds", type=int, default=3,
+                        help="rounds of the fairness figure (0: skip it)")
+    parser.add_argument("--fairness-only", action="store_true",
+                        help="measure only the fairness figure")
     args = parser.parse_args()
+    if args.fairness_rounds < 0 or (args.fairness_only and not args.fairness_rounds):
+        parser.error("--fairness-rounds must not be negative (nor 0 with --fairness-only)")
+    if args.fairness_only:
+        fairness(args.fairness_rounds)
+        return
     print(f"{'size':>8} {'plain MB/s':>10} {'create w1':>10} {'ratio':>6} "
           f"{f'create w{args.window}':>10} {'ratio':>6} {'read':>8} {'ratio':>6}")
     for size in (int(s) for s in args.sizes.split(",")):
@@ -105,6 +158,8 @@ def main() -> None:
               f"{total_mb / read_s:8.1f} {file_s / read_s:6.2f}")
     print(f"(MB/s; {args.objects} objects of >= 1 MiB, {8 * args.objects} smaller ones; "
           f"server sync on; median of {args.repeat} alternating rounds)")
+    if args.fairness_rounds:
+        fairness(args.fairness_rounds)
 
 
 if __name__ == "__main__":

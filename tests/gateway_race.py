@@ -1,22 +1,35 @@
 """The snapshot race through tgt, shared by the gateway tests and benchmark.
 
 ``run_race`` exports a volume through the driver (tgt's LU on the local
-gateway), starts QEMU 7.2's qemu-io writing ``writes`` 64 KiB blocks, each
+gateway) and runs QEMU 7.2's qemu-io writing ``writes`` 64 KiB blocks, each
 with its own byte pattern at its own offset (spread over many 4 MiB objects,
 so most writes create an object), while a loop snapshots the volume through
-the gateway every ``interval`` seconds until the writer exits; then every
-block qemu-io acknowledged is read back from the cluster (the working VDI, as
-a re-opened LU would see it) and compared whole.
+the gateway every ``interval`` seconds whenever qemu-io is running; then
+every block qemu-io acknowledged is read back from the cluster (the working
+VDI, as a re-opened LU would see it) and compared whole.
+
+How many snapshots land during the writes depends on the machine: a fast
+write path finishes a fixed list of writes before the snapshots the test
+needs have happened.  So the writer runs in rounds: each round is one qemu-io
+run over the same offsets with patterns of its own (``pattern(i, round)``
+differs from the round before), read back and checked before the next round
+starts (a later round would overwrite a lost block).  After each round the
+race stops if it has seen what it needs - ``min_snapshots`` snapshots taken
+while qemu-io ran and ``min_refused`` writes the gateway refused READONLY -
+or once ``time_limit`` seconds have passed, and then ``short`` says what was
+missing.  Without those (the default) it is one round, as the benchmark and
+the control run (``max_snapshots=0``) use it.
 
 The guest's stall: qemu-io prints each write's time (its ops/sec figure has
 four digits), so ``longest_write`` is the longest a guest write took while
 snapshots ran; the same run with ``max_snapshots=0`` on a fresh volume is the
 control (``with_control``).  With the gateway's request trace on
 (``Gateway(trace=N)``), ``split_stall`` splits the longest write into the
-requests tgt made for it: the gate's hold, the tries the cluster refused
-(READONLY: the volume was snapshotted), tgt's reload between tries (LOCK_VDI
-and its inode read), the data write that stuck, the inode slot write, and
-what was spent outside the gateway (QEMU, iSCSI, tgt).
+requests tgt made for it (within its round, where each block is written
+once): the gate's hold, the tries the cluster refused (READONLY: the volume
+was snapshotted), tgt's reload between tries (LOCK_VDI and its inode read),
+the data write that stuck, the inode slot write, and what was spent outside
+the gateway (QEMU, iSCSI, tgt).
 """
 
 from __future__ import annotations
@@ -60,6 +73,10 @@ class RaceResult:
     stall: dict[str, float] = field(default_factory=dict)  # split_stall of the longest
     timed_writes: int = 0  # acknowledged writes whose time qemu-io's output gave
     seconds: float = 0.0
+    rounds: int = 0  # qemu-io runs over the whole list of writes
+    attempted: int = 0  # writes asked of qemu-io: rounds x writes
+    refused_writes: int = 0  # answered READONLY by the gateway's guard during the run
+    short: str = ""  # what the run still lacked when time_limit ended it
     gateway_stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,8 +88,9 @@ def layout(writes: int, objects: int) -> list[int]:
     return [(i % objects) * OBJECT + (i // objects) * BLOCK for i in range(writes)]
 
 
-def pattern(i: int) -> int:
-    return 1 + i % 251
+def pattern(i: int, round_: int = 0) -> int:
+    """Block i's byte in a round: 1..251, never the one it had the round before."""
+    return 1 + (i + 97 * round_) % 251
 
 
 def write_times(out: str) -> dict[int, float]:
@@ -122,23 +140,32 @@ def with_control(result: RaceResult, control: RaceResult) -> RaceResult:
     return result
 
 
+def _refused(gateway: Gateway | None) -> int:
+    return int(gateway.stats()["refused_writes"]) if gateway is not None else 0
+
+
 def run_race(info: dict[str, Any], *, initiator: str | None, name: str, snapshot_via: str,
              check_client: SheepdogClient, gateway: Gateway | None, writes: int, objects: int,
              interval: float = 0.1, max_snapshots: int = 2000,
-             timeout: float = 600.0) -> RaceResult:
+             timeout: float = 600.0, min_snapshots: int = 0, min_refused: int = 0,
+             time_limit: float = 120.0) -> RaceResult:
+    """The race (see the module's docstring).  ``timeout`` bounds each qemu-io
+    run; no round starts after ``time_limit`` seconds."""
     offsets = layout(writes, objects)
-    argv = [qemu_io_path(), "--object",
+    base = [qemu_io_path(), "--object",
             f"secret,id=sd-chap,data={info['data'].get('auth_password', '')}",
             "--image-opts", image_opts(info, initiator=initiator)]
-    for i, off in enumerate(offsets):
-        argv += ["-c", f"write -P {pattern(i)} {off} {BLOCK}"]
     result = RaceResult()
     stop = threading.Event()
+    writing = threading.Event()  # set while a round's qemu-io runs
 
     def snapshots() -> None:
         with SheepdogClient([snapshot_via]) as snapper:
             n = 0
-            while not stop.is_set() and n < max_snapshots:
+            while n < max_snapshots:
+                writing.wait()
+                if stop.is_set():
+                    return
                 n += 1
                 start = time.monotonic()
                 try:
@@ -150,34 +177,69 @@ def run_race(info: dict[str, Any], *, initiator: str | None, name: str, snapshot
                                               time.monotonic() - start)
                 stop.wait(interval)
 
+    def missing() -> list[str]:
+        lack = []
+        if result.snapshots < min_snapshots:
+            lack.append(f"{result.snapshots} snapshots while qemu-io wrote "
+                        f"(wanted {min_snapshots})")
+        if result.refused_writes < min_refused:
+            lack.append(f"{result.refused_writes} writes refused READONLY by the gateway "
+                        f"(wanted {min_refused})")
+        return lack
+
     snapper = threading.Thread(target=snapshots, name="race-snapshots")
     began = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    refused_before = _refused(gateway)
+    times: list[tuple[float, int, float, float]] = []  # (seconds, offset, round's span)
+    snapper.start()
     try:
-        snapper.start()
-        out, _ = proc.communicate(timeout=timeout)
+        while True:
+            round_ = result.rounds
+            argv = list(base)
+            for i, off in enumerate(offsets):
+                argv += ["-c", f"write -P {pattern(i, round_)} {off} {BLOCK}"]
+            round_began = time.monotonic()
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+            writing.set()
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            finally:
+                writing.clear()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            round_ended = time.monotonic()
+            result.rounds += 1
+            result.attempted += writes
+            times += [(t, off, round_began, round_ended)
+                      for off, t in write_times(out).items()]
+            acked = [line for line in out.splitlines() if line.startswith("wrote 65536/65536")]
+            result.acknowledged += len(acked)
+            result.failed_writes += out.count("write failed")
+            # Checked before the next round overwrites them.
+            ack_offsets = {int(line.split(" at offset ")[1].split()[0]) for line in acked}
+            for i, off in enumerate(offsets):
+                if off in ack_offsets and check_client.read(name, off, BLOCK) != \
+                        bytes([pattern(i, round_)]) * BLOCK:
+                    result.lost.append(off)
+            result.refused_writes = _refused(gateway) - refused_before
+            lack = missing()
+            if not lack:
+                break
+            if time.monotonic() - began >= time_limit:
+                result.short = (f"after {time.monotonic() - began:.0f} s and {result.rounds} "
+                                f"rounds of {writes} writes: " + ", ".join(lack))
+                break
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         stop.set()
+        writing.set()  # lets the snapshot loop see stop
         snapper.join(60)
     result.seconds = time.monotonic() - began
-    times = write_times(out)
     result.timed_writes = len(times)
     if times:
-        result.longest_write = max(times.values())
-        result.median_write = statistics.median(times.values())
-    acked = [line for line in out.splitlines() if line.startswith("wrote 65536/65536")]
-    result.acknowledged = len(acked)
-    result.failed_writes = out.count("write failed")
-    ack_offsets = {int(line.split(" at offset ")[1].split()[0]) for line in acked}
-    for i, off in enumerate(offsets):
-        if off not in ack_offsets:
-            continue
-        if check_client.read(name, off, BLOCK) != bytes([pattern(i)]) * BLOCK:
-            result.lost.append(off)
+        result.longest_write = max(t for t, *_ in times)
+        result.median_write = statistics.median(t for t, *_ in times)
     if gateway is None:  # the control run: tgt straight to a node
         return result
     stats = gateway.stats()
@@ -186,7 +248,7 @@ def run_race(info: dict[str, Any], *, initiator: str | None, name: str, snapshot
                                    default=0.0)
     result.longest_snapshot_call = stats["max_snapshot_call"]
     if gateway.trace is not None and times:
-        worst = max(times, key=lambda off: times[off])
-        ours = [e for e in gateway.trace.entries() if e.start >= began]  # not a control's
-        result.stall = split_stall(ours, worst, times[worst])
+        worst, off, start, end = max(times)
+        ours = [e for e in gateway.trace.entries() if start <= e.start <= end]  # its round's
+        result.stall = split_stall(ours, off, worst)
     return result

@@ -1,10 +1,15 @@
 """iSCSI initiators for tests: QEMU 7.2's qemu-io (libiscsi, qemu-block-extra)
-and libiscsi-bin's tools, always with a timeout."""
+and libiscsi-bin's tools, always with a timeout.  ``QemuSession`` keeps one
+qemu-io logged in across steps (a guest that stays connected while other
+hosts attach and detach); it is killed by its own handle in ``close()``."""
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +56,56 @@ def qemu_io(info: Mapping[str, Any], *commands: str, password: str | None = None
     for command in commands:
         argv += ["-c", command]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class QemuSession:
+    """One qemu-io process logged in to the LU of ``info`` as ``initiator``,
+    taking commands one step at a time (a connected guest)."""
+
+    MARK = "end-of-step"  # an unknown command: qemu-io says so once the step is done
+
+    def __init__(self, info: Mapping[str, Any], *, initiator: str) -> None:
+        secret = info["data"].get("auth_password", "")
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [qemu_io_path(), "--object", f"secret,id=sd-chap,data={secret}",
+             "--image-opts", image_opts(info, initiator=initiator)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            bufsize=0)
+
+    def run(self, *commands: str, timeout: float = 30.0) -> str:
+        """What qemu-io printed for ``commands`` (with a note when it exited or
+        did not finish within ``timeout``)."""
+        proc = self.proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write("".join(c + "\n" for c in (*commands, self.MARK)).encode())
+        except BrokenPipeError:
+            return f"qemu-io exited ({proc.poll()})"
+        out = b""
+        mark = f'command "{self.MARK}"'.encode()
+        deadline = time.monotonic() + timeout
+        while mark not in out:
+            if time.monotonic() > deadline:
+                return out.decode(errors="replace") + f"\n(qemu-io: no answer in {timeout:g} s)"
+            if not select.select([proc.stdout], [], [], 0.1)[0]:
+                # qemu-io takes one line per wake-up from a pipe: an empty line
+                # (a no-op) wakes it for the next queued one
+                try:
+                    proc.stdin.write(b"\n")
+                except BrokenPipeError:
+                    pass
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                return out.decode(errors="replace") + f"\n(qemu-io exited: {proc.wait()})"
+            out += chunk
+        return out[:out.index(mark)].decode(errors="replace")
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.kill()
+            proc.communicate(timeout=10)
 
 
 def url(info: Mapping[str, Any], *, password: str | None = None,

@@ -193,8 +193,14 @@ class SheepdogCinderDriver(cinder_driver.VolumeDriver):  # type: ignore[misc]
         return update or None
 
     def remove_export(self, context: Any, volume: Any) -> None:
+        """Cinder calls this after the last attachment's terminate_connection,
+        after a failed attach (other hosts may still be attached: their
+        attachments keep the target) and before a delete (Cinder knows of no
+        attachment: the export goes whatever the record still counts)."""
+        gone = (volume.obj_attr_is_set("volume_attachment")
+                and not volume.volume_attachment)
         with cinder_errors(volume=volume):
-            self.core.remove_export(core_volume(volume))
+            self.core.remove_export(core_volume(volume), force=gone)
 
     def create_export_snapshot(self, context: Any, snapshot: Any, connector: Any) -> None:
         return None
@@ -210,9 +216,16 @@ class SheepdogCinderDriver(cinder_driver.VolumeDriver):  # type: ignore[misc]
         with cinder_errors(volume=volume):
             return self.core.initialize_connection(core_volume(volume), conn)
 
-    def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> None:
+    def terminate_connection(self, volume: Any, connector: Any, **kwargs: Any) -> bool:
+        """End one attachment (``connector`` None: a forced detach).  True while
+        other attachments share the volume's target, as Cinder's LVM driver
+        answers: the VolumeManager then keeps the export (no remove_export).
+        The count is the export record's, so a host with two instances of a
+        multiattach volume counts twice, and an unknown initiator or a second
+        call ends nothing."""
         with cinder_errors(volume=volume):
-            self.core.terminate_connection(core_volume(volume), core_connector(connector))
+            return self.core.terminate_connection(core_volume(volume),
+                                                  core_connector(connector))
 
     # -- stats ----------------------------------------------------------------
 

@@ -251,3 +251,27 @@ def run(args: argparse.Namespace, func: Command, names: dict[str, str],
 def emit(result: Result, args: argparse.Namespace) -> None:
     fmt = "json" if wants_json(args) else getattr(args, "output", "table")
     render(result, fmt, getattr(args, "columns", None) or [], sys.stdout)
+
+
+def positive_int(text: str, what: str) -> int:
+    """An argument that must be a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{what} must be at least 1, got {value}")
+    return value
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def memory_size(text: str) -> int:
+    """A memory budget in bytes with an optional K/M/G (binary) suffix, 1M at least."""
+    unit = text[-1:].upper() if text[-1:].isalpha() else ""
+    number = text[:-1] if unit else text
+    if unit not in _UNITS or not number.isdigit() or int(number) * _UNITS[unit] < 1 << 20:
+        raise argparse.ArgumentTypeError(
+            f"the memory budget must be a size of at least 1M (e.g. 256M, 2G), got {text!r}")
+    return int(number) * _UNITS[unit]

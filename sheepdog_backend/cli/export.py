@@ -8,6 +8,12 @@ sheepdog_export_chap_key) whatever its ``sheepdog_attach_protocol``.  ``sync``
 is what to run after tgtd restarted (tgtd keeps targets in memory only): it
 re-creates every recorded export, moves those whose gateway is dead, and
 removes targets under the prefix that no volume records.  Exit codes are ``volume``'s.
+
+Attachments follow the driver's rule (driver/attach.py): every ``export
+create`` (and ``connect --protocol iscsi``) is one attachment of its
+``--initiator`` (or of any initiator, with CHAP, when none is named) on the
+volume's one target; every ``export delete`` ends one, and the target goes with
+the last; ``export delete --all`` removes the export whatever it still counts.
 """
 
 from __future__ import annotations
@@ -39,11 +45,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    "(through a temporary clone)")
     p.add_argument("--initiator", metavar="IQN", help="allow only this initiator "
                    "(repeat the command to add more); default: any initiator with CHAP")
-    p = add("delete", "remove a volume's export (or one initiator's access)", _delete,
+    p = add("delete", "end one attachment of a volume's export (the target goes with "
+            "the last), or the whole export with --all", _delete,
             {"name": "volume", "snapshot": "tag"})
     p.add_argument("name")
     p.add_argument("--snapshot", metavar="TAG")
-    p.add_argument("--initiator", metavar="IQN")
+    p.add_argument("--initiator", metavar="IQN", help="the attachment's initiator "
+                   "(default: one made without --initiator, or the only one)")
+    p.add_argument("--all", action="store_true", help="remove the export whatever "
+                   "attachments it still has (hosts still logged in lose the disk)")
     add("list", "list recorded exports and whether tgtd serves them", _list)
     p = add("check", "check one export: target present, gateway alive", _check,
             {"name": "volume"})
@@ -89,13 +99,31 @@ def _create(driver: VolumeDriver, args: argparse.Namespace) -> Result:
 def _delete(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     attach, drv = _attach(driver)
     mgr = attach.manager(drv.core)
-    if args.snapshot:
-        gone = mgr.unexport_snapshot(args.name, args.snapshot, initiator=args.initiator)
-    else:
-        gone = mgr.unexport(args.name, initiator=args.initiator)
     what = f"{args.name}@{args.snapshot}" if args.snapshot else args.name
-    message = f"export of {what} removed" if gone else f"{what} was not exported"
-    return Result(message=message, data={"message": message, "removed": gone})
+    if args.all:
+        gone = (mgr.unexport_snapshot(args.name, args.snapshot) if args.snapshot
+                else mgr.unexport(args.name))
+        message = f"export of {what} removed" if gone else f"{what} was not exported"
+        return Result(message=message, data={"message": message, "removed": gone})
+    if args.snapshot:
+        done = mgr.detach_snapshot(args.name, args.snapshot, initiator=args.initiator)
+    else:
+        done = mgr.detach(args.name, initiator=args.initiator)
+    who = args.initiator or "a host that named no initiator"
+    if not done.exported:
+        message = f"{what} was not exported"
+    elif done.target_removed:
+        message = f"export of {what} removed (its last attachment ended)"
+    elif done.ended is not None:
+        message = (f"one attachment of {what} ended; {done.remaining} remain, the "
+                   "target stays")
+    else:
+        message = (f"nothing changed: {what} has no attachment of {who} "
+                   f"({done.remaining} remain); name one with --initiator, or remove "
+                   "the whole export with --all")
+    return Result(message=message, data={
+        "message": message, "removed": done.target_removed, "exported": done.exported,
+        "ended": done.ended, "remaining": done.remaining})
 
 
 def _list(driver: VolumeDriver, args: argparse.Namespace) -> Result:

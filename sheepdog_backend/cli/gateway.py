@@ -2,7 +2,8 @@
 
 Listens on a unix socket and/or a TCP port <= 9999 on 127.0.0.1, forwards
 every request to the cluster nodes given with ``--cluster`` (plus the ones
-the cluster reports), logs one line at start and stop, writes per-volume I/O
+the cluster reports) on one event loop (``--max-connections`` and
+``--memory-budget`` bound what it serves), logs one line at start and stop, writes per-volume I/O
 counters as JSON to ``--stats-file`` every ``--stats-interval`` seconds (and
 at stop), and stops cleanly on SIGINT/SIGTERM.
 """
@@ -18,6 +19,8 @@ import sys
 import threading
 from types import FrameType
 
+from sheepdog_backend.cli.common import memory_size, positive_int
+from sheepdog_backend.engine.engine import DEFAULT_MAX_CONNECTIONS, DEFAULT_MEMORY_BUDGET
 from sheepdog_backend.exception import SheepdogError
 
 LOG = logging.getLogger("sheepdog_backend.gateway")
@@ -43,6 +46,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="MiB of writes kept during a cluster recovery to send again "
                         "once it is done (sheep 1.0 can lose them on one copy); past it "
                         "writes wait for the recovery; 0 turns this off (default 256)")
+    parser.add_argument("--max-connections", type=lambda t: positive_int(t, "max-connections"),
+                        default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help="client connections served at once (default "
+                        f"{DEFAULT_MAX_CONNECTIONS}; tgt opens up to 17 per LU); more are "
+                        "closed at once and logged")
+    parser.add_argument("--memory-budget", type=memory_size, default=DEFAULT_MEMORY_BUDGET,
+                        metavar="SIZE", help="bytes held at most for requests and replies "
+                        "in flight, all clients together (default 256M)")
     parser.add_argument("--stats-file", metavar="PATH",
                         help="write per-volume I/O counters here as JSON")
     parser.add_argument("--stats-interval", type=float, default=10.0,
@@ -74,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         gateway = Gateway(args.cluster, unix_path=args.unix, port=args.port, host=args.host,
                           drain_timeout=args.drain_timeout,
-                          replay_budget=args.replay_budget << 20)
+                          replay_budget=args.replay_budget << 20,
+                          max_connections=args.max_connections,
+                          memory_budget=args.memory_budget)
         gateway.start()
     except SheepdogError as exc:
         print(f"sheepdog-backend gateway: error: {exc}", file=sys.stderr)
@@ -97,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
             stats = gateway.stats()
             if args.stats_file:
                 _write_stats(args.stats_file, stats)
-            LOG.info("gateway stats: %d volume(s), %d snapshot(s), %d re-applied slot(s)",
-                     len(stats["vdis"]), stats["snapshots"], stats["reapplied_slots"])
+            wire = stats["wire"]
+            LOG.info("gateway stats: %d volume(s), %d snapshot(s), %d re-applied slot(s), "
+                     "%d connection(s), %d upstream(s), %d refused",
+                     len(stats["vdis"]), stats["snapshots"], stats["reapplied_slots"],
+                     wire.get("connections", 0), wire.get("upstreams", 0),
+                     wire.get("refused", 0))
     finally:
         stats = gateway.stats()
         gateway.stop()

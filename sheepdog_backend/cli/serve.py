@@ -21,6 +21,7 @@ import sys
 import threading
 from types import FrameType
 
+from sheepdog_backend.cli.common import memory_size, positive_int
 from sheepdog_backend.protocol.constants import SD_LISTEN_PORT, SD_MAX_COPIES
 
 LOG = logging.getLogger("sheepdog_backend.serve")
@@ -45,29 +46,6 @@ def _copies(text: str) -> int:
     if not 1 <= value <= SD_MAX_COPIES:
         raise argparse.ArgumentTypeError(f"copies must be in 1..{SD_MAX_COPIES}, got {value}")
     return value
-
-
-def _positive(text: str, what: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{what} must be at least 1, got {value}")
-    return value
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def _bytes(text: str) -> int:
-    """A size in bytes with an optional K/M/G (binary) suffix."""
-    unit = text[-1:].upper() if text[-1:].isalpha() else ""
-    number = text[:-1] if unit else text
-    if unit not in _UNITS or not number.isdigit() or int(number) * _UNITS[unit] < 1 << 20:
-        raise argparse.ArgumentTypeError(
-            f"the memory budget must be a size of at least 1M (e.g. 256M, 2G), got {text!r}")
-    return int(number) * _UNITS[unit]
 
 
 def _seconds(text: str) -> float:
@@ -102,10 +80,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     from sheepdog_backend.server import server as net
 
     limits = parser.add_argument_group("limits")
-    limits.add_argument("--memory-budget", type=_bytes, default=net.DEFAULT_MEMORY_BUDGET,
+    limits.add_argument("--memory-budget", type=memory_size, default=net.DEFAULT_MEMORY_BUDGET,
                         help="bytes of requests and replies in flight across all clients "
                         "before the server stops reading (default 256M)")
-    limits.add_argument("--max-connections", type=lambda t: _positive(t, "max-connections"),
+    limits.add_argument("--max-connections", type=lambda t: positive_int(t, "max-connections"),
                         default=net.DEFAULT_MAX_CONNECTIONS,
                         help=f"connections served at once; more are closed at once "
                         f"(default {net.DEFAULT_MAX_CONNECTIONS})")

@@ -63,8 +63,9 @@ from sheepdog_backend.protocol.constants import (
     Flag,
     flat_max_vdi_size,
 )
-from sheepdog_backend.protocol.inode import InodeHeader
+from sheepdog_backend.protocol.inode import HOSTS_VALUE, OFFSET_EXPORT_HOSTS, InodeHeader
 from sheepdog_backend.protocol.naming import validate_name, validate_tag
+from sheepdog_backend.protocol.oid import vid_to_vdi_oid
 from sheepdog_backend.protocol.structs import (
     ClusterInfo,
     SdNode,
@@ -442,6 +443,17 @@ class SheepdogClient:
         raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
         return self._run(rc.lock(raw, rawtag, name), what=f"lock {name!r}",
                          wait_for_lock=wait)
+
+    def set_export_hosts(self, name: str, hosts: int) -> None:
+        """Record in ``name``'s inode how many hosts export it at once
+        (protocol.inode.OFFSET_EXPORT_HOSTS): gateways check the reads of a
+        VDI two hosts export (gateway/views.py)."""
+        if not 0 <= hosts <= 0xFFFFFFFF:
+            raise InvalidInput(f"a host count of {hosts} does not fit")
+        oid = vid_to_vdi_oid(self.get_vdi(name).vid)
+        value = HOSTS_VALUE.pack(hosts)
+        self._run(lambda c: ops.check(c.call(rq.write_obj(oid, OFFSET_EXPORT_HOSTS, value))),
+                  what=f"record the hosts exporting {name!r}")
 
     def release_vdi(self, vid: int) -> None:
         if not isinstance(vid, int) or not 0 < vid < 1 << 24:

@@ -3,9 +3,12 @@
 How it works: ``sheepdog_attach_protocol`` chooses.  For ``sheepdog`` the
 driver keeps its native connection info and nothing here runs.  For
 ``iscsi`` every attach exports the volume through tgt (sheepdog_backend.export),
-records the export on the cluster and returns os-brick's iSCSI connection
-info; detach removes the initiator, and the target when none is left.  A
-snapshot attaches through a temporary read-only clone.
+counts the attachment in the export record on the cluster and returns
+os-brick's iSCSI connection info; every attachment of a volume shares its one
+target (live migration, multiattach).  Detach ends one attachment: the
+initiator leaves the ACL with its last one, the target with the last of all,
+and ``terminate_connection`` says whether others remain.  A snapshot attaches
+through a temporary read-only clone.
 
 The driver calls these functions with its DriverCore (``driver.core``);
 ``_managers`` maps a core to its ExportManager (built on first use, weakly
@@ -34,6 +37,7 @@ from sheepdog_backend.exception import ExportedVolumeBusy
 if TYPE_CHECKING:
     from sheepdog_backend.driver.base import Connector, Snapshot, Volume
     from sheepdog_backend.export import ExportManager, ExportRecord
+    from sheepdog_backend.export.manager import Detached
 
 _managers: weakref.WeakKeyDictionary[DriverCore, ExportManager] = (
     weakref.WeakKeyDictionary())
@@ -72,12 +76,12 @@ def initialize_connection(core: DriverCore, volume: Volume,
 
 
 def terminate_connection(core: DriverCore, volume: Volume,
-                         connector: Connector | None) -> None:
-    """Drop ``connector``'s initiator; the target goes with the last one (or at
-    once when no connector is given: a forced detach)."""
+                         connector: Connector | None) -> Detached:
+    """End one attachment of ``connector``'s initiator (None: a forced detach,
+    see ExportRecord.ending); the target goes with the last attachment."""
     name = core.vdi_name(volume)
     initiator = connector.initiator if connector is not None else None
-    manager(core).unexport(name, initiator=initiator)
+    return manager(core).detach(name, initiator=initiator)
 
 
 def initialize_connection_snapshot(core: DriverCore, snapshot: Snapshot,
@@ -89,22 +93,24 @@ def initialize_connection_snapshot(core: DriverCore, snapshot: Snapshot,
 
 
 def terminate_connection_snapshot(core: DriverCore, snapshot: Snapshot,
-                                  connector: Connector | None) -> None:
+                                  connector: Connector | None) -> Detached:
     name, tag = core.vdi_name(snapshot.volume), core.snapshot_tag(snapshot)
     initiator = connector.initiator if connector is not None else None
-    manager(core).unexport_snapshot(name, tag, initiator=initiator)
+    return manager(core).detach_snapshot(name, tag, initiator=initiator)
 
 
 def create_export(core: DriverCore, volume: Volume,
                   connector: Connector | None = None) -> dict[str, Any]:
-    """Cinder's create_export: the target exists afterwards.  No model update:
-    the export is recorded on the volume (a VDI attribute) and
-    initialize_connection returns the portal, IQN and CHAP; provider_location
-    stays the VDI name the Cinder adapter resolves volumes by."""
+    """Cinder's create_export: the target exists afterwards and allows the
+    connector's initiator; the attachment itself is counted by the
+    initialize_connection that follows.  No model update: the export is
+    recorded on the volume (a VDI attribute) and initialize_connection returns
+    the portal, IQN and CHAP; provider_location stays the VDI name the Cinder
+    adapter resolves volumes by."""
     if not uses_iscsi(core):
         return {}
     initiator = connector.initiator if connector is not None else None
-    manager(core).export_volume(core.vdi_name(volume), initiator=initiator)
+    manager(core).export_volume(core.vdi_name(volume), initiator=initiator, attach=False)
     return {}
 
 
@@ -118,11 +124,17 @@ def ensure_export(core: DriverCore, volume: Volume) -> dict[str, Any]:
     return {}
 
 
-def remove_export(core: DriverCore, volume: Volume) -> None:
+def remove_export(core: DriverCore, volume: Volume, *, force: bool = False) -> None:
+    """Remove the export unless an attachment still uses it (Cinder calls this
+    after a failed attach too, while other hosts stay attached); ``force``:
+    whatever attachments it records (the volume is going away)."""
     name = core.vdi_name(volume)
     if not uses_iscsi(core) and not _recorded(core, name):
         return  # native attach, and no export made by hand (CLI): no tgtd to ask
-    manager(core).unexport(name)
+    if force:
+        manager(core).unexport(name)
+    else:
+        manager(core).remove_unused(name)
 
 
 def _recorded(core: DriverCore, name: str) -> bool:
@@ -181,6 +193,9 @@ def refuse_if_recorded(core: DriverCore, name: str, what: str,
 
 def stats(core: DriverCore) -> dict[str, Any]:
     """Stats keys that depend on the attach protocol."""
-    if uses_iscsi(core):
-        return {"storage_protocol": "iSCSI", "online_extend_support": True}
-    return {"storage_protocol": "sheepdog", "online_extend_support": False}
+    if uses_iscsi(core):  # every attachment shares the volume's one LU
+        return {"storage_protocol": "iSCSI", "online_extend_support": True,
+                "multiattach": True}
+    # QEMU's sheepdog driver locks the VDI: one guest at a time
+    return {"storage_protocol": "sheepdog", "online_extend_support": False,
+            "multiattach": False}

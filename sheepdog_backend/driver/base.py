@@ -253,8 +253,10 @@ class VolumeDriver(abc.ABC):
         ``{"driver_volume_type": ..., "data": {...}}``."""
 
     @abc.abstractmethod
-    def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
-        """Forget an attachment. Never fails because it is already gone."""
+    def terminate_connection(self, volume: Volume, connector: Connector | None) -> bool:
+        """Forget one attachment (``connector`` None: a forced detach). Never
+        fails because it is already gone. True while other attachments still
+        share the volume's connection (Cinder then keeps the export)."""
 
     # Exports: a driver that must set something up on the storage side before
     # a host can attach (e.g. an iSCSI target) does it here; Sheepdog's native

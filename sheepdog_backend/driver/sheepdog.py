@@ -330,12 +330,14 @@ class SheepdogDriver(VolumeDriver):
         gateways = list(self.client.gateways_by_health())
         return connection_info(name, gateways)
 
-    def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
-        """Native Sheepdog keeps no per-host state; iSCSI drops the target."""
+    def terminate_connection(self, volume: Volume, connector: Connector | None) -> bool:
+        """Native Sheepdog keeps no per-host state; iSCSI ends one attachment
+        and says whether others still share the target."""
         if attach.uses_iscsi(self._core):
             with self._exporting(volume, "terminate_connection"):
-                return attach.terminate_connection(self._core, volume, connector)
+                return attach.terminate_connection(self._core, volume, connector).shared
         self.vdi_name(volume)
+        return False
 
     # iSCSI exports (driver/attach.py, sheepdog_backend/export)
     def initialize_connection_snapshot(self, snapshot: Snapshot,
@@ -344,9 +346,10 @@ class SheepdogDriver(VolumeDriver):
             return attach.initialize_connection_snapshot(self._core, snapshot, connector)
 
     def terminate_connection_snapshot(self, snapshot: Snapshot,
-                                      connector: Connector | None) -> None:
+                                      connector: Connector | None) -> bool:
         with self._exporting(snapshot.volume, "terminate_connection_snapshot"):
-            attach.terminate_connection_snapshot(self._core, snapshot, connector)
+            return attach.terminate_connection_snapshot(self._core, snapshot,
+                                                        connector).shared
 
     def create_export(self, volume: Volume,
                       connector: Connector | None = None) -> dict[str, Any]:
@@ -357,9 +360,9 @@ class SheepdogDriver(VolumeDriver):
         with self._exporting(volume, "ensure_export"):
             return attach.ensure_export(self._core, volume)
 
-    def remove_export(self, volume: Volume) -> None:
+    def remove_export(self, volume: Volume, *, force: bool = False) -> None:
         with self._exporting(volume, "remove_export"):
-            attach.remove_export(self._core, volume)
+            attach.remove_export(self._core, volume, force=force)
 
     # -- stats ---------------------------------------------------------------
 

@@ -44,7 +44,6 @@ def collect_stats(core: DriverCore, version: str) -> dict[str, Any]:
         "max_over_subscription_ratio": float(conf.max_over_subscription_ratio),
         "reserved_percentage": int(conf.reserved_percentage),
         "total_volumes": len(working),
-        "multiattach": False,
         "sparse_copy_volume": True,
     }
 

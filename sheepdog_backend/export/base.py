@@ -9,8 +9,9 @@ cluster, and the models a target daemon reports.
   HMAC-SHA256 from a configured key, so they survive restarts without a
   database and differ per volume.
 * ``ExportRecord``: what is exported, through which gateway, for which
-  initiators; stored as JSON in a VDI attribute (``state.py``) so ``sync`` can
-  recreate targets after the daemon forgot them.
+  initiators and how many attachments each has; stored as JSON in a VDI
+  attribute (manager.py) so ``sync`` can recreate targets after the daemon
+  forgot them and every process sees the same attachments.
 * ``check_backing_name`` / ``check_gateway``: what tgt's Sheepdog backing store
   cannot carry (see tgt.py).
 """
@@ -97,12 +98,27 @@ def check_gateway(host: str, port: int) -> tuple[str, int]:
     return host, port
 
 
+ANY_INITIATOR = "*"  # the attachments of hosts that named no initiator (ACL: ALL, CHAP only)
+RECORD_VERSION = 2
+
+
 @dataclass(frozen=True)
 class ExportRecord:
     """An export as recorded on the cluster.
 
     ``vdi`` is the VDI the LU serves (a temporary clone for a snapshot);
     ``source`` is ``{"volume": name, "tag": tag}`` when it is such a clone.
+    ``initiators`` is the ACL: the named initiators allowed to log in.
+    ``attachments`` counts the attachments per initiator (``ANY_INITIATOR`` for
+    those made without a name): one host with two instances of a volume has
+    two.  An initiator in the ACL without an attachment was allowed ahead of
+    its attachment (Cinder's ``create_export``).  The target lives while any
+    attachment does.
+
+    Version 2 adds ``attachments``; ``initiators`` keeps its version-1 meaning,
+    so a reader of version 1 still applies the right ACL.  A version-1 record
+    reads as one attachment per listed initiator (version 1 counted no
+    repeats), or one attachment of any initiator when it lists none.
     """
 
     vdi: str
@@ -112,11 +128,13 @@ class ExportRecord:
     initiators: tuple[str, ...] = ()
     chap: bool = True
     source: dict[str, str] | None = None
+    attachments: dict[str, int] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        body: dict[str, Any] = {"v": 1, "vdi": self.vdi, "iqn": self.iqn,
+        body: dict[str, Any] = {"v": RECORD_VERSION, "vdi": self.vdi, "iqn": self.iqn,
                                 "gateway": self.gateway, "readonly": self.readonly,
-                                "initiators": list(self.initiators), "chap": self.chap}
+                                "initiators": list(self.initiators), "chap": self.chap,
+                                "attachments": dict(self.attachments)}
         if self.source is not None:
             body["source"] = dict(self.source)
         return json.dumps(body, sort_keys=True).encode("utf-8")
@@ -126,12 +144,17 @@ class ExportRecord:
         try:
             body = json.loads(raw.rstrip(b"\0").decode("utf-8"))
             source = body.get("source")
+            initiators = tuple(str(i) for i in body.get("initiators", []))
+            counts = body.get("attachments")
+            if counts is None:  # version 1
+                counts = {i: 1 for i in initiators} if initiators else {ANY_INITIATOR: 1}
+            attachments = {str(k): int(n) for k, n in dict(counts).items() if int(n) > 0}
             return cls(vdi=str(body["vdi"]), iqn=str(body["iqn"]),
                        gateway=str(body["gateway"]), readonly=bool(body["readonly"]),
-                       initiators=tuple(str(i) for i in body.get("initiators", [])),
-                       chap=bool(body.get("chap", True)),
+                       initiators=initiators, chap=bool(body.get("chap", True)),
                        source=({"volume": str(source["volume"]), "tag": str(source["tag"])}
-                               if source else None))
+                               if source else None),
+                       attachments=attachments)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidInput(f"unreadable export record {raw[:80]!r}: {exc}") from None
 
@@ -139,6 +162,65 @@ class ExportRecord:
         values = {f: getattr(self, f) for f in self.__dataclass_fields__}
         values.update(changes)
         return ExportRecord(**values)
+
+    # -- attachments ------------------------------------------------------------
+
+    @property
+    def attached(self) -> int:
+        """How many attachments the export serves."""
+        return sum(self.attachments.values())
+
+    @property
+    def acl(self) -> tuple[str, ...]:
+        """The initiators to allow on the target; empty: any (with CHAP)."""
+        return () if ANY_INITIATOR in self.attachments else self.initiators
+
+    def allowing(self, initiator: str | None) -> ExportRecord:
+        """``initiator`` added to the ACL, with no attachment yet."""
+        if not initiator or initiator in self.initiators:
+            return self
+        return self.with_changes(initiators=(*self.initiators, initiator))
+
+    def attaching(self, initiator: str | None) -> ExportRecord:
+        """One more attachment of ``initiator`` (None: a host that named none)."""
+        key = initiator or ANY_INITIATOR
+        counts = dict(self.attachments)
+        counts[key] = counts.get(key, 0) + 1
+        return self.allowing(initiator).with_changes(attachments=counts)
+
+    def ending(self, initiator: str | None) -> tuple[ExportRecord, str | None]:
+        """The record with one attachment of ``initiator`` ended, and the key of
+        the attachment that ended (None: none did, and the record is the same).
+
+        ``initiator`` None (a forced detach that names no host) ends an
+        attachment of a host that named none, else the only attachment; with
+        several named ones it cannot tell which and ends none.  An initiator
+        allowed but not attached loses its ACL entry and ends nothing.
+        """
+        if initiator:
+            key = initiator if self.attachments.get(initiator) else None
+        elif self.attachments.get(ANY_INITIATOR):
+            key = ANY_INITIATOR
+        else:
+            key = next(iter(self.attachments)) if self.attached == 1 else None
+        if key is None:
+            if initiator in self.initiators:
+                return self.with_changes(initiators=tuple(
+                    i for i in self.initiators if i != initiator)), None
+            return self, None
+        counts = dict(self.attachments)
+        counts[key] -= 1
+        if not counts[key]:
+            del counts[key]
+        rec = self.with_changes(attachments=counts)
+        if key not in counts and key != ANY_INITIATOR:
+            rec = rec.with_changes(initiators=tuple(i for i in rec.initiators if i != key))
+        return rec, key
+
+    def unattached(self) -> ExportRecord:
+        """Only the initiators that have attachments left in the ACL."""
+        return self.with_changes(initiators=tuple(
+            i for i in self.initiators if self.attachments.get(i)))
 
 
 @dataclass(frozen=True)

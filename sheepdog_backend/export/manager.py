@@ -9,6 +9,14 @@ targets and move a LU whose gateway stopped answering to a live one.  A
 snapshot is exported through a temporary clone (tgt refuses snapshots as
 LUs), read-only, recorded with its source and deleted when unexported.
 
+Attachments share the volume's one target (one LU: tgt caches the inode per
+LU, and two LUs of one VDI can lose each other's writes): ``export_volume``
+counts one more attachment of its initiator in the record and adds it to the
+ACL; ``detach`` ends one, takes the initiator off the ACL when it has none
+left, and removes the target and the record with the last attachment.  A live
+migration (two hosts) or a multiattach volume (several instances, maybe on
+one host) is just more than one attachment.
+
 Shared state: the cluster (records) and tgtd (targets); nothing is cached
 here.  Calls for different volumes may run in parallel; calls for the same
 volume are serialised by ``_lock`` (one lock for the manager: exports are
@@ -86,6 +94,29 @@ def snapshot_clone_name(volume: str, tag: str) -> str:
     """The temporary clone that carries snapshot ``tag`` of ``volume``."""
     digest = hashlib.sha256(f"{volume}\0{tag}".encode()).hexdigest()[:12]
     return f"{volume}{SNAPSHOT_CLONE_MARK}{digest}"
+
+
+@dataclass(frozen=True)
+class Detached:
+    """What ending one attachment did.
+
+    ``exported``: the volume had an export; ``ended``: the key of the
+    attachment that ended (its initiator, or ``ANY_INITIATOR``), None when
+    none did (unknown initiator, already gone, or a forced detach that cannot
+    tell which of several); ``remaining``: attachments the target still
+    serves; ``target_removed``: this call removed the target and its record.
+    """
+
+    vdi: str
+    exported: bool
+    ended: str | None
+    remaining: int
+    target_removed: bool
+
+    @property
+    def shared(self) -> bool:
+        """Other attachments still use the target (Cinder's "shared connection")."""
+        return self.remaining > 0
 
 
 def read_record(client: SheepdogClient, vdi: str) -> ExportRecord | None:
@@ -191,10 +222,12 @@ class ExportManager:
         return chap_credentials(self.settings.chap_key, rec.iqn) if rec.chap else None
 
     def export_volume(self, vdi: str, *, initiator: str | None = None,
-                      readonly: bool = False,
-                      source: dict[str, str] | None = None) -> ExportRecord:
-        """Export working VDI ``vdi`` (idempotent; adds ``initiator`` to the
-        ACL of an existing export)."""
+                      readonly: bool = False, source: dict[str, str] | None = None,
+                      attach: bool = True) -> ExportRecord:
+        """Export working VDI ``vdi`` and count one more attachment of
+        ``initiator`` (None: a host that named none, allowed with CHAP only);
+        with ``attach`` False only allow ``initiator`` (Cinder's create_export,
+        followed by initialize_connection's attachment)."""
         check_backing_name(vdi)
         with self._lock:
             info = self.client.find_vdi(vdi)
@@ -208,8 +241,7 @@ class ExportManager:
             elif not self._probe(rec.gateway):
                 self._refuse_stuck(rec, "re-exported")
                 rec = rec.with_changes(gateway=self.pick_gateway(avoid=rec.gateway))
-            if initiator and initiator not in rec.initiators:
-                rec = rec.with_changes(initiators=(*rec.initiators, initiator))
+            rec = rec.attaching(initiator) if attach else rec.allowing(initiator)
             self._save(rec)
             self._apply(rec)
             return rec
@@ -217,7 +249,7 @@ class ExportManager:
     def export_snapshot(self, volume: str, tag: str, *,
                         initiator: str | None = None) -> ExportRecord:
         """Export snapshot ``tag`` of ``volume`` read-only through a temporary
-        clone."""
+        clone (one more attachment of ``initiator``)."""
         clone = snapshot_clone_name(volume, tag)
         with self._lock:
             snap = self.client.find_vdi(volume, tag)
@@ -233,36 +265,86 @@ class ExportManager:
             return self.export_volume(clone, initiator=initiator, readonly=True,
                                       source={"volume": volume, "tag": tag})
 
-    def unexport(self, vdi: str, *, initiator: str | None = None) -> bool:
-        """Remove ``initiator`` from the export, or the whole export when no
-        initiator is named or none is left; a temporary snapshot clone is
-        deleted with it.  False when ``vdi`` was not exported."""
+    def detach(self, vdi: str, *, initiator: str | None = None) -> Detached:
+        """End one attachment of ``initiator`` (rules: ExportRecord.ending); the
+        initiator leaves the ACL with its last attachment, the target and the
+        record (and a snapshot's temporary clone) with the last of all.  An
+        unknown initiator, a volume not exported or a forced detach that cannot
+        tell which attachment ends change nothing."""
         with self._lock:
-            rec = self.record(vdi) if self.client.find_vdi(vdi) is not None else None
-            if rec is None:  # no record (or no volume): drop a leftover target anyway
-                iqn = target_iqn(self.settings.prefix, vdi)
-                user = (chap_credentials(self.settings.chap_key, iqn)[0]
-                        if self.settings.chap else None)
-                self.targets.remove(iqn, chap_user=user)
-                return False
-            if initiator and set(rec.initiators) - {initiator}:
-                rec = rec.with_changes(initiators=tuple(
-                    i for i in rec.initiators if i != initiator))
-                self._save(rec)
-                self.targets.unbind_initiator(rec.iqn, initiator)
+            rec = self._existing_record(vdi)
+            if rec is None:
+                return Detached(vdi, exported=False, ended=None, remaining=0,
+                                target_removed=False)
+            after, ended = rec.ending(initiator)
+            if ended is not None and not after.attached:
+                self._remove(rec)
+                return Detached(vdi, exported=True, ended=ended, remaining=0,
+                                target_removed=True)
+            self._narrow(rec, after)
+            return Detached(vdi, exported=True, ended=ended, remaining=after.attached,
+                            target_removed=False)
+
+    def detach_snapshot(self, volume: str, tag: str, *,
+                        initiator: str | None = None) -> Detached:
+        return self.detach(snapshot_clone_name(volume, tag), initiator=initiator)
+
+    def remove_unused(self, vdi: str) -> bool:
+        """Remove the export unless an attachment still uses it (then only take
+        initiators allowed without an attachment off the ACL); a target left
+        without a record goes too.  True when the export is gone."""
+        with self._lock:
+            rec = self._existing_record(vdi)
+            if rec is None:
+                self._remove_leftover(vdi)
                 return True
-            if not self._probe(rec.gateway):
-                self._refuse_stuck(rec, "removed")
-            creds = self.credentials(rec)
-            self.targets.remove(rec.iqn, chap_user=creds[0] if creds else None)
-            self.client.delete_attr(vdi, RECORD_KEY)
-            if rec.source is not None:
-                self.client.delete_vdi(vdi)
+            if rec.attached:
+                self._narrow(rec, rec.unattached())
+                return False
+            self._remove(rec)
             return True
 
-    def unexport_snapshot(self, volume: str, tag: str, *,
-                          initiator: str | None = None) -> bool:
-        return self.unexport(snapshot_clone_name(volume, tag), initiator=initiator)
+    def unexport(self, vdi: str) -> bool:
+        """Remove the whole export of ``vdi`` whatever attachments it has (a
+        temporary snapshot clone is deleted with it); a target left without a
+        record goes too.  False when ``vdi`` was not exported."""
+        with self._lock:
+            rec = self._existing_record(vdi)
+            if rec is None:
+                self._remove_leftover(vdi)
+                return False
+            self._remove(rec)
+            return True
+
+    def unexport_snapshot(self, volume: str, tag: str) -> bool:
+        return self.unexport(snapshot_clone_name(volume, tag))
+
+    def _existing_record(self, vdi: str) -> ExportRecord | None:
+        return self.record(vdi) if self.client.find_vdi(vdi) is not None else None
+
+    def _narrow(self, rec: ExportRecord, after: ExportRecord) -> None:
+        """Save ``after`` and take the initiators it dropped off the target."""
+        if after == rec:
+            return
+        self._save(after)
+        if after.acl != rec.acl and after.acl:  # from ALL to named initiators
+            self._apply(after)
+        for name in set(rec.initiators) - set(after.initiators):
+            self.targets.unbind_initiator(rec.iqn, name)
+
+    def _remove(self, rec: ExportRecord) -> None:
+        if not self._probe(rec.gateway):
+            self._refuse_stuck(rec, "removed")
+        creds = self.credentials(rec)
+        self.targets.remove(rec.iqn, chap_user=creds[0] if creds else None)
+        self.client.delete_attr(rec.vdi, RECORD_KEY)
+        if rec.source is not None:
+            self.client.delete_vdi(rec.vdi)
+
+    def _remove_leftover(self, vdi: str) -> None:
+        iqn = target_iqn(self.settings.prefix, vdi)
+        user = chap_credentials(self.settings.chap_key, iqn)[0] if self.settings.chap else None
+        self.targets.remove(iqn, chap_user=user)
 
     def _refuse_stuck(self, rec: ExportRecord, what: str) -> None:
         """TargetBusy when tgtd still has a LU on ``rec``'s dead gateway: closing
@@ -281,7 +363,7 @@ class ExportManager:
         host, port = _split(rec.gateway)
         return self.targets.create(rec.iqn, backing_path(host, port, rec.vdi),
                                    readonly=rec.readonly, chap=self.credentials(rec),
-                                   initiators=rec.initiators)
+                                   initiators=rec.acl)
 
     # -- health, sync, resize -------------------------------------------------
 
@@ -303,6 +385,7 @@ class ExportManager:
             problems.append(f"gateway {rec.gateway} does not answer")
         return {"vdi": vdi, "exported": True, "iqn": rec.iqn, "gateway": rec.gateway,
                 "readonly": rec.readonly, "initiators": list(rec.initiators),
+                "attachments": dict(rec.attachments),
                 "sessions": target.sessions if target else 0, "problems": problems}
 
     def ensure(self, vdi: str) -> ExportRecord | None:

@@ -110,14 +110,14 @@ class Forwarder:
         # Told of each change with the highest epoch seen before it (replay.py).
         self.on_change: Callable[[int | None], None] | None = None
 
-    def _note_change(self) -> None:
+    def note_change(self) -> None:
         with self._lock:
             self._changed = self._clock()
             before = self._epoch
         if self.on_change is not None:
             self.on_change(before)
 
-    def _note_epoch(self, epoch: int) -> None:
+    def note_epoch(self, epoch: int) -> None:
         if not epoch:
             return
         rose = False
@@ -131,6 +131,10 @@ class Forwarder:
         if rose and self.on_change is not None:
             self.on_change(before)
 
+    def count_recovery_retry(self) -> None:
+        with self._lock:
+            self.recovery_retries += 1
+
     def may_be_recovering(self) -> bool:
         """Whether a node failed, or the epoch rose, within the window."""
         with self._lock:
@@ -138,15 +142,14 @@ class Forwarder:
 
     def _call(self, conn: Connection, request: Request, safe: bool) -> Response:
         response = conn.call(request)
-        self._note_epoch(response.epoch)
+        self.note_epoch(response.epoch)
         if response.result in NODE_STATE_RESULTS or (
                 safe and not response.ok and error_for_code(response.result).transient):
             raise error_for_code(response.result, f"{conn.address} answered "
                                  f"{response.result:#x} to opcode {request.opcode:#x}")
         if response.result == Result.NO_OBJ and request.opcode in RECOVERY_NO_OBJ_OPS \
                 and self.may_be_recovering():
-            with self._lock:
-                self.recovery_retries += 1
+            self.count_recovery_retry()
             raise _RecoveringNoObject(f"{conn.address} answered NO_OBJ to opcode "
                                       f"{request.opcode:#x} while the cluster may be "
                                       "recovering")
@@ -157,7 +160,7 @@ class Forwarder:
             return self.cluster.run(lambda conn: self._call(conn, request, safe))
         except TransportError as exc:
             if request_was_sent(exc):
-                self._note_change()  # a node failed under our request
+                self.note_change()  # a node failed under our request
             if safe or not request_was_sent(exc):
                 raise
             raise _OutcomeUnknown(str(exc)) from exc

@@ -92,6 +92,7 @@ class RecoveryReplay:
         self._kept: OrderedDict[tuple[int, int, int], Request] = OrderedDict()
         self._kept_bytes = 0
         self._in_flight = 0
+        self._admitting = 0  # writes waiting in ``admit``
         self._replaying = False
         self.replays = 0  # windows whose writes were sent again
         self.replayed = 0  # writes sent again
@@ -125,22 +126,59 @@ class RecoveryReplay:
         if not self.budget or _write_key(request) is None:
             return False
         with self._cond:
-            while self._replaying or (self._open and self._kept_bytes >= self.budget):
-                self._cond.wait(1.0)
+            self._admitting += 1
+            try:
+                while self._replaying or (self._open and self._kept_bytes >= self.budget):
+                    self._cond.wait(1.0)
+            finally:
+                self._admitting -= 1
             self._in_flight += 1
         return True
 
-    def settle(self, request: Request, response: Response | None) -> None:
-        """After forwarding a write ``admit`` took: keep it if the window is open."""
-        key = _write_key(request)
+    def admit_nowait(self) -> bool:
+        """``admit`` for a write without waiting: False when it would wait (a
+        replay runs, or the kept writes fill the budget); the caller then takes
+        the blocking path.  True: ``settle_lazily`` must follow."""
+        with self._cond:
+            if self._replaying or (self._open and self._kept_bytes >= self.budget):
+                return False
+            self._in_flight += 1
+            return True
+
+    def settle_lazily(self, request: Callable[[], Request], ok: bool) -> None:
+        """``settle`` for a write ``admit_nowait`` took: ``request()`` builds
+        it only when it is kept (the window is open and the write succeeded);
+        ``ok=False`` also takes back an admission whose write is not sent."""
         with self._cond:
             self._in_flight -= 1
-            if self._open and key is not None and response is not None and response.ok:
-                old = self._kept.pop(key, None)
-                if old is not None:
-                    self._kept_bytes -= len(old.payload)
-                self._kept[key] = request
-                self._kept_bytes += len(request.payload)
+            if self._open and ok:
+                self._keep(request())
+            self._wake_waiters()
+
+    def _keep(self, request: Request) -> None:
+        key = _write_key(request)
+        if key is None:
+            return
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self._kept_bytes -= len(old.payload)
+        self._kept[key] = request
+        self._kept_bytes += len(request.payload)
+
+    def settle(self, request: Request, response: Response | None) -> None:
+        """After forwarding a write ``admit`` took: keep it if the window is open."""
+        with self._cond:
+            self._in_flight -= 1
+            if self._open and response is not None and response.ok:
+                self._keep(request)
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """After a write settled (lock held): wake whoever waits for it - a
+        replay for the writes in flight, writes for room - and nobody else (the
+        watcher waits on the same condition for a window, and waking it on
+        every write would cost a thread switch per write)."""
+        if self._replaying or self._admitting:
             self._cond.notify_all()
 
     # -- the watcher -------------------------------------------------------------

@@ -108,18 +108,25 @@ class _Pending:
 def slot_values(request: Request) -> tuple[int, tuple[int, ...]] | None:
     """(first idx, values) when ``request`` writes data_vdi_id slots of an inode."""
     body = request.body
-    if request.opcode != Opcode.WRITE_OBJ or not isinstance(body, ObjRequest) \
-            or not is_vdi_obj(body.oid):
+    if request.opcode != Opcode.WRITE_OBJ or not isinstance(body, ObjRequest):
         return None
-    start, end = body.offset, body.offset + len(request.payload)
+    return slot_values_at(body.oid, body.offset, request.payload)
+
+
+def slot_values_at(oid: int, offset: int, payload: bytes | memoryview
+                   ) -> tuple[int, tuple[int, ...]] | None:
+    """(first idx, values) when a WRITE_OBJ of ``payload`` at ``offset`` of
+    object ``oid`` writes data_vdi_id slots of an inode."""
+    if not is_vdi_obj(oid):
+        return None
+    start, end = offset, offset + len(payload)
     lo, hi = max(start, SD_INODE_INDEX_OFFSET), min(end, SD_INODE_GREF_OFFSET)
     first = (lo - SD_INODE_INDEX_OFFSET + _SLOT - 1) // _SLOT
     last = (hi - SD_INODE_INDEX_OFFSET) // _SLOT  # exclusive
     if last <= first:
         return None
     skip = SD_INODE_INDEX_OFFSET + first * _SLOT - start
-    raw = request.payload[skip:skip + (last - first) * _SLOT]
-    return first, struct.unpack(f"<{last - first}I", raw)
+    return first, struct.unpack_from(f"<{last - first}I", payload, skip)
 
 
 def snapshot_base(request: Request) -> int | None:
@@ -148,6 +155,7 @@ class SnapshotGuard:
         self.events: list[SnapshotEvent] = []  # the last snapshots seen (bounded)
         self.reapplied = 0  # slots re-applied to a working inode
         self.refused = 0  # data writes answered READONLY by the guard itself
+        self.draining = 0  # snapshots waiting now for answered creates' slot writes
 
     # -- before forwarding ---------------------------------------------------
 
@@ -187,6 +195,34 @@ class SnapshotGuard:
             self._pending.setdefault(vid, _Pending()).since[idx] = self._clock()
         return Ticket("create", vid, first=idx, waited=self._clock() - start)
 
+    # -- without waiting (the gateway's event loop) ------------------------------
+
+    def readonly_now(self, vid: int) -> bool:
+        """Whether a data write of ``vid`` gets the guard's READONLY (a
+        snapshot of it was answered within the window); no lock while no
+        snapshot was ever seen."""
+        if not self._frozen_at:
+            return False
+        with self._cond:
+            return self._just_frozen(vid)
+
+    def needs_reapply(self, ticket: Ticket) -> bool:
+        """Whether an answered slot write must be re-applied to a newer working
+        VDI (``after`` does it, forwarding: not on the event loop)."""
+        return bool(self._frozen) and self.working(ticket.vid) != ticket.vid
+
+    def after_answer(self, ticket: Ticket, ok: bool) -> None:
+        """``after`` for a create or a slot write that needs no re-apply."""
+        if ticket.kind == "create":
+            if not ok:
+                self._settle(ticket.vid, (ticket.first,))
+        elif ticket.kind == "slots" and ok:
+            self._settle(ticket.vid, range(ticket.first, ticket.first + len(ticket.values)))
+
+    def count_refused(self) -> None:
+        with self._cond:
+            self.refused += 1
+
     def _just_frozen(self, vid: int) -> bool:
         """Whether a snapshot of ``vid`` was answered within the window (lock held)."""
         at = self._frozen_at.get(vid)
@@ -197,48 +233,51 @@ class SnapshotGuard:
         a data write of a VDI just snapshotted (what the cluster would say)."""
         if ticket.kind != "readonly":
             return None
-        with self._cond:
-            self.refused += 1
+        self.count_refused()
         return result_response(request, int(Result.READONLY))
 
     def _start_snapshot(self, vid: int) -> Ticket:
         start = self._clock()
         deadline = start + self.drain_timeout
         with self._cond:
-            while True:
-                pending = self._pending.get(vid)
-                if pending is not None:
-                    stale = [i for i, t in pending.since.items()
-                             if self._clock() - t > self.gate_timeout]
-                    for idx in stale:
-                        del pending.since[idx]
-                if pending is None or not pending.since:
-                    drained = True
-                    break
-                left = deadline - self._clock()
-                if left <= 0:
-                    drained = False
-                    LOG.warning("gateway: snapshot of vdi %x goes ahead with %d create(s) "
-                                "still waiting for their slot write (their slots will be "
-                                "re-applied)", vid, len(pending.since))
-                    break
-                self._cond.wait(left)
+            self.draining += 1
+            try:
+                drained = self._drain(vid, deadline)
+            finally:
+                self.draining -= 1
             self._gated.add(vid)
         now = self._clock()
         return Ticket("snapshot", vid, first=int(drained), waited=now - start, admitted=now)
 
+    def _drain(self, vid: int, deadline: float) -> bool:
+        """Wait (lock held) until ``vid`` has no pending create; False when
+        ``deadline`` came first."""
+        while True:
+            pending = self._pending.get(vid)
+            if pending is not None:
+                stale = [i for i, t in pending.since.items()
+                         if self._clock() - t > self.gate_timeout]
+                for idx in stale:
+                    del pending.since[idx]
+            if pending is None or not pending.since:
+                return True
+            left = deadline - self._clock()
+            if left <= 0:
+                LOG.warning("gateway: snapshot of vdi %x goes ahead with %d create(s) "
+                            "still waiting for their slot write (their slots will be "
+                            "re-applied)", vid, len(pending.since))
+                return False
+            self._cond.wait(left)
+
     # -- after forwarding ----------------------------------------------------
 
     def after(self, ticket: Ticket, request: Request, response: Response) -> Response:
-        if ticket.kind == "create":
-            if not response.ok:
-                self._settle(ticket.vid, (ticket.first,))
-        elif ticket.kind == "slots":
-            if response.ok:
-                target = self.working(ticket.vid)
-                if target != ticket.vid:
-                    self._reapply(ticket, target)
-                self._settle(ticket.vid, range(ticket.first, ticket.first + len(ticket.values)))
+        if ticket.kind == "slots" and response.ok:
+            target = self.working(ticket.vid)
+            if target != ticket.vid:
+                self._reapply(ticket, target)
+        if ticket.kind in ("create", "slots"):
+            self.after_answer(ticket, response.ok)
         elif ticket.kind == "snapshot":
             self._finish_snapshot(ticket, response)
         return response

@@ -40,6 +40,10 @@ class VdiCounters:
     max_snapshot_call: float = 0.0  # longest NEW_VDI (snapshot) the cluster took
 
 
+_READ, _WRITE, _CREATE = (int(Opcode.READ_OBJ), int(Opcode.WRITE_OBJ),
+                          int(Opcode.CREATE_AND_WRITE_OBJ))
+
+
 class IoStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -48,23 +52,30 @@ class IoStats:
     def count(self, request: Request, response: Response, seconds: float, *,
               waited: float = 0.0, vid: int | None = None) -> None:
         body = request.body
+        oid = body.oid if isinstance(body, ObjRequest) else None
         if vid is None:
-            vid = oid_to_vid(body.oid) if isinstance(body, ObjRequest) else 0
+            vid = oid_to_vid(oid) if oid is not None else 0
+        self.count_op(vid, request.opcode, response.ok, oid is not None and is_data_obj(oid),
+                      len(response.payload), len(request.payload), seconds, waited)
+
+    def count_op(self, vid: int, op: int, ok: bool, data: bool, read_bytes: int,
+                 write_bytes: int, seconds: float, waited: float = 0.0) -> None:
+        """Count one request of ``vid`` (``data``: of a data object)."""
         with self._lock:
-            c = self._vdis.setdefault(vid, VdiCounters())
-            op = request.opcode
-            if not response.ok:
+            c = self._vdis.get(vid)
+            if c is None:
+                c = self._vdis[vid] = VdiCounters()
+            if not ok:
                 c.errors += 1
-            data = isinstance(body, ObjRequest) and is_data_obj(body.oid)
-            if op == Opcode.READ_OBJ:
+            if op == _READ:
                 c.reads += 1
-                c.read_bytes += len(response.payload)
-            elif op in (Opcode.WRITE_OBJ, Opcode.CREATE_AND_WRITE_OBJ) and data:
+                c.read_bytes += read_bytes
+            elif data and (op == _WRITE or op == _CREATE):
                 c.writes += 1
-                c.write_bytes += len(request.payload)
-                if op == Opcode.CREATE_AND_WRITE_OBJ:
+                c.write_bytes += write_bytes
+                if op == _CREATE:
                     c.creates += 1
-            elif op == Opcode.WRITE_OBJ:
+            elif op == _WRITE:
                 c.inode_writes += 1
             elif op == Opcode.NEW_VDI and vid:
                 c.snapshots += 1
@@ -72,8 +83,10 @@ class IoStats:
             else:
                 c.other += 1
             c.busy_seconds += seconds
-            c.max_latency = max(c.max_latency, seconds)
-            c.max_gate_wait = max(c.max_gate_wait, waited)
+            if seconds > c.max_latency:
+                c.max_latency = seconds
+            if waited > c.max_gate_wait:
+                c.max_gate_wait = waited
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -107,8 +120,10 @@ class RequestTrace:
                waited: float) -> None:
         body = request.body
         oid, offset = (body.oid, body.offset) if isinstance(body, ObjRequest) else (None, 0)
-        entry = TraceEntry(start, end, int(request.opcode), oid, offset, request.data_length,
-                           int(response.result), waited)
+        self.add(TraceEntry(start, end, int(request.opcode), oid, offset, request.data_length,
+                            int(response.result), waited))
+
+    def add(self, entry: TraceEntry) -> None:
         with self._lock:
             self._entries.append(entry)
 

@@ -25,7 +25,8 @@ from sheepdog_backend.protocol.naming import decode_field, pad_field
 INODE_HEADER = struct.Struct("<256s256sQQQQQBBBBIIII4092s")
 assert INODE_HEADER.size == SD_INODE_HEADER_SIZE
 
-# Byte offsets of the header fields, for single-field writes.
+# Byte offsets of the header fields, for single-field writes (see also
+# OFFSET_STAMP below).
 OFFSET_NAME = 0
 OFFSET_TAG = 256
 OFFSET_CREATE_TIME = 512
@@ -41,6 +42,23 @@ OFFSET_SNAP_ID = 556
 OFFSET_VDI_ID = 560
 OFFSET_PARENT_VDI_ID = 564
 OFFSET_BTREE_COUNTER = 568
+
+# The coherence stamp (sheepdog-backend's, not Sheepdog's): the last 16 bytes
+# of the inode header's recycled area (sheepdog_proto.h: the old child list,
+# "recycling the area for storing new metadata"; Sheepdog 1.0 uses only its
+# first word, btree_counter).  ``stamp`` (u64) changes with every inode slot
+# write a gateway forwards; ``hosts`` (u32) is how many hosts export the VDI
+# at once (the export layer sets it); the last 4 bytes stay zero (a hyper
+# volume's index write rewrites them as it read them).  A snapshot copies them.
+OFFSET_STAMP = SD_INODE_INDEX_OFFSET - 16
+OFFSET_EXPORT_HOSTS = OFFSET_STAMP + 8
+STAMP = struct.Struct("<QI4x")
+STAMP_VALUE = struct.Struct("<Q")
+HOSTS_VALUE = struct.Struct("<I")
+# What a gateway reads to tell whether a cached inode is current: from
+# snap_ctime (a snapshot since) to the end of the stamp.
+OFFSET_FRESHNESS = OFFSET_SNAP_CTIME
+FRESHNESS_LENGTH = SD_INODE_INDEX_OFFSET - OFFSET_FRESHNESS
 
 SLOT = struct.Struct("<I")
 GREF = struct.Struct("<ii")
@@ -154,3 +172,9 @@ def decode_slots(data: bytes | bytearray | memoryview) -> tuple[int, ...]:
 
 def encode_index_header(depth: int = 1, entries: int = 0) -> bytes:
     return INDEX_HEADER.pack(INDEX_HEADER_MAGIC, depth, entries)
+
+
+def stamp_fields(data: bytes | bytearray | memoryview, at: int = 0) -> tuple[int, int]:
+    """(stamp, hosts) from the 16 bytes at ``at`` of ``data``."""
+    stamp, hosts = STAMP.unpack_from(data, at)
+    return int(stamp), int(hosts)

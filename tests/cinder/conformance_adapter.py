@@ -149,9 +149,10 @@ class CinderAdapterDriver(VolumeDriver):
                 self._vol(volume), self._connector(connector))
             return info
 
-    def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
+    def terminate_connection(self, volume: Volume, connector: Connector | None) -> bool:
         with contract_errors():
-            self.cinder.terminate_connection(self._vol(volume), self._connector(connector))
+            return bool(self.cinder.terminate_connection(self._vol(volume),
+                                                         self._connector(connector)))
 
     def get_volume_stats(self, refresh: bool = False) -> dict[str, Any]:
         with contract_errors():

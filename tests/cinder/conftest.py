@@ -9,9 +9,12 @@ there), and its overrides are cleared afterwards.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         f"the [cinder] extra needs Python >= 3.11, this is {sys.version.split()[0]}")
 
 _sections = itertools.count(1)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def need_cinder() -> None:
@@ -129,3 +133,51 @@ def backend(embedded_server: EmbeddedServer) -> Iterator[CinderBackend]:
         yield be
     finally:
         be.close()
+
+
+# -- Cinder's own services in a child process (test_volume_manager, test_attachments)
+
+
+def write_cinder_conf(tmp: Path, gateways: list[str], backend: str = "") -> Path:
+    """A cinder.conf for one backend ``sheepdog`` (``backend``: more lines for
+    its section) on the sqlite database ``tmp/cinder.sqlite``."""
+    conf = tmp / "cinder.conf"
+    conf.write_text(f"""[DEFAULT]
+transport_url = fake://
+state_path = {tmp / 'state'}
+image_conversion_dir = {tmp / 'conversion'}
+enabled_backends = sheepdog
+host = testhost
+[database]
+connection = sqlite:///{tmp / 'cinder.sqlite'}
+[oslo_messaging_notifications]
+driver = noop
+[oslo_concurrency]
+lock_path = {tmp / 'locks'}
+[sheepdog]
+volume_driver = sheepdog_backend.cinder.SheepdogCinderDriver
+volume_backend_name = sheepdog
+sheepdog_gateways = {",".join(gateways)}
+{backend}""")
+    return conf
+
+
+def run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=ROOT, check=False)
+
+
+@pytest.fixture(scope="session")
+def synced_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database made by ``cinder-manage db sync`` (offline), once per run;
+    each test works on a copy."""
+    need_cinder()
+    tmp = tmp_path_factory.mktemp("cinder-db")
+    conf = tmp / "db.conf"
+    conf.write_text(f"[database]\nconnection = sqlite:///{tmp / 'cinder.sqlite'}\n")
+    manage = Path(sys.executable).with_name("cinder-manage")
+    done = run([str(manage), "--config-file", str(conf), "db", "sync"], timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp / "cinder.sqlite").stat().st_size > 0
+    return tmp / "cinder.sqlite"

@@ -4,6 +4,7 @@ the lifecycle, Cinder's exceptions, names, manage/unmanage and stats."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -272,3 +273,58 @@ def test_stats_in_cinders_keys_and_types(backend: CinderBackend) -> None:
     drv.init_capabilities()
     assert drv.capabilities["volume_backend_name"] == "sheep-fast"
     assert drv.capabilities["properties"]["thin_provisioning"]["title"]
+
+
+def test_terminate_connection_answers_whether_others_share_the_target(
+        tmp_path: Path) -> None:
+    """Cinder's VolumeManager calls remove_export only when terminate_connection
+    answers False: True while another attachment (the same host's too) uses
+    the target; a forced or unknown detach ends nothing; remove_export before
+    a delete (Cinder knows of no attachment) removes what the record still
+    counts."""
+    from cinder import objects
+
+    from sheepdog_backend.export import Tgtadm, TgtTargets
+    from sheepdog_backend.export.manager import read_record
+    from sheepdog_backend.server.embedded import EmbeddedServer
+    from tests.realsheep import free_port
+    from tests.tgtd import TgtDaemon
+
+    one = {"host": "compute-1", "initiator": "iqn.1993-08.org.debian:01:one"}
+    two = {"host": "compute-2", "initiator": "iqn.1993-08.org.debian:01:two"}
+    with TgtDaemon(tmp_path / "tgtd") as tgtd, EmbeddedServer(
+            tmp_path / "data", ports=[free_port()]) as srv:
+        be = CinderBackend(srv.gateways, sheepdog_attach_protocol="iscsi",
+                           target_ip_address="127.0.0.1", target_port=tgtd.portal_port,
+                           sheepdog_tgt_control_port=tgtd.control_port,
+                           sheepdog_export_chap_key="cinder-test-key")
+        try:
+            drv = be.driver
+            drv.do_setup(be.ctx)
+            vol = be.created(1)
+            for connector in (one, one, two):  # compute-1 has two instances
+                drv.create_export(be.ctx, vol, connector)
+                iqn = drv.initialize_connection(vol, connector)["data"]["target_iqn"]
+            vol.volume_attachment = objects.VolumeAttachmentList(objects=[
+                objects.VolumeAttachment(connector=c) for c in (one, one, two)])
+            tgt = TgtTargets(Tgtadm(control_port=tgtd.control_port))
+            assert drv.terminate_connection(vol, None, force=True) is True
+            assert drv.terminate_connection(vol, {"host": "x", "initiator": "iqn.x:y"}) is True
+            assert drv.terminate_connection(vol, one) is True
+            assert sorted(tgt.find(iqn).acls) == [one["initiator"], two["initiator"]]  # type: ignore[union-attr]
+            assert drv.terminate_connection(vol, two) is True
+            assert tgt.find(iqn).acls == (one["initiator"],)  # type: ignore[union-attr]
+            assert drv.terminate_connection(vol, two) is True  # twice: compute-1 remains
+            drv.remove_export(be.ctx, vol)  # a failed attach's clean-up keeps it
+            assert tgt.find(iqn) is not None
+            assert drv.terminate_connection(vol, one) is False
+            assert tgt.find(iqn) is None and read_record(drv.core.client, vol.name) is None
+            assert drv.terminate_connection(vol, one) is False
+            # an attachment Cinder forgot (a connection refreshed without detach)
+            drv.initialize_connection(vol, one)
+            vol.volume_attachment = objects.VolumeAttachmentList(objects=[])
+            drv.remove_export(be.ctx, vol)  # before delete_volume
+            assert tgt.find(iqn) is None and read_record(drv.core.client, vol.name) is None
+            drv.delete_volume(vol)
+        finally:
+            be.close()

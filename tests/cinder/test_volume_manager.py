@@ -9,64 +9,19 @@ against a real sheep (skipped when sheep/dog are absent).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from sheepdog_backend.server.embedded import EmbeddedServer
-from tests.cinder.conftest import CINDER_MISSING
+from tests.cinder.conftest import CINDER_MISSING, run, write_cinder_conf
 from tests.realsheep import SheepCluster
 
 pytestmark = pytest.mark.skipif(bool(CINDER_MISSING), reason=CINDER_MISSING or "-")
 
 RUNNER = Path(__file__).with_name("manager_run.py")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_cinder_conf(tmp: Path, gateways: list[str]) -> Path:
-    conf = tmp / "cinder.conf"
-    conf.write_text(f"""[DEFAULT]
-transport_url = fake://
-state_path = {tmp / 'state'}
-image_conversion_dir = {tmp / 'conversion'}
-enabled_backends = sheepdog
-host = testhost
-[database]
-connection = sqlite:///{tmp / 'cinder.sqlite'}
-[oslo_messaging_notifications]
-driver = noop
-[oslo_concurrency]
-lock_path = {tmp / 'locks'}
-[sheepdog]
-volume_driver = sheepdog_backend.cinder.SheepdogCinderDriver
-volume_backend_name = sheepdog
-sheepdog_gateways = {",".join(gateways)}
-""")
-    return conf
-
-
-def run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT, check=False)
-
-
-@pytest.fixture(scope="module")
-def synced_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A database made by ``cinder-manage db sync`` (offline), once per module;
-    each test works on a copy."""
-    tmp = tmp_path_factory.mktemp("cinder-db")
-    conf = tmp / "db.conf"
-    conf.write_text(f"[database]\nconnection = sqlite:///{tmp / 'cinder.sqlite'}\n")
-    manage = Path(sys.executable).with_name("cinder-manage")
-    done = run([str(manage), "--config-file", str(conf), "db", "sync"], timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp / "cinder.sqlite").stat().st_size > 0
-    return tmp / "cinder.sqlite"
 
 
 @pytest.mark.parametrize("storage", ["embedded_server", "real_sheep"])

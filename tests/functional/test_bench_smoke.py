@@ -1,5 +1,6 @@
 """The issue-13 benchmark script runs end to end at tiny sizes (embedded
-server, no dog) and prints its table; the export it measures is sparse."""
+server, no dog) and prints its table; the export it measures is sparse.  The
+issue-24 scripts refuse bad arguments before starting anything."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.client.lease_records import ANCHOR
@@ -64,3 +67,19 @@ def test_bench_sheep_on_a_configured_cluster_cleans_up(
         left = sorted(f"{v.name}@{v.tag}" if v.tag else v.name for v in client.list_vdis()
                       if v.name != ANCHOR)  # the driver's leases stay: not a volume
         assert left == ["users-own"], left
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), [
+    ("bench_scale.py", ["--lus", "0"], "--lus must be 1..5000"),
+    ("bench_scale.py", ["--paths", "direct,sideways"], "--paths direct and/or gateway"),
+    ("bench_scale.py", ["--timeout", "-1"], "--timeout not negative"),
+    ("bench_gateway.py", ["--jobs-scale", "-1"], "--jobs-scale 0..100"),
+    ("bench_server.py", ["--fairness-only", "--fairness-rounds", "0"], "nor 0 with"),
+])
+def test_bench_scripts_refuse_bad_arguments(script: str, argv: list[str], message: str) -> None:
+    """A bad argument is a usage error (exit 2, saying what is wrong) before
+    anything is started."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *argv],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr, proc.stderr

@@ -66,8 +66,14 @@ def test_export_commands(capsys: pytest.CaptureFixture[str],
     # snapshots of an exported volume are refused (exit 6, busy) until detached
     code, _, err = run(capsys, conf, "snapshot", "create", "v1", "s1")
     assert code == 6 and "exported over iSCSI" in err
+    # export create and connect --protocol iscsi made two attachments: one
+    # delete ends one, the target stays for the other
+    code, out, _ = run(capsys, conf, "export", "delete", "v1")
+    assert code == 0 and "1 remain, the target stays" in out
+    assert qemu_io(info, "read -P 0x61 0 64k").returncode == 0
     code, out, _ = run(capsys, conf, "export", "delete", "v1")
     assert code == 0 and "removed" in out
+    assert qemu_io(info, "read 0 4k").returncode != 0
     assert run(capsys, conf, "snapshot", "create", "v1", "s1")[0] == 0
     code, out, _ = run(capsys, conf, "export", "delete", "v1")
     assert code == 0 and "was not exported" in out
@@ -82,3 +88,30 @@ def test_export_of_a_missing_volume_and_a_bad_name(capsys: pytest.CaptureFixture
     code, _, err = run(capsys, conf, "export", "create", "a:b")
     assert code == 5 and "cannot be exported through tgt" in err
     assert run(capsys, conf, "export", "list", "--json")[1].strip() == "[]"
+
+
+def test_export_delete_ends_one_attachment_per_initiator(
+        capsys: pytest.CaptureFixture[str], ini: tuple[str, TgtDaemon]) -> None:
+    """The CLI keeps the driver's rule: the record counts each attachment, any
+    process sees it, the target goes with the last one (or with --all)."""
+    conf, _ = ini
+    one, two = "iqn.1993-08.org.debian:01:one", "iqn.1993-08.org.debian:01:two"
+    assert run(capsys, conf, "volume", "create", "v2", "--size", "1")[0] == 0
+    for initiator in (one, one, two):
+        assert run(capsys, conf, "export", "create", "v2", "--initiator", initiator)[0] == 0
+    code, out, _ = run(capsys, conf, "export", "check", "v2", "--json")
+    assert json.loads(out)["attachments"] == {one: 2, two: 1}
+    code, out, _ = run(capsys, conf, "export", "delete", "v2", "--json")  # which one?
+    assert code == 0 and json.loads(out)["ended"] is None, out
+    assert "name one with --initiator" in json.loads(out)["message"]
+    code, out, _ = run(capsys, conf, "export", "delete", "v2", "--initiator",
+                       "iqn.1993-08.org.debian:01:stranger", "--json")
+    assert code == 0 and json.loads(out)["remaining"] == 3, out
+    code, out, _ = run(capsys, conf, "export", "delete", "v2", "--initiator", one, "--json")
+    assert json.loads(out)["remaining"] == 2
+    code, out, _ = run(capsys, conf, "export", "check", "v2", "--json")
+    assert json.loads(out)["attachments"] == {one: 1, two: 1}
+    code, out, _ = run(capsys, conf, "export", "delete", "v2", "--all")
+    assert code == 0 and "removed" in out
+    code, out, _ = run(capsys, conf, "export", "list", "--json")
+    assert json.loads(out) == []

@@ -236,10 +236,18 @@ def test_gateway_killed_mid_run(tmp_path: Path) -> None:
         data = bytes(i % 241 for i in range(64 * MiB))
         errors: list[BaseException] = []
         started = threading.Event()
+        stopped = threading.Event()
 
         class Slow(io.BytesIO):
+            """The first chunk at once, the rest once the gateway in use is gone:
+            the write is mid-run when it dies, however fast the machine."""
+            reads = 0
+
             def read(self, n: int | None = -1) -> bytes:
-                started.set()
+                self.reads += 1
+                if self.reads == 2:
+                    started.set()
+                    assert stopped.wait(30), "the test never stopped the gateway"
                 return super().read(n)
 
         def writer() -> None:
@@ -249,8 +257,9 @@ def test_gateway_killed_mid_run(tmp_path: Path) -> None:
                 errors.append(exc)
         t = threading.Thread(target=writer)
         t.start()
-        started.wait(5)
+        assert started.wait(30), "the write never read its second chunk"
         server.stop_listener(0)
+        stopped.set()
         t.join(60)
         assert not t.is_alive() and errors == []
         for i in range(5):  # later operations go to the surviving gateway

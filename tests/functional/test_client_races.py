@@ -93,7 +93,7 @@ class Event:
 @dataclass
 class Write(Event):
     block: int
-    data: bytes
+    digest: bytes  # sha256 of the block written (the writer may run long: no data kept)
 
 
 @dataclass
@@ -102,8 +102,12 @@ class Snap(Event):
 
 
 def _writes_and_snapshots(writer: SheepdogClient, snapper: SheepdogClient, name: str,
-                          blocks: int, max_writes: int, max_snaps: int, seconds: float
-                          ) -> tuple[list[Write], list[Snap]]:
+                          blocks: int, writes_wanted: int, min_snaps: int, max_snaps: int,
+                          seconds: float) -> tuple[list[Write], list[Snap]]:
+    """One thread writes ``writes_wanted`` blocks, and on until ``min_snaps``
+    snapshots by the other thread have completed during its writes (a fast
+    writer must not finish before the snapshots it races happened); both stop
+    after ``seconds`` whatever they did, for the caller to check."""
     writes: list[Write] = []
     snaps: list[Snap] = []
     done = threading.Event()
@@ -113,12 +117,13 @@ def _writes_and_snapshots(writer: SheepdogClient, snapper: SheepdogClient, name:
         try:
             end = time.monotonic() + seconds
             n = 0
-            while n < max_writes and time.monotonic() < end:
+            while (n < writes_wanted or len(snaps) < min_snaps) and time.monotonic() < end:
                 block = rng.randrange(blocks)
                 data = _block(name, n)
                 t0 = time.monotonic()
                 writer.write(name, block * BLOCK, data)
-                writes.append(Write(t0, time.monotonic(), block, data))
+                writes.append(Write(t0, time.monotonic(), block,
+                                    hashlib.sha256(data).digest()))
                 n += 1
         finally:
             done.set()
@@ -145,7 +150,7 @@ def _digest_blocks(client: SheepdogClient, name: str, blocks: int, tag: str = ""
 def _check_point_in_time(client: SheepdogClient, name: str, blocks: int,
                          writes: list[Write], snaps: list[Snap]) -> None:
     zero = hashlib.sha256(bytes(BLOCK)).digest()
-    digests = [hashlib.sha256(w.data).digest() for w in writes]
+    digests = [w.digest for w in writes]
     # live volume: every block is its last acknowledged write (one sequential writer)
     want = [zero] * blocks
     for w, d in zip(writes, digests, strict=True):
@@ -180,9 +185,10 @@ def test_writes_while_snapshotting_are_kept_and_snapshots_are_points_in_time(
     with _client(gateways) as c, _client(gateways) as other:
         snapper = c if clients == "same client" else other
         c.create_vdi("busy", blocks * BLOCK)
-        writes, snaps = _writes_and_snapshots(c, snapper, "busy", blocks, max_writes=200,
-                                              max_snaps=10, seconds=10)
-        assert len(snaps) >= 2 and len(writes) >= 20
+        writes, snaps = _writes_and_snapshots(c, snapper, "busy", blocks, writes_wanted=200,
+                                              min_snaps=2, max_snaps=10, seconds=10)
+        assert len(snaps) >= 2 and len(writes) >= 20, \
+            f"in 10 s: {len(writes)} writes, {len(snaps)} snapshots during them"
         _check_point_in_time(c, "busy", blocks, writes, snaps)
 
 

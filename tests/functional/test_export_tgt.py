@@ -175,6 +175,54 @@ def test_second_initiator_keeps_the_target_until_the_last_detach(
     assert targets(tgtd).find(info["data"]["target_iqn"]) is None
 
 
+def test_terminate_without_connector_unknown_initiator_and_twice(
+        server: EmbeddedServer, driver: SheepdogDriver, tgtd: TgtDaemon) -> None:
+    """Each answers whether other attachments remain and removes nothing that
+    another attachment uses; the record is what every process counts from."""
+    from sheepdog_backend.driver import attach
+    from sheepdog_backend.export.manager import Detached
+
+    vol = volume("vol-term")
+    driver.create_volume(vol)
+    other = Connector(host="h2", initiator="iqn.1993-08.org.debian:01:second")
+    stranger = Connector(host="h3", initiator="iqn.1993-08.org.debian:01:stranger")
+    info = driver.initialize_connection(vol, CONNECTOR)
+    driver.initialize_connection(vol, other)
+    iqn = info["data"]["target_iqn"]
+
+    def seen() -> tuple[bool, list[str], dict[str, int] | None]:
+        target, rec = targets(tgtd).find(iqn), read_record(driver.client, "vol-term")
+        return (target is not None, sorted(target.acls) if target else [],
+                rec.attachments if rec else None)
+
+    both = (True, sorted([HOST_IQN, other.initiator or ""]), {HOST_IQN: 1, other.initiator: 1})
+    assert seen() == both
+    assert driver.terminate_connection(vol, None) is True  # forced: which of two? neither
+    assert seen() == both
+    assert attach.terminate_connection(driver.core, vol, stranger) == Detached(
+        "vol-term", exported=True, ended=None, remaining=2, target_removed=False)
+    assert seen() == both
+    # Cinder's clean-up after a failed attach of a third host keeps the others
+    driver.create_export(vol, stranger)
+    assert stranger.initiator in seen()[1]
+    driver.remove_export(vol)
+    assert seen() == both
+    for initiator in (HOST_IQN, other.initiator or ""):
+        assert libiscsi("iscsi-inq", url(info), "-i", initiator).returncode == 0
+    assert driver.terminate_connection(vol, other) is True
+    assert driver.terminate_connection(vol, other) is True  # twice: nothing more ends
+    assert seen() == (True, [HOST_IQN], {HOST_IQN: 1})
+    again = make_driver(server.gateways, tgtd)  # another process counts the same
+    try:
+        assert again.terminate_connection(vol, None) is False  # the only one: it ends
+        assert seen() == (False, [], None)
+        assert again.terminate_connection(vol, None) is False  # nothing left: no error
+        assert driver.terminate_connection(vol, CONNECTOR) is False
+    finally:
+        again.close()
+    assert driver.client.find_vdi("vol-term") is not None  # the volume itself stays
+
+
 # -- tgtd forgets: sync restores -------------------------------------------------
 
 

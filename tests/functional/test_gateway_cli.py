@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.server.embedded import EmbeddedServer
 from tests.realsheep import free_port, wait_port
@@ -67,3 +69,17 @@ def test_gateway_command_refuses_a_negative_replay_budget() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "--replay-budget: -3 MiB: the budget cannot be negative" in proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--max-connections", "0"], "max-connections must be at least 1, got 0"),
+    (["--max-connections", "lots"], "max-connections must be a number, got 'lots'"),
+    (["--memory-budget", "0"], "the memory budget must be a size of at least 1M"),
+    (["--memory-budget", "12X"], "the memory budget must be a size"),
+])
+def test_gateway_command_refuses_bad_limits(argv: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "sheepdog_backend", "gateway", "--cluster",
+                           "127.0.0.1:7000", "--port", "7001", *argv],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr

@@ -18,12 +18,13 @@ from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.exception import InvalidInput
 from sheepdog_backend.gateway import Gateway
-from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Result
+from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Opcode, Result
 from sheepdog_backend.protocol.framing import ResponseReader
 from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
 from sheepdog_backend.server.embedded import EmbeddedServer
 from sheepdog_backend.server.wire import RawConnection
+from tests.proxybase import LoopbackProxy, cut
 from tests.realsheep import free_port
 
 MiB = 1 << 20
@@ -120,6 +121,10 @@ def test_snapshot_waits_for_the_slot_write_of_an_answered_create(
             snap = threading.Thread(target=lambda: (via.snapshot_vdi("race", "s1"),
                                                     done.append(time.monotonic())))
             snap.start()
+            deadline = time.monotonic() + 10
+            while not gateway.guard.draining and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the snapshot waits in the guard
+            assert gateway.guard.draining == 1
             time.sleep(0.5)
             held = not done  # the snapshot waits for the slot write
             slot_at = time.monotonic()
@@ -206,26 +211,55 @@ def test_a_live_gateway_socket_is_not_taken_over(gateway: Gateway) -> None:
         assert via.list_vdis() == []
 
 
-def test_a_write_cut_after_it_was_sent_is_repeated(cluster: EmbeddedServer,
-                                                  gateway: Gateway) -> None:
-    """WRITE_OBJ repeats the same bytes at the same offset: resent, answered ok."""
-    from sheepdog_backend.client.transport import mark
-    from sheepdog_backend.exception import ConnectionClosed
+class _LoseFirstWriteReply(LoopbackProxy):
+    """Forwards requests to the node, but cuts the connection (both ways) as
+    soon as the first WRITE_OBJ has gone through: its reply is lost."""
 
-    with SheepdogClient(cluster.gateways) as direct:
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__(target)
+        self.cuts = 0
+
+    def relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.spawn(self._up, client, upstream)
+        self.spawn(self._down, client, upstream)
+
+    def _up(self, client: socket.socket, upstream: socket.socket) -> None:
+        from sheepdog_backend.protocol.framing import RequestReader
+        reader = RequestReader()
+        try:
+            while data := client.recv(1 << 16):
+                reader.feed(data)
+                upstream.sendall(data)
+                for request in reader:
+                    if request.opcode == Opcode.WRITE_OBJ and not self.cuts:
+                        self.cuts += 1
+                        time.sleep(0.2)  # the node has written it by now
+                        cut(client, upstream)
+                        return
+        except OSError:
+            cut(client, upstream)
+
+    def _down(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := upstream.recv(1 << 16):
+                client.sendall(data)
+        except OSError:
+            pass
+        cut(client, upstream)
+
+
+def test_a_write_cut_after_it_was_sent_is_repeated(cluster: EmbeddedServer,
+                                                  tmp_path: Path) -> None:
+    """WRITE_OBJ repeats the same bytes at the same offset: resent, answered ok,
+    when the node's connection breaks after the write was sent."""
+    host, port = cluster.addresses[0]
+    with SheepdogClient(cluster.gateways) as direct, \
+            _LoseFirstWriteReply((host, port)) as proxy, \
+            Gateway([proxy.address], port=free_port(), discover=False) as gw:
         vid = direct.create_vdi("again", 16 * MiB).vid
         direct.write("again", 0, b"\x01" * BLOCK)
-        calls: list[int] = []
-        real = gateway.client.cluster.run
-
-        def cut_once(fn):  # type: ignore[no-untyped-def]
-            calls.append(1)
-            if len(calls) == 1:
-                raise mark(ConnectionClosed("cut after send"), True)
-            return real(fn)
-
-        gateway.client.cluster.run = cut_once  # type: ignore[method-assign]
-        with RawConnection("127.0.0.1", gateway.port or 0) as raw:
+        with RawConnection("127.0.0.1", gw.port or 0) as raw:
             answer = raw.call(rq.write_obj(vid_to_data_oid(vid, 0), 0, b"\x66" * BLOCK))
-        assert answer.ok and len(calls) == 2, (hex(answer.result), calls)
+        assert answer.ok and proxy.cuts == 1, (hex(answer.result), proxy.cuts)
         assert direct.read("again", 0, BLOCK) == b"\x66" * BLOCK
+        assert gw.stats()["wire"]["fast_requests"] >= 1  # it went out on the relay first

@@ -3,7 +3,8 @@ no unreferenced object on the embedded server's disk (issue 9 item 5: 36-68
 orphans after a few seconds before the fix, none when sequential), and the
 consistency check finds and repairs planted inconsistencies.
 
-Bounded: 4 threads for 3 s (up to 15 s until a write has landed), loopback only."""
+Bounded: 4 threads for 3 s (up to 15 s until a write and a delete have landed),
+loopback only."""
 
 from __future__ import annotations
 
@@ -57,12 +58,14 @@ def test_concurrent_create_write_delete_leaves_no_orphans(tmp_path: Path) -> Non
                                     daemon=True) for c, k in zip(clients, kinds, strict=True)]
         for thread in threads:
             thread.start()
-        # The race needs writes that land; under the client's slot check a write
-        # racing a delete of its VDI fails (typed) and is not counted, so run on
-        # until one landed, bounded.
+        # The race needs writes and deletes that land; under the client's slot
+        # check a write racing a delete of its VDI fails (typed) and is not
+        # counted, and so does a delete of a VDI not created yet, so run on
+        # until one of each landed, bounded.
         deadline = time.monotonic() + MAX_SECONDS
         time.sleep(SECONDS)
-        while counts.get("write", 0) == 0 and time.monotonic() < deadline:
+        while (counts.get("write", 0) == 0 or counts.get("delete", 0) == 0) \
+                and time.monotonic() < deadline:
             time.sleep(0.1)
         stop.set()
         for thread in threads:

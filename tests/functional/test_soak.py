@@ -104,8 +104,11 @@ def test_soak_no_acknowledged_write_is_lost(tmp_path: Path) -> None:
 
 def test_soak_shared_volume_concurrent_writers_and_snapshots(tmp_path: Path) -> None:
     """Four threads write disjoint checksummed blocks of one volume through one
-    driver while a fifth snapshots it; every acknowledged block must read back."""
+    driver while a fifth snapshots it; every acknowledged block must read back.
+    It runs ``seconds``, and on (at most 60 s more) until the race it is about
+    has happened: 5 snapshots taken and 50 blocks acknowledged."""
     seconds = min(SECONDS, 10.0)
+    snapshots_wanted, blocks_wanted = 5, 50
     with EmbeddedServer(tmp_path / "sheep", ports=(0, 0)) as server:
         driver = soak_worker.make_driver(server.gateways, tmp_path)
         volume = soak_worker.Volume(id="shared", size=1, name="shared")
@@ -113,7 +116,8 @@ def test_soak_shared_volume_concurrent_writers_and_snapshots(tmp_path: Path) -> 
         data = driver.data_access()
         acked: list[dict[int, bytes]] = [{} for _ in range(4)]
         untyped: list[str] = []
-        snaps = 0
+        snaps = 0  # tried
+        snapped = 0  # taken
         stop = threading.Event()
 
         def writer(i: int) -> None:
@@ -131,11 +135,12 @@ def test_soak_shared_volume_concurrent_writers_and_snapshots(tmp_path: Path) -> 
                     untyped.append(f"{type(exc).__name__}: {exc}")
 
         def snapshotter() -> None:
-            nonlocal snaps
+            nonlocal snaps, snapped
             while not stop.is_set():
                 snaps += 1
                 try:
                     driver.create_snapshot(soak_worker.Snapshot(id=f"s{snaps}", volume=volume))
+                    snapped += 1
                 except SheepdogError:
                     pass
                 time.sleep(0.05)
@@ -146,6 +151,11 @@ def test_soak_shared_volume_concurrent_writers_and_snapshots(tmp_path: Path) -> 
             for thread in threads:
                 thread.start()
             time.sleep(seconds)
+            deadline = time.monotonic() + 60
+            while (snapped < snapshots_wanted
+                   or sum(len(per) for per in acked) < blocks_wanted) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             stop.set()
             for thread in threads:
@@ -154,8 +164,9 @@ def test_soak_shared_volume_concurrent_writers_and_snapshots(tmp_path: Path) -> 
                 if data.read(volume, off, len(block)) != block]
         driver.close()
     written = sum(len(per) for per in acked)
-    print(f"\nshared volume: {written} acknowledged blocks, {snaps} snapshots, "
-          f"losses {len(lost)}")
+    print(f"\nshared volume: {written} acknowledged blocks, {snapped} of {snaps} snapshots "
+          f"taken, losses {len(lost)}")
     assert untyped == []
-    assert written > 0
+    assert snapped >= snapshots_wanted and written >= blocks_wanted, \
+        f"{snapped} snapshots taken, {written} blocks acknowledged"
     assert lost == []

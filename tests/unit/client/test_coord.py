@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -16,6 +17,25 @@ def _started(fn: object) -> threading.Thread:
     t = threading.Thread(target=fn, daemon=True)
     t.start()
     return t
+
+
+def _until(ready: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until a thread has got where the test needs it (a sleep of a fixed
+    length is too short on a loaded machine: the thread may not have run yet)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"no {what} after {timeout:g} s"
+        time.sleep(0.001)
+
+
+def _exclusive_waiting(coord: Coordinator, name: bytes) -> int:
+    gate = coord._gates.get(name)
+    return gate.waiting if gate is not None else 0
+
+
+def _writers_held(coord: Coordinator, name: bytes) -> int:
+    gate = coord._gates.get(name)
+    return sum(gate.pending.values()) if gate is not None else 0
 
 
 def test_exclusive_waits_for_the_writers_in_flight_and_holds_new_ones() -> None:
@@ -43,9 +63,9 @@ def test_exclusive_waits_for_the_writers_in_flight_and_holds_new_ones() -> None:
     w = _started(writer)
     assert writing.wait(10)
     s = _started(snapshot)
-    time.sleep(0.05)
+    _until(lambda: _exclusive_waiting(coord, b"v") == 1, "snapshot waiting for the writer")
     late = _started(late_writer)  # arrives while the snapshot waits: held back
-    time.sleep(0.05)
+    _until(lambda: _writers_held(coord, b"v") == 1, "late writer held back")
     assert order == []
     release.set()
     for t in (w, s, late):
@@ -74,7 +94,7 @@ def test_a_held_writer_goes_before_the_next_snapshot() -> None:
     s = _started(snapshots)
     assert first.wait(10)
     w = _started(writer)
-    time.sleep(0.05)
+    _until(lambda: _writers_held(coord, b"v") == 1, "writer held by the first snapshot")
     go.set()
     s.join(10)
     w.join(10)

@@ -3,12 +3,14 @@ store can carry."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
 from sheepdog_backend.exception import GatewayUnusable, InvalidInput
 from sheepdog_backend.export.base import (
+    ANY_INITIATOR,
     MAX_IQN,
     ExportRecord,
     chap_credentials,
@@ -84,13 +86,70 @@ def test_gateway_rules() -> None:
 def test_record_round_trip_and_garbage() -> None:
     rec = ExportRecord(vdi="v", iqn=PREFIX + "v", gateway="127.0.0.1:7000", readonly=True,
                        initiators=("iqn.1993-08.org.debian:01:a",),
-                       source={"volume": "base", "tag": "t"})
+                       source={"volume": "base", "tag": "t"},
+                       attachments={"iqn.1993-08.org.debian:01:a": 2})
     assert ExportRecord.decode(rec.encode()) == rec
     assert ExportRecord.decode(rec.encode() + b"\0\0") == rec  # attribute padding
     with pytest.raises(InvalidInput):
         ExportRecord.decode(b"{not json")
     with pytest.raises(InvalidInput):
         ExportRecord.decode(b'{"vdi": "v"}')
+    with pytest.raises(InvalidInput):
+        ExportRecord.decode(rec.encode().replace(b'": 2}', b'": "two"}'))
+
+
+A, B = "iqn.1993-08.org.debian:01:a", "iqn.1993-08.org.debian:01:b"
+V1 = (b'{"chap": true, "gateway": "127.0.0.1:7000", "initiators": [%s], '
+      b'"iqn": "iqn.2010-10.org.openstack:v", "readonly": false, "v": 1, "vdi": "v"}')
+
+
+def test_version_1_records_read_as_one_attachment_each() -> None:
+    """Records written before attachments were counted: each listed initiator
+    is one attachment; none listed is one attachment of any initiator."""
+    named = ExportRecord.decode(V1 % b'"%s", "%s"' % (A.encode(), B.encode()))
+    assert named.attachments == {A: 1, B: 1} and named.acl == (A, B)
+    anyone = ExportRecord.decode(V1 % b"")
+    assert anyone.attachments == {ANY_INITIATOR: 1} and anyone.acl == ()
+    # and what version 2 writes, a version-1 reader still takes its ACL from
+    written = json.loads(named.attaching(A).encode())
+    assert written["initiators"] == [A, B] and written["attachments"] == {A: 2, B: 1}
+
+
+def test_attachments_are_counted_per_initiator() -> None:
+    rec = ExportRecord(vdi="v", iqn=PREFIX + "v", gateway="g:1")
+    rec = rec.attaching(A).attaching(B).attaching(A)  # host A has two instances
+    assert (rec.attached, rec.acl) == (3, (A, B))
+    rec, ended = rec.ending(A)
+    assert ended == A and rec.attachments == {A: 1, B: 1} and rec.acl == (A, B)
+    rec, ended = rec.ending(A)
+    assert ended == A and rec.attachments == {B: 1} and rec.acl == (B,)
+    same, ended = rec.ending(A)  # twice: nothing left of A, nothing changes
+    assert ended is None and same == rec
+    same, ended = rec.ending("iqn.1993-08.org.debian:01:stranger")
+    assert ended is None and same == rec
+    rec, ended = rec.ending(B)
+    assert ended == B and rec.attached == 0 and rec.initiators == ()
+
+
+def test_forced_detach_ends_only_what_it_can_tell() -> None:
+    rec = ExportRecord(vdi="v", iqn=PREFIX + "v", gateway="g:1").attaching(A).attaching(B)
+    same, ended = rec.ending(None)  # two named hosts: which one? neither
+    assert ended is None and same == rec
+    only, ended = rec.ending(B)[0].ending(None)  # the only attachment left
+    assert ended == A and only.attached == 0
+    mixed = rec.attaching(None)  # a host that named no initiator: ACL ALL
+    assert mixed.acl == ()
+    after, ended = mixed.ending(None)
+    assert ended == ANY_INITIATOR and after.acl == (A, B) and after.attached == 2
+
+
+def test_allowed_initiator_without_attachment() -> None:
+    """create_export allows the initiator; initialize_connection attaches."""
+    rec = ExportRecord(vdi="v", iqn=PREFIX + "v", gateway="g:1").attaching(A).allowing(B)
+    assert rec.acl == (A, B) and rec.attachments == {A: 1}
+    assert rec.unattached().acl == (A,)
+    dropped, ended = rec.ending(B)
+    assert ended is None and dropped.acl == (A,) and dropped.attachments == {A: 1}
 
 
 def test_snapshot_clone_names_are_exportable_and_distinct() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.gateway.snapshots import (
@@ -36,6 +37,24 @@ def _never(request: Request) -> Response:
     raise AssertionError("no forwarding expected")
 
 
+class EnteredClock:
+    """The guard's clock, which also tells when the thread named ``thread``
+    first read it: the guard reads its clock as a call begins, so the test
+    knows the call has begun (a fixed sleep is too short on a loaded machine,
+    where the thread may not have run yet)."""
+
+    def __init__(self, thread: str, read: Callable[[], float] = time.monotonic) -> None:
+        self.thread = thread
+        self.read = read
+        self.entered = threading.Event()
+
+    def __call__(self) -> float:
+        value = self.read()  # before telling: the caller holds this reading
+        if threading.current_thread().name == self.thread:
+            self.entered.set()
+        return value
+
+
 def test_slot_values_reads_only_the_data_vdi_id_array() -> None:
     oid = vid_to_vdi_oid(V)
     one = rq.write_obj(oid, SD_INODE_INDEX_OFFSET + 4 * 7, struct.pack("<I", V))
@@ -58,7 +77,8 @@ def test_snapshot_base_needs_a_snapid_and_a_base() -> None:
 
 
 def test_a_snapshot_gates_new_creates_until_it_is_answered() -> None:
-    guard = SnapshotGuard(_never, drain_timeout=5.0, gate_timeout=5.0)
+    clock = EnteredClock("create")
+    guard = SnapshotGuard(_never, drain_timeout=5.0, gate_timeout=5.0, clock=clock)
     snap_req = rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)
     snap = guard.before(snap_req)
     assert snap is not None and snap.first == 1  # nothing pending: drained at once
@@ -67,8 +87,10 @@ def test_a_snapshot_gates_new_creates_until_it_is_answered() -> None:
     other = rq.create_and_write_obj(vid_to_data_oid(W, 4), 0, b"x")
     assert guard.before(other) is not None  # another VDI is not held
     thread = threading.Thread(target=lambda: (guard.before(create),
-                                              admitted.append(time.monotonic())))
+                                              admitted.append(time.monotonic())),
+                              name="create")
     thread.start()
+    assert clock.entered.wait(10)  # the create is in the guard
     time.sleep(0.3)
     assert not admitted
     answered = time.monotonic()
@@ -91,15 +113,19 @@ def test_a_failed_create_is_not_waited_for() -> None:
 
 def test_a_snapshot_event_times_the_clusters_call_without_its_drain() -> None:
     now = [100.0]
-    guard = SnapshotGuard(_never, drain_timeout=5.0, clock=lambda: now[0])
+    clock = EnteredClock("snapshot", lambda: now[0])
+    guard = SnapshotGuard(_never, drain_timeout=5.0, clock=clock)
     create = rq.create_and_write_obj(vid_to_data_oid(V, 2), 0, b"x")
     pending = guard.before(create)
     assert pending is not None
     snap_req = rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)
     snapped: list[Ticket | None] = []
-    thread = threading.Thread(target=lambda: snapped.append(guard.before(snap_req)))
+    thread = threading.Thread(target=lambda: snapped.append(guard.before(snap_req)),
+                              name="snapshot")
     thread.start()
+    assert clock.entered.wait(10)  # the snapshot's drain began at 100.0
     time.sleep(0.2)
+    assert thread.is_alive()  # it waits for the create's slot write
     now[0] = 100.5  # the create's slot write comes half a second later
     slot = rq.write_obj(vid_to_vdi_oid(V), SD_INODE_INDEX_OFFSET + 8, struct.pack("<I", V))
     slot_ticket = guard.before(slot)
@@ -155,14 +181,17 @@ def test_data_writes_of_a_vdi_just_snapshotted_are_refused_readonly_by_the_guard
 
 
 def test_a_create_held_by_the_gate_is_refused_once_the_snapshot_is_answered() -> None:
-    guard = SnapshotGuard(_never, gate_timeout=5.0)
+    clock = EnteredClock("create")
+    guard = SnapshotGuard(_never, gate_timeout=5.0, clock=clock)
     snap_req = rq.new_vdi("v", 1 << 20, base_vid=V, snapshot=True)
     snap = guard.before(snap_req)
     assert snap is not None
     create = _wire(rq.create_and_write_obj(vid_to_data_oid(V, 9), 0, b"x"))
     tickets: list[Ticket | None] = []
-    thread = threading.Thread(target=lambda: tickets.append(guard.before(create)))
+    thread = threading.Thread(target=lambda: tickets.append(guard.before(create)),
+                              name="create")
     thread.start()
+    assert clock.entered.wait(10)  # the create's wait began: it waits 0.2 s at least
     time.sleep(0.2)
     guard.after(snap, snap_req, Response(snap_req.opcode, body=VdiResponse(vdi_id=W)))
     thread.join(5)

@@ -1,5 +1,6 @@
 """The race harness's stall figures: qemu-io's per-write times and the split
-of one guest write into the gateway requests tgt made for it."""
+of one guest write into the gateway requests tgt made for it; its rounds'
+byte patterns."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 from sheepdog_backend.gateway.stats import TraceEntry
 from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Opcode, Result
 from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
-from tests.gateway_race import BLOCK, OBJECT, split_stall, write_times
+from tests.gateway_race import BLOCK, OBJECT, pattern, split_stall, write_times
 
 V, W = 0x51E6, 0x51E7
 
@@ -60,3 +61,11 @@ def test_a_write_held_by_a_snapshot_splits_into_its_requests() -> None:
 
 def test_a_write_the_gateway_never_saw_has_only_its_guest_time() -> None:
     assert split_stall([], 0, 0.02) == {"guest": 0.02}
+
+
+def test_each_round_writes_every_block_a_byte_it_did_not_hold() -> None:
+    # A write lost in round r leaves round r-1's byte: it must differ to be seen.
+    for r in range(300):
+        for i in range(640):
+            assert 1 <= pattern(i, r) <= 251 and pattern(i, r + 1) != pattern(i, r)
+    assert [pattern(i) for i in range(3)] == [1, 2, 3]  # round 0: as before rounds

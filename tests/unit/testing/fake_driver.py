@@ -216,8 +216,8 @@ class FakeDriver(VolumeDriver):
         return {"driver_volume_type": "sheepdog",
                 "data": {"name": self.name(volume), "hosts": [HOST], "ports": [PORT]}}
 
-    def terminate_connection(self, volume: Volume, connector: Connector | None) -> None:
-        pass
+    def terminate_connection(self, volume: Volume, connector: Connector | None) -> bool:
+        return False
 
     def get_volume_stats(self, refresh: bool = False) -> dict[str, Any]:
         if refresh or not self._stats:

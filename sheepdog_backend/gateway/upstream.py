@@ -1,0 +1,261 @@
+"""One connection from the gateway to a sheep node, on the gateway's event loop.
+
+How it works: the relay lends an ``Upstream`` to one client connection at a
+time (while that client has requests in flight on it), so the client's
+request ids are unique on it and pass through unchanged.  ``send(pending)``
+writes the request's header and payload as received, in one ``sendmsg``
+(queued only if the kernel does not take it all, or while connecting: the
+connect is non-blocking).  Answers are framed in the loop's scratch buffer:
+the header is read in place (protocol.peek) and matched by id, and an
+answer whose payload came in the same receive is handed to the relay as
+views of the scratch buffer (the relay sends them on before the buffer is
+reused); a larger payload gets a buffer of its own, exactly its size, lent
+by the loop's pool (engine/buffers.py), that later receives fill directly.
+Anything wrong (the node closed, a malformed or unexpected answer, a
+timeout from the relay's sweep) ends the connection with ``fail``: the relay
+gets back every request still waiting.
+
+Runs on the loop thread only: no locks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+from typing import Any, Protocol
+
+from sheepdog_backend.client.transport import Address
+from sheepdog_backend.engine.conn import Downstream, Frame
+from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
+from sheepdog_backend.engine.stream import advance, unsent
+from sheepdog_backend.protocol.peek import RESPONSE_HEAD
+
+HEADER = 48
+_unpack_answer = RESPONSE_HEAD.unpack_from
+
+
+class Pending:
+    """A request in flight on an upstream."""
+
+    __slots__ = ("conn", "frame", "kept", "offset", "oid", "start", "ticket")
+
+    def __init__(self, conn: Downstream, frame: Frame, ticket: Any, kept: bool,
+                 start: float, oid: int, offset: int) -> None:
+        self.conn = conn
+        self.frame = frame
+        self.ticket = ticket  # the snapshot guard's Ticket, if it looked at the request
+        self.kept = kept  # admitted by the recovery replay: settle it
+        self.start = start
+        self.oid = oid
+        self.offset = offset
+
+
+class Relaying(Protocol):
+    """What an upstream needs of the relay."""
+
+    loop: EventLoop
+    max_payload: int
+
+    def answer(self, up: Upstream, pending: Pending, header: memoryview,
+               payload: memoryview, result: int, epoch: int, owned: bool) -> None: ...
+
+    def failed(self, up: Upstream, reason: str, pendings: list[Pending], sent: bool) -> None: ...
+
+
+class Upstream:
+    def __init__(self, relay: Relaying, address: Address, now: float) -> None:
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.connect((address.host, address.port))
+        except BlockingIOError:
+            pass
+        except OSError:
+            sock.close()
+            raise
+        self.relay = relay
+        self.address = address
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.connected = False
+        self.closed = False
+        self.started = now  # when the connect began
+        self.owner: Downstream | None = None
+        self.waiting: dict[int, Pending] = {}
+        self.out: deque[list[memoryview]] = deque()
+        self.partial = b""
+        # header, pending, result and epoch of an answer whose payload is arriving
+        self._answer: tuple[bytes, Pending, int, int] | None = None
+        self._view: memoryview | None = None
+        self._filled = 0
+        self.mask = OUT
+        relay.loop.add(self.fd, OUT, self)
+
+    def oldest(self) -> float:
+        """When the oldest request still waiting was received (0: none waits)."""
+        return min((p.start for p in self.waiting.values()), default=0.0)
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, pending: Pending) -> bool:
+        """Send a request; False (nothing sent) when its id is already in flight here."""
+        frame = pending.frame
+        if frame.id in self.waiting:
+            return False
+        self.waiting[frame.id] = pending
+        payload = frame.payload
+        if self.out or not self.connected:
+            self._queue(frame.header, payload, 0)
+            return True
+        try:
+            n = self.sock.sendmsg((frame.header, payload)) if payload \
+                else self.sock.send(frame.header)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            self.fail(f"send failed: {exc}")
+            return True
+        if n < HEADER + len(payload):
+            self._queue(frame.header, payload, n)
+        return True
+
+    def _queue(self, header: bytes, payload: bytes | memoryview, skip: int) -> None:
+        self.out.append(unsent(header, payload, skip, False))  # the frame's own buffers
+        self._update_mask()
+
+    def _flush(self) -> None:
+        out = self.out
+        while out:
+            parts = out[0]
+            try:
+                n = self.sock.sendmsg(parts)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.fail(f"send failed: {exc}")
+                return
+            if not advance(parts, n):
+                return
+            out.popleft()
+        self._update_mask()
+
+    def _update_mask(self) -> None:
+        mask = IN if self.connected else 0
+        if self.out or not self.connected:
+            mask |= OUT
+        if mask != self.mask and not self.closed:
+            self.mask = mask
+            self.relay.loop.modify(self.fd, mask)
+
+    # -- events --------------------------------------------------------------------
+
+    def on_event(self, mask: int) -> None:
+        if not self.connected:
+            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error or (mask & ERR and not mask & OUT):
+                self.fail(f"cannot connect: {os.strerror(error)}" if error
+                          else "cannot connect")
+                return
+            if not mask & OUT:
+                return
+            self.connected = True
+            self._update_mask()
+        if mask & OUT:
+            self._flush()
+            if self.closed:
+                return
+        if mask & IN:
+            self._read()
+        elif mask & ERR:
+            self.fail("the node closed the connection")
+
+    def on_error(self, exc: BaseException) -> None:
+        self.fail(f"{type(exc).__name__}: {exc}")
+
+    def _read(self) -> None:
+        view = self._view
+        try:
+            if view is not None:
+                n = self.sock.recv_into(view[self._filled:])
+            else:
+                n = self.sock.recv_into(self.relay.loop.scratch_view)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.fail(f"receive failed: {exc}")
+            return
+        if not n:
+            self.fail("the node closed the connection")
+            return
+        if view is not None:
+            self._filled += n
+            if self._filled == len(view):
+                assert self._answer is not None
+                header, pending, result, epoch = self._answer
+                self._answer, self._view = None, None
+                self.relay.answer(self, pending, memoryview(header), view, result, epoch, True)
+            return
+        data = self.relay.loop.scratch_view[:n]
+        if self.partial:
+            data = memoryview(self.partial + data)
+            self.partial = b""
+        self._frames(data)
+
+    def _frames(self, data: memoryview) -> None:
+        pos, end = 0, len(data)
+        relay = self.relay
+        while end - pos >= HEADER:
+            _, opcode, _, epoch, rid, length, result = _unpack_answer(data, pos)
+            pending = self.waiting.pop(rid, None)
+            if pending is None:
+                self.fail(f"an unexpected answer (opcode {opcode:#x}, id {rid})")
+                return
+            if length > relay.max_payload:
+                self.waiting[rid] = pending
+                self.fail(f"an answer of {length} bytes; the limit is {relay.max_payload}")
+                return
+            body = pos + HEADER
+            if body + length <= end:
+                relay.answer(self, pending, data[pos:body], data[body:body + length], result,
+                             epoch, False)
+                if self.closed:
+                    return
+                pos = body + length
+                continue
+            buf = relay.loop.buffers.get(length)
+            got = end - body
+            buf[:got] = data[body:end]
+            self._answer = (bytes(data[pos:body]), pending, result, epoch)
+            self._view, self._filled = buf, got
+            return
+        if pos < end:
+            self.partial = bytes(data[pos:end])
+
+    # -- ending ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.relay.loop.remove(self.fd)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def fail(self, reason: str) -> None:
+        """End the connection; the relay gets back what still waits."""
+        if self.closed:
+            return
+        sent = self.connected and bool(self.waiting)
+        pendings = list(self.waiting.values())
+        if self._answer is not None:
+            pendings.append(self._answer[1])
+            self._answer, self._view = None, None
+        self.waiting.clear()
+        self.out.clear()
+        self.close()
+        self.relay.failed(self, reason, pendings, sent)
