@@ -333,6 +333,7 @@ def test_a_driver_with_a_bad_lease_option_fails_to_load_and_sends_nothing(
         clients[0].get_vdi(lr.ANCHOR)
 
 
+@pytest.mark.filterwarnings("ignore:Using fork:DeprecationWarning")  # eventlet, if imported
 def test_a_forked_child_releases_none_of_its_parents_leases(
         clients: list[SheepdogClient], clock: Clock) -> None:
     a = manager(clients[0], clock)
