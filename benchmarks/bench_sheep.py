@@ -22,7 +22,9 @@ and the table shows medians, the ratios' per-round range in brackets):
 * list: ``--vdis`` live VDIs (dog vdi list; ours list_volumes);
 * snapshot + clone of a volume holding the imported data, next to the same on
   an empty volume (the cost must not depend on the data): ``--sc-rounds``
-  interleaved pairs, both volumes snapshotted every round.
+  interleaved pairs, both volumes snapshotted every round;
+* the volume lease (issue 26): a take and a release on their own, without
+  reuse, ``--life-rounds`` of each.
 
 The floors are in _floors.py.  Targets (_targets.py): ``--config FILE
 [--backend NAME]`` for a cluster you run (it creates VDIs named bench-PID-*
@@ -59,6 +61,7 @@ from _targets import (  # type: ignore[import-not-found]
 )
 
 from sheepdog_backend.client import requests as rq
+from sheepdog_backend.client.lease import LeaseManager, LeaseSettings
 from sheepdog_backend.client.transport import Connection, parse_address
 from sheepdog_backend.driver.base import GiB, Snapshot, Volume
 
@@ -341,6 +344,27 @@ class Bench:
             sample.ours_counts = counts
         return sample, live
 
+    def lease_cost(self) -> dict[str, list[float]]:
+        """Seconds of a volume lease's take and release (issue 26) on fresh
+        names, ``life_rounds`` of each, without reuse: a take that knows
+        nothing of the volume (a read trip, then the exclusive create), one
+        right after a release of ours (the exclusive create alone), and the
+        release (a delete); a reused lease costs nothing."""
+        leases = LeaseManager(self.t.driver.client, LeaseSettings(reuse=0.0),
+                              background=False)
+        out: dict[str, list[float]] = {"cold take": [], "take": [], "release": []}
+        try:
+            for r in range(self.life_rounds):
+                for kind in ("cold take", "take"):
+                    start = time.perf_counter()
+                    with leases.hold([f"{self.p}lease{r}"], "bench"):
+                        out[kind].append(time.perf_counter() - start)
+                        start = time.perf_counter()
+                    out["release"].append(time.perf_counter() - start)
+        finally:
+            leases.close()
+        return out
+
     def cleanup(self) -> None:
         """Delete what this run made (clones first, then snapshots, then bases)."""
         client = self.t.driver.client
@@ -470,11 +494,15 @@ def run(target: Target, root: str, args: argparse.Namespace, *, plain: bool,
     try:
         target.driver.client.cluster_info()  # warm the pool
         life = b.lifecycle()
+        leases = b.lease_cost()
         data = b.data(source, payload)
         sc = b.snap_clone(args.sc_rounds)
         listed = b.listing()
         pf = plain_write(root, payload, every=False) if plain else None
         report(b, life, data, listed, sc, pf)
+        print(f"volume lease, medians of {b.life_rounds} (ms): " + ", ".join(
+            f"{kind} {med(xs) * 1e3:.1f} [{min(xs) * 1e3:.1f}-{max(xs) * 1e3:.1f}]"
+            for kind, xs in leases.items()) + " (a reused lease: 0)")
     finally:
         if not target.owned:
             b.cleanup()

@@ -570,6 +570,25 @@ class VolumeIsBusy(SheepdogError):
     """The volume cannot be changed now, e.g. it still has snapshots."""
 
 
+class LeaseTimeout(VolumeIsBusy):
+    """Another process kept the volume's lease (client/lease.py) for longer
+    than this one waits (``sheepdog_lease_wait``).
+
+    Likely cause: a long operation on the volume elsewhere (an image import),
+    or a holder that keeps renewing it; a dead holder's lease is taken over
+    once it expires.  The message names the holder and its operation."""
+
+
+class LeaseLost(VolumeIsBusy):
+    """An operation stopped before its next step because its volume lease ran
+    out: nothing more was sent, and another process may have taken the
+    volume over (and finished or undone the steps already made).
+
+    Likely cause: this process was paused (SIGSTOP, a suspended VM, a long
+    garbage collection) or could not renew the lease for
+    ``sheepdog_lease_duration`` seconds.  Repeat the operation."""
+
+
 class InvalidBackingImage(SheepdogError, ValueError):
     """A backing/clone source is not a Sheepdog snapshot of this cluster, or
     an image file is unsafe (backing file, data file, unknown format)."""

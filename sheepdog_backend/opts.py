@@ -284,7 +284,42 @@ EXPORT_OPTS = [
         "host; the attachment it recorded is then taken back."),
 ]
 
-BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS + EXPORT_OPTS
+# -- volume leases (client/lease.py): one process at a time per volume ---------
+
+LEASE_OPTS = [
+    cfg.FloatOpt(
+        "sheepdog_lease_duration", default=30.0, min=0.5, max=3600.0,
+        help="Seconds a volume lease lasts unless renewed. Every operation that changes a "
+        "volume (create, delete, snapshot, clone, extend, revert, manage, image import) "
+        "holds the volume's lease on the cluster, so drivers in any number of processes "
+        "and hosts act on one volume one at a time. A holder stops before its next step "
+        "once its lease has run out (five sixths of this after it was last renewed, on "
+        "its own clock: a paused process does not act after waking); another process "
+        "takes a dead holder's lease over after seeing it unchanged for seven sixths of "
+        "this, and finishes or undoes what the holder left half-done. Longer: a crashed "
+        "holder blocks its volumes longer; shorter: a pause of this long (a suspended VM, "
+        "SIGSTOP) costs the operation (LeaseLost)."),
+    cfg.FloatOpt(
+        "sheepdog_lease_renew_interval", default=10.0, min=0.05, max=1800.0,
+        help="Seconds between renewals of a held lease (a background thread rewrites its "
+        "record, one object write, for as long as the operation runs, e.g. an image "
+        "import). At most half of sheepdog_lease_duration."),
+    cfg.FloatOpt(
+        "sheepdog_lease_reuse", default=1.0, min=0.0, max=1800.0,
+        help="Seconds a lease stays held after it was taken, so that further operations "
+        "of this driver on the volume in that time use it again instead of taking it "
+        "again (taking and releasing are two cluster operations, several ms each on a "
+        "real node). Another process waits at most this long plus the operation "
+        "running. 0 releases the lease at the end of every operation. At most half of "
+        "sheepdog_lease_duration."),
+    cfg.FloatOpt(
+        "sheepdog_lease_wait", default=120.0, min=1.0, max=86400.0,
+        help="Seconds an operation waits for a volume whose lease another process holds "
+        "before it fails (LeaseTimeout, a VolumeIsBusy naming the holder). At least "
+        "twice sheepdog_lease_duration, so that a dead holder's lease is taken over."),
+]
+
+BACKEND_OPTS = DRIVER_OPTS + SHEEPDOG_OPTS + SIZING_OPTS + EXPORT_OPTS + LEASE_OPTS
 
 
 def validate_template(name: str, template: str) -> None:

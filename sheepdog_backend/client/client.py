@@ -15,9 +15,11 @@ garbage cannot keep a call going.  Reads and writes last as long as their
 size needs: each request is bounded by the request timeout and their number
 by the range the caller gave.  A write held back by a snapshot of this client
 waits at most the retry deadline for it; a snapshot waits for the writes in
-flight however long they take.  A reply that does not decode (a ValueError or struct.error out of a
-decoder) becomes ``ProtocolError`` and its connection is dropped: a public
-call only ever raises ``SheepdogError`` subclasses.
+flight however long they take.  Each attempt first runs the calling
+thread's guards and types decoding errors (``guard.typed_attempt``): a
+holder of a volume lease that ran out stops before its next request, and a
+reply that does not decode becomes ``ProtocolError`` (its connection is
+dropped), so a public call only ever raises ``SheepdogError`` subclasses.
 
 Concurrency: a client is shared by threads.  ``self.coord`` (``coord.py``)
 is the only shared mutable state besides the cluster's pools: writes share
@@ -27,7 +29,6 @@ creation is serialised per object (see ``coord`` and ``write``).
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -42,6 +43,7 @@ from sheepdog_backend.client import vdi as ops
 from sheepdog_backend.client import write as dwr
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.coord import Coordinator
+from sheepdog_backend.client.guard import typed_attempt
 from sheepdog_backend.client.models import VdiInfo, encode_text
 from sheepdog_backend.client.retry import RetryPolicy
 from sheepdog_backend.client.transport import Address, Connection
@@ -50,9 +52,7 @@ from sheepdog_backend.exception import (
     NoObject,
     NoTag,
     NoVdi,
-    ProtocolError,
     RetryExhausted,
-    SheepdogError,
 )
 from sheepdog_backend.protocol.constants import (
     SD_MAX_BLOCK_SIZE_SHIFT,
@@ -144,9 +144,14 @@ class SheepdogClient:
         (each request bounded by the request timeout, their number by the
         range), so the retry deadline does not cut a large image copy."""
         end = None if transfer else self._deadline() if deadline is None else deadline
-        guarded = _decoding_errors_typed(fn, what)
+        guarded = typed_attempt(fn, what)
         return self.retry.call(lambda: self.cluster.run(guarded, deadline=end), what=what,
                                wait_for_lock=wait_for_lock)
+
+    def run(self, fn: Callable[[Connection], T], *, what: str) -> T:
+        """``fn`` on a connection under the retry policy and deadline, as every
+        call here runs (client/lease.py builds its requests on it)."""
+        return self._run(fn, what=what)
 
     # -- cluster -------------------------------------------------------------
 
@@ -201,7 +206,7 @@ class SheepdogClient:
 
     def _stat_node(self, address: Address, stat: Callable[[Connection], tuple[int, int]],
                    deadline: float) -> tuple[int, int]:
-        guarded = _decoding_errors_typed(stat, f"stat {address}")
+        guarded = typed_attempt(stat, f"stat {address}")
         return self.retry.call(lambda: self.cluster.run_on(address, guarded,
                                                            deadline=deadline),
                                what=f"stat {address}")
@@ -334,6 +339,14 @@ class SheepdogClient:
                 except Exception:
                     pass
             raise
+
+    def remove_stray_tag(self, name: str, tag: str) -> bool:
+        """Clear ``tag`` from the working VDI of ``name``, where a snapshot that
+        died between tagging it and NEW_VDI left it; True when it was there."""
+        raw, rawtag = validate_name(encode_text(name)), validate_tag(encode_text(tag))
+        return self._run(lambda c: (hdr := rc.find(c, raw)) is not None
+                         and rc.clear_stray_tag(c, hdr, rawtag),
+                         what=f"remove a stray tag of {name!r}")
 
     # -- clone / resize / rollback -------------------------------------------
 
@@ -528,21 +541,3 @@ class SheepdogClient:
             self.write(name, offset + done, segment)
             done += len(segment)
 
-
-_DECODE_ERRORS = (ValueError, struct.error, IndexError, OverflowError)
-
-
-def _decoding_errors_typed(fn: Callable[[Connection], T], what: str
-                           ) -> Callable[[Connection], T]:
-    """``fn`` with a reply that does not decode raised as ProtocolError (the
-    pool then drops the connection) instead of a bare ValueError."""
-    def guarded(conn: Connection) -> T:
-        try:
-            return fn(conn)
-        except SheepdogError:
-            raise
-        except _DECODE_ERRORS as exc:
-            conn.close()
-            raise ProtocolError(f"{what}: a reply from {conn.address} does not decode: "
-                                f"{type(exc).__name__}: {exc}") from exc
-    return guarded

@@ -150,6 +150,16 @@ def create(raw: bytes, name: str, size: int, *, copies: int, copy_policy: int,
     return attempt
 
 
+def clear_stray_tag(conn: Connection, hdr: InodeHeader, rawtag: bytes) -> bool:
+    """Clear ``rawtag`` from the working inode ``hdr`` when it carries it (a
+    snapshot that stopped between tagging it and NEW_VDI); True when it did."""
+    if not rawtag or hdr.tag != rawtag or hdr.is_snapshot:
+        return False
+    ops.check(conn.call(rq.write_obj(vid_to_vdi_oid(hdr.vdi_id), OFFSET_TAG, bytes(256),
+                                     copies=hdr.nr_copies, copy_policy=hdr.copy_policy)))
+    return True
+
+
 class Snapshot:
     """The snapshot attempt: tag the working inode, NEW_VDI(snapshot), then
     make sure the inode *this* request froze carries the caller's tag.
@@ -181,11 +191,7 @@ class Snapshot:
         self.known = known  # the working inode, when the caller just read it
 
     def _restore_tag(self, conn: Connection, vid: int) -> None:
-        hdr = ops.read_header(conn, vid)
-        if hdr.tag == self.rawtag and not hdr.is_snapshot:
-            ops.check(conn.call(rq.write_obj(
-                vid_to_vdi_oid(vid), OFFSET_TAG, bytes(256), copies=hdr.nr_copies,
-                copy_policy=hdr.copy_policy)))
+        clear_stray_tag(conn, ops.read_header(conn, vid), self.rawtag)
 
     def _claim(self, conn: Connection, hdr: InodeHeader) -> VdiInfo:
         """Make the frozen ``hdr`` carry our tag; return it."""

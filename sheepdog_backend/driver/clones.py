@@ -21,14 +21,17 @@ source also removes such leftovers.  The repeat check looks at the target's
 direct parent only: it is meant for a call repeated because its reply was lost,
 not for a target that has since been snapshotted or reverted.
 
-Concurrency: the temporary snapshot is taken and cloned under the source's
-``core.volume_lock`` (one snapshot of a VDI at a time in one driver: concurrent
-snapshots of one working VDI would overwrite each other's tag), and the
-snapshot is cloned and deleted *by the vid and snapshot id* that
-``snapshot_vdi`` returned, never looked up again by its tag, so a clone never
-depends on a tag another caller may have changed.  Concurrent clones of one
-source into different targets all succeed; into one target, one succeeds and
-the others succeed as repeats or fail typed (VdiExists).
+Concurrency: the whole call holds the source's and the target's locks and
+leases (``core.hold``: one operation at a time per volume in any number of
+processes; concurrent snapshots of one working VDI would overwrite each
+other's tag), and the snapshot is cloned and deleted *by the vid and snapshot
+id* that ``snapshot_vdi`` returned, never looked up again by its tag.  The
+source's lease record names the temporary tag, so when this process dies
+half-way the next holder of the source deletes the temporary snapshot
+(``drop_temp``, driver/takeover.py).  Concurrent clones of one source into
+different targets all succeed; into one target, the first makes it and the
+others find it made as asked (a repeat) - or fail typed (VdiExists) when they
+asked for something else.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def clone_snapshot(core: DriverCore, snap: VdiInfo, src: str, tag: str, name: st
     return {}
 
 
-def _drop_temp(core: DriverCore, src: str, tag: str) -> bool:
+def drop_temp(core: DriverCore, src: str, tag: str) -> bool:
     """Delete the live temporary snapshot ``src``@``tag``; True when one was there."""
     info = core.client.find_vdi(src, tag)
     if info is None or not info.is_snapshot:
@@ -144,7 +147,7 @@ def _check_repeat(core: DriverCore, target: VdiInfo, src: str, name: str, tag: s
 
 
 def _take_temp(core: DriverCore, src: str, name: str, tag: str, size: int) -> VdiInfo:
-    """The temporary snapshot of ``src`` for ``name`` (call under ``src``'s lock)."""
+    """The temporary snapshot of ``src`` for ``name`` (call holding ``src``)."""
     info = revert.settle(core, src)
     if info is None:
         raise VolumeNotFound(f"volume {src!r} does not exist")
@@ -152,7 +155,7 @@ def _take_temp(core: DriverCore, src: str, name: str, tag: str, size: int) -> Vd
     if size < info.size:
         raise InvalidInput(f"volume {name!r} of {size // GiB} GiB is smaller than its "
                            f"source {src!r} ({human(info.size)})")
-    if _drop_temp(core, src, tag):
+    if drop_temp(core, src, tag):
         LOG.info("an earlier attempt to clone %s into %s left its snapshot: starting "
                  "over", src, name)
     return core.client.snapshot_vdi(src, tag)
@@ -165,13 +168,13 @@ def create_cloned_volume(core: DriverCore, volume: Volume,
     src = core.vdi_name(src_vref)
     tag = temp_tag(src, name)
     client = core.client
-    target = revert.settle(core, name)
-    if target is not None:
-        _check_repeat(core, target, src, name, tag, size)
-        LOG.info("volume %s already exists as a clone of %s", name, src)
-        _drop_temp(core, src, tag)
-        return {}
-    with core.volume_lock(src):  # the snapshot and the clone made from it
+    with core.hold(name, src, op="create_cloned_volume", details={src: tag}):
+        target = revert.settle(core, name)
+        if target is not None:
+            _check_repeat(core, target, src, name, tag, size)
+            LOG.info("volume %s already exists as a clone of %s", name, src)
+            drop_temp(core, src, tag)
+            return {}
         snap = _take_temp(core, src, name, tag, size)
         try:
             client.clone_vdi(src, "", name, size=size, snapid=snap.snap_id)
@@ -182,6 +185,6 @@ def create_cloned_volume(core: DriverCore, volume: Volume,
                 LOG.error("could not delete temporary snapshot %s of %s (a repeat of this "
                           "call or deleting %s removes it): %s", tag, src, src, exc)
             raise
-    core.invalidate_stats()
-    _drop_snapshot(core, snap)  # raised on failure: repeating the call finishes it
+        core.invalidate_stats()
+        _drop_snapshot(core, snap)  # raised on failure: repeating the call finishes it
     return {}

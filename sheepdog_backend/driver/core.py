@@ -15,15 +15,21 @@ passes them); otherwise the backend's ``volume_name_template`` /
 ``snapshot_name_template`` is applied to the id.
 
 Shared state and locks: ``_client_lock`` guards building and closing the
-client; the stats cache is a single reference (replaced, never mutated);
-``volume_lock(name)`` hands out one ``threading.RLock`` per VDI name (kept in
-``_locks`` under ``_locks_guard``, dropped when no caller holds them).
-Operations that freeze, replace or delete a volume's VDIs (create_snapshot,
-delete_snapshot, the temporary snapshot and clone of create_cloned_volume,
-revert and finishing an interrupted one, delete_volume) hold its lock, so
-within one driver they run one at a time per volume while different volumes
-run in parallel; reads and writes of data do not take it (they only take it
-briefly to check for an interrupted revert).
+client and the lease manager; the stats cache is a single reference
+(replaced, never mutated); ``volume_lock(name)`` hands out one
+``threading.RLock`` per VDI name (kept in ``_locks`` under ``_locks_guard``,
+dropped when no caller holds them).  Every operation that changes a volume
+(create, delete, snapshot, clone - source and target -, extend, revert and
+finishing an interrupted one, manage, image import) runs in ``hold(names)``:
+the volumes' locks, then their leases on the cluster (client/lease.py, one
+``LeaseManager`` per driver), both in name order.  So within one driver, and
+across drivers in any number of processes and hosts, operations run one at a
+time per volume while different volumes run in parallel; reads and writes of
+data take neither (they only take the lock briefly to check for an
+interrupted revert, and the lease only to finish one).  When a ``hold`` takes
+over the lease of a holder that died, ``recover`` (given by the driver)
+finishes or undoes what the record says that holder was doing, before the
+operation starts.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.addresses import format_gateway, parse_gateway
@@ -50,6 +56,13 @@ from sheepdog_backend.protocol.structs import ec_policy
 
 if TYPE_CHECKING:  # the client is imported on first use, not at driver import
     from sheepdog_backend.client import SheepdogClient, VdiInfo
+    from sheepdog_backend.client.lease import Held, LeaseManager, LeaseSettings
+
+# what a takeover hands the driver: the core, the volume, the dead holder's record
+Recover = Callable[["DriverCore", str, dict[str, Any]], None]
+LEASE_OPTIONS = {"duration": "sheepdog_lease_duration",
+                 "renew_interval": "sheepdog_lease_renew_interval",
+                 "reuse": "sheepdog_lease_reuse", "wait": "sheepdog_lease_wait"}
 
 LOG = logging.getLogger(__name__)
 
@@ -83,6 +96,17 @@ def redundancy(conf: BackendConfiguration) -> tuple[int, int]:
     return data + parity, ec_policy(data, parity)
 
 
+def lease_settings(conf: BackendConfiguration) -> LeaseSettings:
+    """The lease options; ConfigError naming the option for a bad value."""
+    from sheepdog_backend.client.lease import LeaseSettings
+
+    try:
+        return LeaseSettings(**{k: conf[option] for k, option in LEASE_OPTIONS.items()})
+    except InvalidInput as exc:
+        option = LEASE_OPTIONS.get(getattr(exc, "option", ""), "sheepdog_lease_duration")
+        raise ConfigError(f"{conf.where(option)}: {exc}") from None
+
+
 def require_snapshot(info: VdiInfo | None, name: str, tag: str) -> VdiInfo:
     """``info`` when it is a snapshot (of ``name`` as ``tag``, as looked up),
     else SnapshotNotFound."""
@@ -94,12 +118,16 @@ def require_snapshot(info: VdiInfo | None, name: str, tag: str) -> VdiInfo:
 class DriverCore:
     """The narrow interface the driver's helper modules depend on."""
 
-    def __init__(self, configuration: BackendConfiguration, *, backend_name: str) -> None:
+    def __init__(self, configuration: BackendConfiguration, *, backend_name: str,
+                 recover: Recover | None = None) -> None:
         self.configuration = configuration
         self.backend_name = backend_name
         self.gateways = configured_gateways(configuration)
         self.copies, self.copy_policy = redundancy(configuration)
+        self.lease_settings = lease_settings(configuration)
+        self.recover = recover
         self._client: SheepdogClient | None = None
+        self._leases: LeaseManager | None = None
         self._client_lock = threading.Lock()
         self.stats: dict[str, Any] | None = None
         self._locks: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
@@ -126,9 +154,23 @@ class DriverCore:
             pool_size=int(conf.sheepdog_pool_size), retry=retry,
             io_window=int(conf.sheepdog_io_window))
 
+    @property
+    def leases(self) -> LeaseManager:
+        """The volume leases of this driver (built with the client)."""
+        client = self.client
+        with self._client_lock:
+            if self._leases is None:
+                from sheepdog_backend.client.lease import LeaseManager
+
+                self._leases = LeaseManager(client, self.lease_settings)
+            return self._leases
+
     def close(self) -> None:
         with self._client_lock:
             client, self._client = self._client, None
+            leases, self._leases = self._leases, None
+        if leases is not None:
+            leases.close()  # releases what this driver holds, while the client works
         if client is not None:
             client.close()
 
@@ -165,6 +207,18 @@ class DriverCore:
     def snapshot_info(self, name: str, tag: str) -> VdiInfo:
         return require_snapshot(self.client.find_vdi(name, tag), name, tag)
 
+    @staticmethod
+    def lease_anchor() -> str:
+        """The name of the VDI that holds the volume leases (not a volume)."""
+        from sheepdog_backend.client.lease_records import ANCHOR
+
+        return ANCHOR
+
+    def list_vdis(self, *, with_usage: bool = False) -> list[VdiInfo]:
+        """Every VDI of the cluster but the one that holds the volume leases."""
+        anchor = self.lease_anchor()
+        return [v for v in self.client.list_vdis(with_usage=with_usage) if v.name != anchor]
+
     def snapshots_of(self, name: str) -> list[VdiInfo]:
         """Snapshots of ``name``, oldest first (the client reads only the name's
         probe chain, not every inode of the cluster)."""
@@ -192,6 +246,21 @@ class DriverCore:
         self.stats = None
 
     # -- per-volume serialisation ----------------------------------------------
+
+    @contextmanager
+    def hold(self, *names: str, op: str, details: Mapping[str, str] | None = None
+             ) -> Iterator[Held]:
+        """The locks and leases of ``names`` for the block (``details``: what
+        to finish or undo, per volume, should this process die holding it);
+        a dead holder's half-done operation is recovered first."""
+        with ExitStack() as stack:
+            for name in sorted(set(names)):
+                stack.enter_context(self.volume_lock(name))
+            held = stack.enter_context(self.leases.hold(names, op, details or {}))
+            for name, fields in held.takeovers:
+                if self.recover is not None:
+                    self.recover(self, name, fields)
+            yield held
 
     @contextmanager
     def volume_lock(self, name: str) -> Iterator[None]:

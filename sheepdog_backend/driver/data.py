@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 from sheepdog_backend.driver import images, revert
@@ -59,10 +60,38 @@ class ClientDataAccess:
         return int(info.size)
 
 
+class _Checked(io.RawIOBase):
+    """A readable file that runs ``check`` before every read: a lease holder
+    whose lease ran out stops writing the image (client/lease.py)."""
+
+    def __init__(self, f: Any, check: Callable[[], None]) -> None:
+        super().__init__()
+        self._f = f
+        self._check = check
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return bool(self._f.seekable())
+
+    def read(self, size: int = -1) -> bytes:
+        self._check()
+        return bytes(self._f.read(size))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._f.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._f.tell())
+
+
 def copy_image_to_volume(client: Any, name: str, volume_size: int, image_path: str, *,
-                         qemu_img: str | None, work_dir: str | None = None) -> int:
+                         qemu_img: str | None, work_dir: str | None = None,
+                         check: Callable[[], None] = lambda: None) -> int:
     """Inspect ``image_path`` and write its raw contents to VDI ``name`` from
-    offset 0. Returns the bytes written."""
+    offset 0, calling ``check`` before each read of the image. Returns the
+    bytes written."""
     with images.open_image(image_path) as f:
         inspection = images.inspect_fileobj(f, image_path)
         if inspection.virtual_size > volume_size:
@@ -70,7 +99,7 @@ def copy_image_to_volume(client: Any, name: str, volume_size: int, image_path: s
             raise InvalidInput(f"image {image_path} needs {human(need)} ({need} bytes); "
                                f"volume {name!r} has {human(volume_size)}")
         with images.raw_view(f, inspection, qemu_img=qemu_img, work_dir=work_dir) as raw:
-            return int(client.write_from_file(name, raw, offset=0))
+            return int(client.write_from_file(name, _Checked(raw, check), offset=0))
 
 
 WRITEBACK_EVERY = 32 << 20

@@ -30,6 +30,9 @@ def _source_name(existing_ref: Any) -> str:
         raise InvalidInput("existing_ref needs 'source-name': the VDI name to adopt "
                            f"(got keys {sorted(existing_ref)})")
     check_volume_name(name)  # a name outside the alphabet could be adopted but never used
+    if name == DriverCore.lease_anchor():
+        raise InvalidInput(f"{name!r} holds the volume leases of this backend; it is not "
+                           "a volume")
     return name
 
 
@@ -52,10 +55,11 @@ def manage_existing_get_size(core: DriverCore, volume: Volume,
 def manage_existing(core: DriverCore, volume: Volume,
                     existing_ref: dict[str, Any]) -> dict[str, Any]:
     name = _source_name(existing_ref)
-    info = _working(core, name)
-    size = _gib_ceil(info.size)
-    if info.size != size * GiB:
-        core.client.resize_vdi(name, size * GiB)
+    with core.hold(name, op="manage_existing"):
+        info = _working(core, name)
+        size = _gib_ceil(info.size)
+        if info.size != size * GiB:
+            core.client.resize_vdi(name, size * GiB)
     core.invalidate_stats()
     return {"name": name, "size": size}
 
@@ -76,7 +80,7 @@ def get_manageable_volumes(core: DriverCore) -> list[dict[str, Any]]:
     is reported as managed (not safe), with the id it encodes."""
     pattern = template_pattern(core.configuration.volume_name_template)
     out: list[dict[str, Any]] = []
-    for info in sorted(core.client.list_vdis(), key=lambda v: v.name):
+    for info in sorted(core.list_vdis(), key=lambda v: v.name):
         if info.is_snapshot:
             continue
         match = pattern.match(info.name)

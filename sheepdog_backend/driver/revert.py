@@ -28,9 +28,10 @@ revert:
   back) -> nothing can be finished: log, drop the record.
 * The record is removed only after the new working VDI exists at its size.
 
-Shared state: none here.  In one driver, a revert and ``settle`` hold the
-volume's ``core.volume_lock``; two processes finishing the same revert at once
-are not serialised (each would redo the rollback from the snapshot).
+Shared state: none here.  A revert, and finishing an interrupted one, hold
+the volume's lock and lease (``core.hold``), so of several drivers - in one
+process or many - that find the record, one finishes the revert and the
+others then find it finished.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def surveys(core: DriverCore, ask: Ask, *others: Ask) -> list[Survey]:
         found = core.client.surveys([first, *others])
         if found[0].attrs[REVERT_KEY] is None:
             return found
+    with core.hold(ask.name, op="finish a revert"):
         _settle(core, ask.name)
         return core.client.surveys([first, *others])
 
@@ -141,29 +143,29 @@ def settle(core: DriverCore, name: str) -> VdiInfo | None:
 
 
 def _settle(core: DriverCore, name: str) -> VdiInfo | None:
-    with core.volume_lock(name):
-        client = core.client
-        working = client.find_vdi(name)
-        intent = read_intent(core, name, working)
-        if intent is None:
-            return working
-        if working is not None and working.vid != intent.old_vid:
-            LOG.info("volume %s: revert to %s had completed; dropping its record",
-                     name, intent.tag)
-            client.delete_attr(name, REVERT_KEY)
-            return working
-        snap = client.find_vdi(name, intent.tag)
-        if snap is None or not snap.is_snapshot or snap.vid != intent.snap_vid:
-            LOG.error("volume %s: an interrupted revert to snapshot %s cannot be finished: "
-                      "the snapshot is gone; dropping the record", name, intent.tag)
-            if snap is None or not snap.is_snapshot:
-                snaps = core.snapshots_of(name)
-                snap = snaps[-1] if snaps else None
-            _drop_record(core, name, working, snap)
-            return working
-        LOG.warning("volume %s: finishing an interrupted revert to snapshot %s",
-                    name, intent.tag)
-        return _rollback(core, name, intent)
+    """Finish the revert the record asks for (call holding ``name``)."""
+    client = core.client
+    working = client.find_vdi(name)
+    intent = read_intent(core, name, working)
+    if intent is None:
+        return working
+    if working is not None and working.vid != intent.old_vid:
+        LOG.info("volume %s: revert to %s had completed; dropping its record",
+                 name, intent.tag)
+        client.delete_attr(name, REVERT_KEY)
+        return working
+    snap = client.find_vdi(name, intent.tag)
+    if snap is None or not snap.is_snapshot or snap.vid != intent.snap_vid:
+        LOG.error("volume %s: an interrupted revert to snapshot %s cannot be finished: "
+                  "the snapshot is gone; dropping the record", name, intent.tag)
+        if snap is None or not snap.is_snapshot:
+            snaps = core.snapshots_of(name)
+            snap = snaps[-1] if snaps else None
+        _drop_record(core, name, working, snap)
+        return working
+    LOG.warning("volume %s: finishing an interrupted revert to snapshot %s",
+                name, intent.tag)
+    return _rollback(core, name, intent)
 
 
 def _rollback(core: DriverCore, name: str, intent: Intent) -> VdiInfo:
@@ -176,7 +178,7 @@ def _rollback(core: DriverCore, name: str, intent: Intent) -> VdiInfo:
 def revert_to_snapshot(core: DriverCore, name: str, tag: str, size: int) -> None:
     """Make ``name``'s contents those of snapshot ``tag``, at least ``size``
     bytes (a volume grown after the snapshot keeps its size)."""
-    with core.volume_lock(name):
+    with core.hold(name, op="revert_to_snapshot"):
         state = survey(core, name, tag=tag)
         working, found = state.working, state.tagged
         if found is None or not found.is_snapshot:

@@ -16,20 +16,31 @@ already exists with the requested size (and, for a clone, the requested
 parent; for a volume-to-volume clone see clones.py) the call succeeds;
 otherwise it fails and changes nothing.  Everything that takes a name
 validates it before the first request.  Every operation on a volume first
-finishes an interrupted revert of it (``revert.settle``).  Snapshots, clone
-snapshots, reverts and deletes of one volume run one at a time per driver
-(``core.volume_lock``).  Stats are cached until
-``get_volume_stats(refresh=True)``.
+finishes an interrupted revert of it (``revert.settle``).  Every operation
+that changes a volume holds its lock and its lease on the cluster
+(``core.hold``; clones and volumes made from snapshots also their source's),
+so drivers in any number of processes and hosts act on one volume one at a
+time.  Stats are cached until ``get_volume_stats(refresh=True)``.
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sheepdog_backend import __version__
 from sheepdog_backend.client import Ask
-from sheepdog_backend.driver import attach, clones, images, manage, revert, sizing, stats
+from sheepdog_backend.driver import (
+    attach,
+    clones,
+    images,
+    manage,
+    revert,
+    sizing,
+    stats,
+    takeover,
+)
 from sheepdog_backend.driver import backing as _backing
 from sheepdog_backend.driver.base import (
     BackendConfiguration,
@@ -77,7 +88,8 @@ class SheepdogDriver(VolumeDriver):
 
     def __init__(self, configuration: BackendConfiguration, *, backend_name: str) -> None:
         super().__init__(configuration, backend_name=backend_name)
-        self._core = DriverCore(configuration, backend_name=backend_name)
+        self._core = DriverCore(configuration, backend_name=backend_name,
+                                recover=takeover.recover)
 
     @property
     def core(self) -> DriverCore:
@@ -153,29 +165,31 @@ class SheepdogDriver(VolumeDriver):
         size = gib(volume.size) * GiB
         if backing is not None:
             snap, tag = self.resolve_backing(backing)
-            revert.settle(core, name)
-            return clones.clone_snapshot(core, snap, snap.name, tag, name, size)
-        # a half-done revert is finished, not replaced by a blank; the name is
-        # not looked up: NEW_VDI answers VDI_EXIST when it is taken
-        revert.survey(core, name, look=False)
-        try:
-            if sizing.hyper_for_new_volume(self.configuration, size):
-                self.client.create_vdi(name, size, copies=core.copies,
-                                       copy_policy=core.copy_policy, hyper=True)
-            else:
-                self.client.create_vdi(name, size, copies=core.copies,
-                                       copy_policy=core.copy_policy,
-                                       block_size_shift=sizing.shift_for_new_volume(core, size))
-        except VdiExists:
-            if not core.create_checked(name, size, parent_vid=None):
-                raise
+            with core.hold(name, snap.name, op="create_volume"):
+                revert.settle(core, name)
+                return clones.clone_snapshot(core, snap, snap.name, tag, name, size)
+        with core.hold(name, op="create_volume"):
+            # a half-done revert is finished, not replaced by a blank; the name is
+            # not looked up: NEW_VDI answers VDI_EXIST when it is taken
+            revert.survey(core, name, look=False)
+            try:
+                if sizing.hyper_for_new_volume(self.configuration, size):
+                    self.client.create_vdi(name, size, copies=core.copies,
+                                           copy_policy=core.copy_policy, hyper=True)
+                else:
+                    self.client.create_vdi(
+                        name, size, copies=core.copies, copy_policy=core.copy_policy,
+                        block_size_shift=sizing.shift_for_new_volume(core, size))
+            except VdiExists:
+                if not core.create_checked(name, size, parent_vid=None):
+                    raise
         core.invalidate_stats()
         return {}
 
     def delete_volume(self, volume: Volume) -> None:
         core = self._core
         name = self.vdi_name(volume)
-        with core.volume_lock(name):
+        with core.hold(name, op="delete_volume") as held:
             state = revert.survey(core, name, family=True)
             if state.working is None:
                 LOG.info("volume %s is already gone", name)
@@ -192,24 +206,26 @@ class SheepdogDriver(VolumeDriver):
             known = None if temps else state.working
             if not self.client.delete_vdi(name, known=known):
                 LOG.info("volume %s vanished while being deleted", name)
+            held.gone(name)  # nothing left to reuse the lease for
             core.invalidate_stats()
 
     def extend_volume(self, volume: Volume, new_size: int) -> None:
         new_bytes = gib(new_size, "new size") * GiB
         name = self.vdi_name(volume)
-        state = revert.survey(self._core, name, keys=(attach.EXPORT_KEY,))
-        info = state.working
-        if info is None:
-            raise VolumeNotFound(f"volume {name!r} does not exist")
-        if new_bytes < info.size:
-            raise InvalidInput(f"volume {name!r} is {human(info.size)}; it can only "
-                               f"grow, not shrink to {new_size} GiB")
-        if new_bytes > info.size:
-            sizing.check_extend(self.configuration, name, info.block_size_shift, new_bytes,
-                                info.store_policy)
-            self.client.resize_vdi(name, new_bytes, known=info)
-            self._core.invalidate_stats()
-            attach.after_extend(self._core, name, state.attrs[attach.EXPORT_KEY])
+        with self._core.hold(name, op="extend_volume"):
+            state = revert.survey(self._core, name, keys=(attach.EXPORT_KEY,))
+            info = state.working
+            if info is None:
+                raise VolumeNotFound(f"volume {name!r} does not exist")
+            if new_bytes < info.size:
+                raise InvalidInput(f"volume {name!r} is {human(info.size)}; it can only "
+                                   f"grow, not shrink to {new_size} GiB")
+            if new_bytes > info.size:
+                sizing.check_extend(self.configuration, name, info.block_size_shift,
+                                    new_bytes, info.store_policy)
+                self.client.resize_vdi(name, new_bytes, known=info)
+                self._core.invalidate_stats()
+                attach.after_extend(self._core, name, state.attrs[attach.EXPORT_KEY])
 
     # -- snapshots and clones ---------------------------------------------
 
@@ -217,7 +233,9 @@ class SheepdogDriver(VolumeDriver):
         core = self._core
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
-        with core.volume_lock(name):  # concurrent snapshots of one VDI lose their tags
+        # concurrent snapshots of one VDI lose their tags; the record names the
+        # tag, which the next holder clears should this process die tagging
+        with core.hold(name, op="create_snapshot", details={name: tag}):
             state = revert.survey(core, name, tag=tag, keys=(attach.EXPORT_KEY,))
             info = state.working
             if info is None:
@@ -242,7 +260,7 @@ class SheepdogDriver(VolumeDriver):
     def delete_snapshot(self, snapshot: Snapshot) -> None:
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         name = self.vdi_name(snapshot.volume)
-        with self._core.volume_lock(name):
+        with self._core.hold(name, op="delete_snapshot"):
             # settled first: a pending revert may need this snapshot; only the
             # snapshot is looked up (a lookup costs a real sheep 1-8 ms)
             info = revert.survey(self._core, name, tag=tag, look=False).tagged
@@ -260,11 +278,13 @@ class SheepdogDriver(VolumeDriver):
         size = gib(volume.size) * GiB
         tag = self.snapshot_tag(snapshot)  # first: it checks snapshot is a Snapshot
         src = self.vdi_name(snapshot.volume)
-        # the source snapshot and the new name's revert record in one survey;
-        # the new name is not looked up: NEW_VDI answers VDI_EXIST when taken
-        _, source = revert.surveys(self._core, Ask(name, look=False), Ask(src, tag, look=False))
-        snap = require_snapshot(source.tagged, src, tag)
-        return clones.clone_snapshot(self._core, snap, src, tag, name, size, look=False)
+        with self._core.hold(name, src, op="create_volume_from_snapshot"):
+            # the source snapshot and the new name's revert record in one survey;
+            # the new name is not looked up: NEW_VDI answers VDI_EXIST when taken
+            _, source = revert.surveys(self._core, Ask(name, look=False),
+                                       Ask(src, tag, look=False))
+            snap = require_snapshot(source.tagged, src, tag)
+            return clones.clone_snapshot(self._core, snap, src, tag, name, size, look=False)
 
     def create_cloned_volume(self, volume: Volume, src_vref: Volume, *,
                              force: bool = False) -> dict[str, Any]:
@@ -294,11 +314,19 @@ class SheepdogDriver(VolumeDriver):
 
     # -- attachment ----------------------------------------------------------
 
+    def _exporting(self, volume: Volume, op: str) -> AbstractContextManager[Any]:
+        """The volume's lock and lease while its iSCSI export and the export's
+        record on the cluster change; nothing for native attach."""
+        if not attach.uses_iscsi(self._core):
+            return nullcontext()
+        return self._core.hold(self.vdi_name(volume), op=op)
+
     def initialize_connection(self, volume: Volume, connector: Connector) -> dict[str, Any]:
-        name, info = self._existing(volume)
-        sizing.refuse_hyper_attach(name, info.store_policy)
-        if attach.uses_iscsi(self._core):
-            return attach.initialize_connection(self._core, volume, connector)
+        with self._exporting(volume, "initialize_connection"):
+            name, info = self._existing(volume)
+            sizing.refuse_hyper_attach(name, info.store_policy)
+            if attach.uses_iscsi(self._core):
+                return attach.initialize_connection(self._core, volume, connector)
         gateways = list(self.client.gateways_by_health())
         return connection_info(name, gateways)
 
@@ -306,28 +334,35 @@ class SheepdogDriver(VolumeDriver):
         """Native Sheepdog keeps no per-host state; iSCSI ends one attachment
         and says whether others still share the target."""
         if attach.uses_iscsi(self._core):
-            return attach.terminate_connection(self._core, volume, connector).shared
+            with self._exporting(volume, "terminate_connection"):
+                return attach.terminate_connection(self._core, volume, connector).shared
         self.vdi_name(volume)
         return False
 
     # iSCSI exports (driver/attach.py, sheepdog_backend/export)
     def initialize_connection_snapshot(self, snapshot: Snapshot,
                                        connector: Connector) -> dict[str, Any]:
-        return attach.initialize_connection_snapshot(self._core, snapshot, connector)
+        with self._exporting(snapshot.volume, "initialize_connection_snapshot"):
+            return attach.initialize_connection_snapshot(self._core, snapshot, connector)
 
     def terminate_connection_snapshot(self, snapshot: Snapshot,
                                       connector: Connector | None) -> bool:
-        return attach.terminate_connection_snapshot(self._core, snapshot, connector).shared
+        with self._exporting(snapshot.volume, "terminate_connection_snapshot"):
+            return attach.terminate_connection_snapshot(self._core, snapshot,
+                                                        connector).shared
 
     def create_export(self, volume: Volume,
                       connector: Connector | None = None) -> dict[str, Any]:
-        return attach.create_export(self._core, volume, connector)
+        with self._exporting(volume, "create_export"):
+            return attach.create_export(self._core, volume, connector)
 
     def ensure_export(self, volume: Volume) -> dict[str, Any]:
-        return attach.ensure_export(self._core, volume)
+        with self._exporting(volume, "ensure_export"):
+            return attach.ensure_export(self._core, volume)
 
     def remove_export(self, volume: Volume, *, force: bool = False) -> None:
-        attach.remove_export(self._core, volume, force=force)
+        with self._exporting(volume, "remove_export"):
+            attach.remove_export(self._core, volume, force=force)
 
     # -- stats ---------------------------------------------------------------
 
@@ -340,10 +375,13 @@ class SheepdogDriver(VolumeDriver):
     # -- images --------------------------------------------------------------
 
     def copy_image_to_volume(self, volume: Volume, image_path: str) -> None:
-        name, info = self._existing(volume)
+        name = self.vdi_name(volume)
         qemu_img = images.find_qemu_img(self.configuration.qemu_img_path or "qemu-img")
-        copy_image_to_volume(self.client, name, info.size, image_path, qemu_img=qemu_img,
-                             work_dir=self.configuration.image_conversion_dir)
+        with self._core.hold(name, op="copy_image_to_volume") as held:
+            _, info = self._existing(volume)
+            copy_image_to_volume(self.client, name, info.size, image_path, qemu_img=qemu_img,
+                                 work_dir=self.configuration.image_conversion_dir,
+                                 check=held.check)
 
     def copy_volume_to_image(self, volume: Volume, image_path: str) -> None:
         name, info = self._existing(volume)

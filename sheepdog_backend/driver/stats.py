@@ -30,7 +30,7 @@ def collect_stats(core: DriverCore, version: str) -> dict[str, Any]:
         # node list) leaves the capacity unknown; Cinder's scheduler accepts that.
         LOG.warning("backend %s: capacity unknown: %s", core.backend_name, exc)
         total_gb = free_gb = "unknown"
-    working = [v for v in core.client.list_vdis(with_usage=True) if not v.is_snapshot]
+    working = [v for v in core.list_vdis(with_usage=True) if not v.is_snapshot]
     return {
         "volume_backend_name": conf.volume_backend_name or core.backend_name,
         "vendor_name": "Open Source",
@@ -60,12 +60,12 @@ def describe(info: VdiInfo) -> dict[str, Any]:
 
 
 def list_volumes(core: DriverCore) -> list[dict[str, Any]]:
-    return [describe(v) for v in sorted(core.client.list_vdis(with_usage=True),
+    return [describe(v) for v in sorted(core.list_vdis(with_usage=True),
                                         key=lambda v: (v.name, v.snap_id))
             if not v.is_snapshot]
 
 
 def list_snapshots(core: DriverCore, name: str | None) -> list[dict[str, Any]]:
-    vdis = core.client.list_vdis(with_usage=True)
+    vdis = core.list_vdis(with_usage=True)
     return [describe(v) for v in sorted(vdis, key=lambda v: (v.name, v.snap_id))
             if v.is_snapshot and (name is None or v.name == name)]

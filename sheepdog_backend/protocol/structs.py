@@ -31,6 +31,7 @@ EPOCH_LOG = struct.Struct("<QQIIBBB3sH16s")
 CLUSTER_INFO_HEADER = struct.Struct("<BBhIQHBBBB3s16s7s")
 VDI_STATE = struct.Struct("<IBBBBB3sII40sI124s1240s")
 VDI_ATTR = struct.Struct("<256s256sQII256s65536s")
+VDI_ATTR_HEAD = struct.Struct("<256s256sQII256s")  # the fields before the value
 RECOVERY_STATE = struct.Struct("<B3sIQQ")
 assert NODE_ID.size == 40 and SD_NODE.size == SD_NODE_SIZE
 assert EPOCH_LOG.size == EPOCH_LOG_HEADER_SIZE
@@ -282,6 +283,36 @@ class VdiAttr:
             raise ProtocolError(f"attribute value_len {value_len} exceeds 65536")
         return cls(decode_field(name), decode_field(tag), ctime, snap_id, value_len,
                    decode_field(key), bytes(value[:value_len]))
+
+
+@dataclass(frozen=True, slots=True)
+class VdiAttrHead:
+    """The start of an attribute object read directly (READ_OBJ of fewer than
+    66,320 bytes): its identity, value_len and as much of the value as was
+    read.  ``name_field`` is the raw 256-byte field: a deleted attribute keeps
+    its object and every field, only the name's first byte is cleared (§9.7),
+    so the rest still says whose it was."""
+
+    name_field: bytes
+    tag: bytes
+    snap_id: int
+    value_len: int
+    key: bytes
+    value: bytes
+
+    @property
+    def deleted(self) -> bool:
+        return self.name_field[:1] == b"\0"
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> VdiAttrHead:
+        _need(data, VDI_ATTR_HEAD.size, "vdi_attr head")
+        name, tag, _ctime, snap_id, value_len, key = VDI_ATTR_HEAD.unpack_from(data, 0)
+        if value_len > 65536:
+            raise ProtocolError(f"attribute value_len {value_len} exceeds 65536")
+        end = VDI_ATTR_HEAD.size + value_len
+        return cls(bytes(name), decode_field(tag), snap_id, value_len, decode_field(key),
+                   bytes(data[VDI_ATTR_HEAD.size:end]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from sheepdog_backend.client import SheepdogClient
+from sheepdog_backend.client.lease_records import ANCHOR
 from sheepdog_backend.driver.base import Connector, Snapshot, Volume, VolumeDriver
 from sheepdog_backend.driver.loader import load_backend
 from sheepdog_backend.exception import (
@@ -36,7 +37,8 @@ from sheepdog_backend.exception import (
     VolumeNotFound,
 )
 from sheepdog_backend.protocol.framing import RequestReader, ResponseReader
-from sheepdog_backend.protocol.naming import decode_lookup_payload
+from sheepdog_backend.protocol.naming import decode_lookup_payload, sd_hash_vdi
+from sheepdog_backend.protocol.oid import VDI_ATTR_BIT, VDI_BIT, oid_to_vid
 from sheepdog_backend.protocol.structs import ClusterInfo, EpochLog
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 
@@ -309,7 +311,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ini = tmp / "b.conf"
         ini.write_text(f"[DEFAULT]\nenabled_backends = b\n\n[b]\nsheepdog_gateways = "
                        f"{server.gateways[0]}\nsheepdog_retry_attempts = 2\n"
-                       "sheepdog_retry_deadline = 5\n")
+                       "sheepdog_retry_deadline = 5\n"
+                       # leases released when a call ends, so no_lease_held can tell
+                       "sheepdog_lease_reuse = 0\n")
         driver = load_backend(str(ini))
         driver.do_setup()
         driver.check_for_setup_error()
@@ -326,14 +330,41 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             driver.close()
 
 
+def lease_files(env: Env) -> dict[pathlib.Path, bool]:
+    """The objects of the volume leases' bookkeeping (client/lease.py: the
+    anchor VDI's inode and attribute records), each with True while its
+    record is live (held): the first byte of a released record is cleared."""
+    with SheepdogClient(env.server.gateways) as client:
+        anchors = {v.vid for v in client.list_vdis() if v.name == ANCHOR}
+    out = {}
+    for p in pathlib.Path(env.server.data_dir).rglob("*"):
+        try:
+            oid = int(p.name, 16)
+        except ValueError:
+            continue
+        if oid & VDI_ATTR_BIT and oid_to_vid(oid) == sd_hash_vdi(ANCHOR.encode()):
+            out[p] = p.read_bytes()[:1] not in (b"", b"\0")
+        elif oid & VDI_BIT and oid_to_vid(oid) in anchors:
+            out[p] = False
+    return out
+
+
 def cluster_state(env: Env) -> tuple[Any, ...]:
+    """The VDIs and object files, but for the leases' bookkeeping: taking and
+    releasing a lease leaves a released record, a lock rather than a change
+    (no_lease_held checks that nothing stays held)."""
+    leases = lease_files(env)
     with SheepdogClient(env.server.gateways) as client:
         vdis = sorted((v.name, v.tag, v.vid, v.size, v.snap_id, v.parent_vid)
-                      for v in client.list_vdis())
+                      for v in client.list_vdis() if v.name != ANCHOR)
     files = sorted((p.relative_to(env.server.data_dir).as_posix(), p.stat().st_size)
                    for p in pathlib.Path(env.server.data_dir).rglob("*") if p.is_file()
-                   and "obj" in p.as_posix())
+                   and "obj" in p.as_posix() and p not in leases)
     return tuple(vdis), tuple(files)
+
+
+def no_lease_held(env: Env) -> bool:
+    return not any(lease_files(env).values())
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -346,6 +377,7 @@ def test_bad_input_gets_its_exact_error_and_changes_nothing(env: Env, case: Case
     assert case.match in str(info.value), str(info.value)
     assert str(info.value), "the error must say why"
     assert cluster_state(env) == before
+    assert no_lease_held(env)
 
 
 # More CLI cases, each through a real subprocess, are in test_cli_operator.py.
@@ -371,3 +403,4 @@ def test_cli_bad_input_exit_codes_and_error_types(env: Env) -> None:
         assert json.loads(done.stderr.strip().splitlines()[-1])["error"] == error, \
             (case_id, done.stderr)
     assert cluster_state(env) == before
+    assert no_lease_held(env)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sheepdog_backend.client.lease_records import ANCHOR
 from sheepdog_backend.driver.base import Connector, Snapshot
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
 from sheepdog_backend.exception import TargetBusy
@@ -77,7 +78,8 @@ def test_real_sheep_snapshot_read_only_through_a_clone(driver: SheepdogDriver) -
     proc = qemu_io(info, "read -P 0x11 0 1M", initiator=HOST_IQN, readonly=True)
     assert proc.returncode == 0 and "verification failed" not in proc.stdout, proc
     driver.terminate_connection_snapshot(snap, CONNECTOR)
-    assert [v.name for v in driver.client.list_vdis() if not v.is_snapshot] == ["vol-rsnap"]
+    assert [v.name for v in driver.client.list_vdis()
+            if not v.is_snapshot and v.name != ANCHOR] == ["vol-rsnap"]
 
 
 def test_real_gateway_killed_export_moved(real_sheep_cluster: SheepCluster,

@@ -13,7 +13,8 @@ import sheepdog_backend
 
 PACKAGE = pathlib.Path(sheepdog_backend.__file__).parent
 DRIVER = PACKAGE / "driver"
-HELPERS = ("core", "clones", "data", "manage", "revert", "backing", "stats", "attach", "sizing")
+HELPERS = ("core", "clones", "data", "manage", "revert", "backing", "stats", "attach", "sizing",
+           "takeover")
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:
