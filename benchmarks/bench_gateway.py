@@ -52,6 +52,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import _creates  # type: ignore[import-not-found]
 import _gateway_proc  # type: ignore[import-not-found]  # benchmarks/ is not a package
 import _qemu_bench  # type: ignore[import-not-found]
 import _tgt  # type: ignore[import-not-found]
@@ -203,12 +204,15 @@ def main() -> int:
                         "jobs)")
     parser.add_argument("--stall-writes", type=int, default=200,
                         help="writes of the snapshot stall race (0: skip it)")
+    parser.add_argument("--creates", type=int, default=64,
+                        help="object creates of the coherent-create cost (0: skip it)")
     args = parser.parse_args()
     if (args.mib < 4 or args.mib % 4 or args.rounds < 1 or args.stall_writes < 0
-            or not 0 <= args.jobs_scale <= 100):
+            or not 0 <= args.jobs_scale <= 100 or not 0 <= args.creates <= 1000):
         parser.error("--mib must be a positive multiple of 4, --rounds at least 1, "
-                     "--jobs-scale 0..100 and --stall-writes not negative")
+                     "--jobs-scale 0..100, --creates 0..1000 and --stall-writes not negative")
     stall: dict[str, RaceResult] = {}
+    creates: dict[str, float] = {}
     jobs: _qemu_bench.Results = {}
     size = args.mib * MiB
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
@@ -247,12 +251,17 @@ def main() -> int:
                                                 progress=say)
             say("bench_gateway: convert/dd on fresh volumes")
             convert = convert_rounds(drivers, src, out, args.mib, args.rounds)
-            if args.stall_writes:
-                say("bench_gateway: the snapshot stall (in-process gateway with its trace)")
+            if args.stall_writes or args.creates:
                 from tests.realsheep import free_port
                 traced = Gateway(setup.gateways, port=free_port(),
                                  trace=20 * args.stall_writes + 1000).start()
                 stack.callback(traced.stop)
+            if args.creates:
+                say("bench_gateway: the cost of coherent creates (in-process gateway)")
+                creates = _creates.create_costs(traced, setup.gateways, args.creates,
+                                                args.rounds)
+            if args.stall_writes:
+                say("bench_gateway: the snapshot stall (in-process gateway with its trace)")
                 at = f"127.0.0.1:{traced.port}"
                 stall_driver = SheepdogDriver(BackendConfiguration(
                     {**base, "sheepdog_gateways": [at], "sheepdog_export_gateway": at}),
@@ -263,6 +272,8 @@ def main() -> int:
     if jobs:
         print_jobs(jobs, paths, why, args.rounds, args.jobs_scale)
     print_convert(convert, args.mib, args.rounds)
+    if creates:
+        _creates.print_creates(creates, args.creates, args.rounds)
     if stall:
         print_stall(stall, args.stall_writes)
     return 0
