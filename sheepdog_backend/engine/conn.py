@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from sheepdog_backend.engine.admission import Budget
 from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
-from sheepdog_backend.engine.stream import Buffer, advance, unsent, wait_for
+from sheepdog_backend.engine.stream import Buffer, advance, unsent
 from sheepdog_backend.protocol.header import Request, decode_request_header
 from sheepdog_backend.protocol.peek import PIGGYBACK, REQUEST_HEAD, WRITE
 
@@ -115,11 +115,14 @@ class Downstream:
         self.eof = False  # reads no more: close once everything is answered
         self.closed = False
         self.out: deque[list[Any]] = deque()  # [parts, cost]: replies not sent whole
+        # A reply passed on as it arrives (stream_start .. stream_end): other
+        # replies wait in ``held`` so that frames never interleave.
+        self.streaming = False
+        self._held: list[tuple[bytes, bytes, int]] = []
         self.mask = IN
         self.last_recv = now
         self.stalled_since = 0.0
         self._parsing = False
-        self._lowat = False  # SO_RCVLOWAT is set for the payload arriving
         # The service's per-connection state (the gateway's paired upstream).
         self.peer: Any = None
         self.peer_inflight = 0
@@ -174,11 +177,7 @@ class Downstream:
                 assert frame is not None
                 frame.payload = view
                 self.receiving = self.payload_view = None
-                if self._lowat:
-                    self._lowat = wait_for(self.sock, 0, started=True)
                 self.host.dispatch(self, frame)
-            elif self._lowat:
-                self._lowat = wait_for(self.sock, len(view) - self.filled, started=True)
             return
         data = self.host.loop.scratch_view[:n]
         if self.partial:
@@ -223,7 +222,6 @@ class Downstream:
             got = end - body
             buf[:got] = data[body:end]
             self.receiving, self.payload_view, self.filled = frame, buf, got
-            self._lowat = wait_for(self.sock, plen - got)
             return
         if pos < end:
             self.partial = bytes(data[pos:end])
@@ -280,6 +278,9 @@ class Downstream:
         if self.closed:
             self._release(cost)
             return True
+        if self.streaming:  # after the reply being streamed
+            self._held.append((bytes(header), bytes(payload), cost))
+            return True
         if self.out:
             self._queue(header, payload, 0, cost, owned)
             return not owned
@@ -300,12 +301,53 @@ class Downstream:
         self._queue(header, payload, n, cost, owned)
         return not owned
 
+    # -- a reply passed on as it arrives (the gateway's large reads) ------------
+
+    def stream_start(self, header: Buffer, chunk: Buffer) -> None:
+        """Begin a reply whose payload comes in pieces (``header`` and the
+        first piece now; the caller's buffers are reused: what the kernel
+        does not take is copied).  Nothing else is sent until ``stream_end``."""
+        self.streaming = True
+        self.stream_more(chunk, header)
+
+    def stream_more(self, chunk: Buffer, header: Buffer = b"") -> None:
+        if self.closed:
+            return
+        if self.out:
+            self._queue(header, chunk, 0, 0, False, counted=False)
+            return
+        try:
+            n = self.sock.sendmsg((header, chunk)) if header else self.sock.send(chunk)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            self.close()
+            return
+        if n < len(header) + len(chunk):
+            self.stalled_since = _now()
+            self._queue(header, chunk, n, 0, False, counted=False)
+
+    def stream_end(self, cost: int) -> None:
+        """The streamed reply is whole: its request's cost goes back once it is
+        out, and the replies held meanwhile follow."""
+        self.streaming = False
+        if self.closed:
+            self._release(cost)
+            return
+        if self.out:
+            self.out.append([[], cost])  # released when everything before it went out
+        else:
+            self._release(cost)
+        held, self._held = self._held, []
+        for header, payload, held_cost in held:
+            self.send(header, payload, held_cost)
+
     def _queue(self, header: Buffer, payload: Buffer, skip: int, cost: int,
-               owned: bool) -> None:
+               owned: bool, counted: bool = True) -> None:
         parts = unsent(header, payload, skip, not owned)
         if not self.out:
             self.host.sending.add(self)
-        self.out.append([parts, cost])
+        self.out.append([parts, cost if counted else None])  # None: no request ends here
         self._update_mask()
 
     def _flush(self) -> None:
@@ -313,20 +355,22 @@ class Downstream:
         while out:
             entry = out[0]
             parts: list[memoryview] = entry[0]
-            try:
-                n = self.sock.sendmsg(parts)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.close()
-                return
-            self.stalled_since = _now()
-            if not advance(parts, n):
-                return
+            if parts:
+                try:
+                    n = self.sock.sendmsg(parts)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    self.close()
+                    return
+                self.stalled_since = _now()
+                if not advance(parts, n):
+                    return
             out.popleft()
             if not out:
                 self.host.sending.discard(self)
-            self._release(entry[1])
+            if entry[1] is not None:
+                self._release(entry[1])
             if self.closed:
                 return
         self._update_mask()
@@ -376,6 +420,10 @@ class Downstream:
             frame, self.receiving, self.payload_view = self.receiving, None, None
             self._release(frame.cost)
         for _parts, cost in out:
+            if cost is not None:
+                self._release(cost)
+        held, self._held = self._held, []
+        for _header, _payload, cost in held:
             self._release(cost)
         self.partial = b""
         host.closed(self)

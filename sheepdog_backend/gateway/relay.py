@@ -91,6 +91,7 @@ _NODE_STATE = frozenset(int(code) for code in NODE_STATE_RESULTS)
 _LOOKUPS = frozenset({int(Opcode.LOCK_VDI), int(Opcode.GET_VDI_INFO)})
 DEFAULT_MAX_UPSTREAMS = 2048
 POLL = 1.0  # seconds between looks at whether the LUs' VDIs are shared
+STREAM_FROM = 128 << 10  # read answers from this size on are passed on as they arrive
 _INVALIDATED = int(Result.INODE_INVALIDATED)
 TICK = 0.5
 
@@ -138,6 +139,7 @@ class Relay:
         self._epoch = 0  # the highest epoch the Forwarder was told of
         self.fast = 0  # requests relayed on the loop
         self.slow_count = 0  # requests that took the blocking path
+        self.streamed = 0  # answers passed on as they arrived
         self._polling = False  # a poll of the views' sharing runs on a worker
 
     # -- wiring (the gateway's start and stop) --------------------------------------
@@ -162,6 +164,7 @@ class Relay:
 
     def stats(self) -> dict[str, int]:
         return {"fast_requests": self.fast, "slow_requests": self.slow_count,
+                "streamed_answers": self.streamed,
                 **self.pairs.stats()}
 
     # -- the node -----------------------------------------------------------------------
@@ -329,18 +332,25 @@ class Relay:
 
     # -- answers and failures (loop thread, from upstream.py) -----------------------------------
 
-    def answer(self, up: Upstream, pending: Pending, header: memoryview, payload: memoryview,
-               result: int, epoch: int, owned: bool) -> None:
-        conn, frame = pending.conn, pending.frame
+    def _answered(self, up: Upstream, conn: Downstream, epoch: int) -> None:
+        """A request of ``conn`` on ``up`` is answered (whole)."""
         conn.peer_inflight -= 1
         if not conn.peer_inflight and conn.peer is up:
             if self._queued or conn.closed:
                 self._give_back(conn)  # others wait for an upstream (or its client left)
             else:
                 self.pairs.quiet(conn)
+        self._note_epoch(epoch)
+
+    def _note_epoch(self, epoch: int) -> None:
         if epoch > self._epoch:
             self._epoch = epoch
             self.forwarder.note_epoch(epoch)
+
+    def answer(self, up: Upstream, pending: Pending, header: memoryview, payload: memoryview,
+               result: int, epoch: int, owned: bool) -> None:
+        conn, frame = pending.conn, pending.frame
+        self._answered(up, conn, epoch)
         op = frame.opcode
         if result and (result in RETRY_RESULTS or (
                 result == _NO_OBJ and op in _RECOVERY_OPS
@@ -370,6 +380,40 @@ class Relay:
         frame.give_back(self.loop)  # the request's payload is not needed any more
         if owned and sent:
             self.loop.buffers.put(payload)  # the answer's, lent by the upstream
+
+    # -- answers passed on as they arrive (large reads) ---------------------------------------
+
+    def stream_begin(self, up: Upstream, pending: Pending, header: memoryview,
+                     chunk: memoryview, length: int, epoch: int) -> bool:
+        """Pass a successful read's answer on as it arrives, when it is large
+        and its client has nothing else on its way out; False: buffer it."""
+        conn, frame = pending.conn, pending.frame
+        if frame.opcode != _READ or length < STREAM_FROM or conn.closed or conn.out \
+                or conn.streaming:
+            return False
+        if _inode_load(pending.oid, pending.offset, frame):
+            if len(chunk) < SD_INODE_INDEX_OFFSET:
+                return False
+            self.views.loaded(conn, oid_to_vid(pending.oid), chunk[:SD_INODE_INDEX_OFFSET])
+        self._note_epoch(epoch)
+        self.streamed += 1
+        conn.stream_start(header, chunk)
+        return True
+
+    def stream_more(self, up: Upstream, pending: Pending, chunk: memoryview,
+                    done: bool) -> None:
+        conn = pending.conn
+        conn.stream_more(chunk)
+        if done:
+            self._account(pending, 0, pending.frame.data_length)
+            conn.stream_end(pending.frame.cost)
+            self._answered(up, conn, 0)
+
+    def stream_broken(self, pending: Pending) -> None:
+        """The node failed while its answer was streaming: the client has part
+        of a frame, so its connection goes (tgt reconnects and asks again)."""
+        pending.conn.close()
+        pending.conn.stream_end(pending.frame.cost)  # closed: gives the cost back
 
     def _account(self, pending: Pending, result: int, read: int) -> None:
         end = time.monotonic()

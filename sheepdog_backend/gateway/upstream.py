@@ -9,8 +9,14 @@ connect is non-blocking).  Answers are framed in the loop's scratch buffer:
 the header is read in place (protocol.peek) and matched by id, and an
 answer whose payload came in the same receive is handed to the relay as
 views of the scratch buffer (the relay sends them on before the buffer is
-reused); a larger payload gets a buffer of its own, exactly its size, lent
-by the loop's pool (engine/buffers.py), that later receives fill directly.
+reused).  A successful answer with a larger payload is, when the relay can
+(``stream_begin``: a data read's answer), passed on as it arrives, each
+receive sent straight to the client (``stream_more``): its last byte reaches
+the client right after it reaches the gateway; otherwise the payload gets a
+buffer of its own, exactly its size, lent by the loop's pool
+(engine/buffers.py), that later receives fill directly.  A connection that
+fails while an answer streams closes that client's connection (it has part
+of a frame; tgt reconnects and reads again).
 Anything wrong (the node closed, a malformed or unexpected answer, a
 timeout from the relay's sweep) ends the connection with ``fail``: the relay
 gets back every request still waiting.
@@ -28,7 +34,7 @@ from typing import Any, Protocol
 from sheepdog_backend.client.transport import Address
 from sheepdog_backend.engine.conn import Downstream, Frame
 from sheepdog_backend.engine.loop import ERR, IN, OUT, EventLoop
-from sheepdog_backend.engine.stream import advance, unsent, wait_for
+from sheepdog_backend.engine.stream import advance, unsent
 from sheepdog_backend.protocol.peek import RESPONSE_HEAD
 
 HEADER = 48
@@ -62,6 +68,14 @@ class Relaying(Protocol):
 
     def failed(self, up: Upstream, reason: str, pendings: list[Pending], sent: bool) -> None: ...
 
+    def stream_begin(self, up: Upstream, pending: Pending, header: memoryview,
+                     chunk: memoryview, length: int, epoch: int) -> bool: ...
+
+    def stream_more(self, up: Upstream, pending: Pending, chunk: memoryview,
+                    done: bool) -> None: ...
+
+    def stream_broken(self, pending: Pending) -> None: ...
+
 
 class Upstream:
     def __init__(self, relay: Relaying, address: Address, now: float) -> None:
@@ -91,7 +105,10 @@ class Upstream:
         self._answer: tuple[bytes, Pending, int, int] | None = None
         self._view: memoryview | None = None
         self._filled = 0
-        self._lowat = False  # SO_RCVLOWAT is set for the payload arriving
+        # An answer passed on to its client as it arrives (relay.stream_begin),
+        # and how many of its bytes are still to come.
+        self._streaming: Pending | None = None
+        self._stream_left = 0
         self.mask = OUT
         relay.loop.add(self.fd, OUT, self)
 
@@ -197,13 +214,20 @@ class Upstream:
                 assert self._answer is not None
                 header, pending, result, epoch = self._answer
                 self._answer, self._view = None, None
-                if self._lowat:
-                    self._lowat = wait_for(self.sock, 0, started=True)
                 self.relay.answer(self, pending, memoryview(header), view, result, epoch, True)
-            elif self._lowat:
-                self._lowat = wait_for(self.sock, len(view) - self._filled, started=True)
             return
         data = self.relay.loop.scratch_view[:n]
+        streaming = self._streaming
+        if streaming is not None:  # the rest of an answer being passed on as it comes
+            take = min(self._stream_left, n)
+            self._stream_left -= take
+            done = not self._stream_left
+            if done:
+                self._streaming = None
+            self.relay.stream_more(self, streaming, data[:take], done)
+            if self.closed or take == n:
+                return
+            data = data[take:]
         if self.partial:
             data = memoryview(self.partial + data)
             self.partial = b""
@@ -230,12 +254,15 @@ class Upstream:
                     return
                 pos = body + length
                 continue
-            buf = relay.loop.buffers.get(length)
             got = end - body
+            if not result and relay.stream_begin(self, pending, data[pos:body], data[body:end],
+                                                 length, epoch):
+                self._streaming, self._stream_left = pending, length - got
+                return
+            buf = relay.loop.buffers.get(length)
             buf[:got] = data[body:end]
             self._answer = (bytes(data[pos:body]), pending, result, epoch)
             self._view, self._filled = buf, got
-            self._lowat = wait_for(self.sock, length - got)
             return
         if pos < end:
             self.partial = bytes(data[pos:end])
@@ -261,6 +288,9 @@ class Upstream:
         if self._answer is not None:
             pendings.append(self._answer[1])
             self._answer, self._view = None, None
+        if self._streaming is not None:  # part of it went to the client: it must go
+            self.relay.stream_broken(self._streaming)
+            self._streaming = None
         self.waiting.clear()
         self.out.clear()
         self.close()

@@ -6,7 +6,8 @@ CREATE_AND_WRITE_OBJ by remembering the payload (``writes``), EXIST and
 FLUSH_VDI with SUCCESS, anything else with INVALID_PARMS (so the client's
 cluster-identity check does not judge it).  ``script`` maps an opcode to what
 the next request of it gets instead: a result code, "close" (the connection
-is closed without an answer), "hold" (never answered, until ``release``);
+is closed without an answer), "hold" (never answered, until ``release``),
+"cut" (the answer's header and half its payload, then the connection is closed);
 requests whose data length is in ``hold_lengths`` are held too.
 ``requests`` counts what arrived by opcode.  The test stops it (context
 manager); everything runs on the node's loop thread, so the test reads the
@@ -65,6 +66,13 @@ class FakeNode:
             return
         if action == "hold":
             self.held.append((conn, frame))
+            return
+        if action == "cut":  # the header and half the payload, then the connection goes
+            length = frame.data_length
+            header = Response(opcode=op, body=response_body_class(op)(), id=frame.id,
+                              epoch=self.epoch, data_length=length).encode_header()
+            conn.sock.sendall(header + (self.fill * length)[:length // 2])
+            conn.close()
             return
         if isinstance(action, int):
             conn.send(result_header(op, frame.id, action, self.epoch), b"", frame.cost)

@@ -138,3 +138,51 @@ def test_data_writes_of_a_vdi_just_snapshotted_get_readonly_from_the_guard(
         answer = _call(gw, rq.write_obj(OID, 0, b"x"))
     assert answer.result == Result.READONLY and first.writes == []
     assert gw.guard.refused == 1
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[Response]:
+    reader = ResponseReader()
+    out: list[Response] = []
+    while len(out) < count:
+        data = sock.recv(1 << 20)
+        assert data, f"EOF after {len(out)} of {count} answers"
+        reader.feed(data)
+        out.extend(reader)
+    return out
+
+
+def test_a_large_read_is_passed_on_as_it_arrives_and_frames_never_interleave(
+        nodes: tuple[FakeNode, FakeNode]) -> None:
+    first, _second = nodes
+    with _gateway(first) as gw, socket.create_connection(("127.0.0.1", gw.port or 0),
+                                                        timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # a slow reader
+        sock.sendall(rq.read_obj(OID, 0, 4 << 20).with_id(1).encode()
+                     + rq.read_obj(OID, 0, 4096).with_id(2).encode())
+        import time
+        time.sleep(0.3)  # the gateway queues what this client does not take yet
+        answers = {a.id: a for a in _read_answers(sock, 2)}
+        wire = gw.stats()["wire"]
+    assert answers[1].payload == b"\x01" * (4 << 20) and answers[2].payload == b"\x01" * 4096
+    assert wire["inflight_bytes"] == 0 and wire["slow_requests"] == 0
+    assert wire["streamed_answers"] == 1
+
+
+def test_a_node_failing_while_its_answer_streams_closes_that_client_only(
+        nodes: tuple[FakeNode, FakeNode]) -> None:
+    first, _second = nodes
+    first.then(Opcode.READ_OBJ, "cut")
+    with _gateway(first) as gw:
+        with socket.create_connection(("127.0.0.1", gw.port or 0), timeout=10) as sock:
+            sock.sendall(rq.read_obj(OID, 0, 2 << 20).with_id(1).encode())
+            got = b""
+            while data := sock.recv(1 << 20):  # part of a frame, then the end
+                got += data
+            assert 48 < len(got) < 48 + (2 << 20)
+        again = _call(gw, rq.read_obj(OID, 0, 2 << 20))  # tgt reconnects and reads again
+        assert again.ok and again.payload == b"\x01" * (2 << 20)
+        import time
+        deadline = time.monotonic() + 5
+        while gw.stats()["wire"]["inflight_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gw.stats()["wire"]["inflight_bytes"] == 0  # the cut answer's cost came back
