@@ -41,13 +41,12 @@ demo: $(STAMP)
 # cluster.  Then issue 24's figures (need tgt and QEMU 7.2; say why and exit 0
 # without them; skipped with --config): bench_gateway, the five qemu-img bench
 # jobs through QEMU 5.2's own driver, tgt -> sheep and tgt -> gateway -> sheep,
-# the convert/dd throughput and the guest's stall per snapshot (2-3 min);
-# bench_scale, 300 LUs in one tgtd all doing I/O at once through one gateway
-# next to tgt straight to the sheep (1.5-4.5 min today with the load, most of
-# it the gateway phase waiting out its deadline: today's gateway hangs); and
-# the embedded server's fairness under clients that never read (about 35 s).
-# bench-scale-1000 is the opt-in 1,000-LU run (about 12 min today, 7 of them
-# the hung gateway phase; 16,000 tgtd threads, 17,000 fds).
+# the convert/dd throughput, what coherent creates cost and the guest's stall
+# per snapshot (about 1.5 min); bench_scale, 300 LUs in one tgtd all doing I/O
+# at once through one gateway next to tgt straight to the sheep (about 1 min);
+# and the embedded server's fairness under clients that never read (about
+# 35 s).  bench-scale-1000 is the opt-in 1,000-LU run (16,000 tgtd threads,
+# 17,000 fds).
 # bench-all adds the client and server micro-benchmarks.
 bench: $(STAMP)
 	$(PY) benchmarks/bench_sheep.py $(BENCH_ARGS)

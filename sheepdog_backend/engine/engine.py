@@ -8,9 +8,11 @@ The service answers with ``conn.send`` on the loop thread, or from another
 thread through ``reply`` (which queues the send onto the loop).  There is no
 thread per connection: connections are bounded by file descriptors.
 ``start`` raises the process's open-file limit towards what
-``max_connections`` needs (the default serves 10,000 and more); past the
-limit, or when the process runs out of descriptors, a connection is accepted
-and closed at once (the client sees EOF, never silence) and the log says so
+``max_connections`` needs (the default serves 10,000 and more); at the limit
+a quiet connection (nothing in flight) makes room for the new one (tgt
+re-opens its per-thread connection when it needs it); when every connection
+is busy, or the process runs out of descriptors, the new one is accepted and
+closed at once (the client sees EOF, never silence), and the log says so
 with the number.
 
 Limits (issue 9's admission, now on the loop; engine.admission): a request
@@ -57,6 +59,7 @@ DEFAULT_SEND_TIMEOUT = 60.0
 DEFAULT_PRESSURE_STALL = 0.5
 _SPARE_FDS = 64  # listeners, the store, the loop's own
 _ACCEPTS_PER_TURN = 64
+_EVICTION_SAMPLE = 256  # connections looked at for an idle one to close at the limit
 
 
 class Service(Protocol):
@@ -159,7 +162,7 @@ class Engine:
         self.listeners: list[Listener] = []
         self.connections = 0
         self.peak_connections = 0
-        self.counters = {"refused": 0, "idle_closed": 0, "stall_closed": 0}
+        self.counters = {"refused": 0, "idle_closed": 0, "stall_closed": 0, "idle_evicted": 0}
         self._serving = max_connections  # what the fd limit allows (start)
         self._last_refusal_log = 0.0
         self._spare: int | None = None  # a descriptor kept for accepting at EMFILE
@@ -239,9 +242,10 @@ class Engine:
             if listener.stopped:
                 sock.close()
                 return
-            if self.connections >= min(self.max_connections, self._serving):
+            if self.connections >= min(self.max_connections, self._serving) \
+                    and not self._evict_idle():
                 self.counters["refused"] += 1
-                self._refusal(f"{self.connections} connections served, the limit")
+                self._refusal(f"{self.connections} connections served, the limit, all busy")
                 _reset(sock)
                 continue
             sock.setblocking(False)
@@ -252,6 +256,30 @@ class Engine:
             self.connections += 1
             self.peak_connections = max(self.peak_connections, self.connections)
             self.loop.add(conn.fd, IN, conn)
+
+    def _evict_idle(self) -> bool:
+        """At the connection limit: close the quietest of a sample of idle
+        connections (nothing in flight or unsent), so a new client gets in
+        rather than a quiet one holding its place (tgt keeps a connection per
+        I/O thread and re-opens one when it needs it).  False: none idle."""
+        oldest: Downstream | None = None
+        seen = 0
+        for listener in self.listeners:
+            for conn in listener.conns:
+                if not conn.inflight and not conn.out and (
+                        oldest is None or conn.last_recv < oldest.last_recv):
+                    oldest = conn
+                seen += 1
+                if seen >= _EVICTION_SAMPLE:
+                    break
+        if oldest is None:
+            return False
+        self.counters["idle_evicted"] += 1
+        if self.counters["idle_evicted"] % 1000 == 1:
+            LOG.warning("at the limit of %d connections: closing idle ones for new clients "
+                        "(%d so far)", self.connections, self.counters["idle_evicted"])
+        oldest.close()
+        return True
 
     def _shed(self, listener: Listener) -> None:
         """Out of descriptors: accept one connection on the spare and close it,

@@ -97,28 +97,66 @@ def test_clients_that_never_read_replies_cannot_exhaust_memory(
     assert _wait(lambda: server.stats()["inflight_bytes"] == 0)
 
 
-def test_connection_limit_bounds_threads_and_frees_up(tmp_path: Path) -> None:
+def _eof(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (waits up to its timeout)."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_at_the_connection_limit_a_quiet_connection_makes_room(tmp_path: Path) -> None:
     with EmbeddedServer(tmp_path / "sheep", max_connections=5) as server:
+        with SheepdogClient(server.gateways) as client:  # the workers start
+            client.create_vdi("first", MIB)
+        assert _wait(lambda: server.stats()["connections"] == 0)
         baseline = threading.active_count()
         socks = [_connect(server) for _ in range(5)]
         try:
             assert _wait(lambda: server.stats()["connections"] == 5)
+            with SheepdogClient(server.gateways) as client:  # a sixth: served
+                assert client.create_vdi("room", MIB).name == "room"
+            stats = server.stats()
+            assert stats["idle_evicted"] >= 1 and stats["refused"] == 0
+            assert stats["connections"] <= 5
+            for sock in socks:
+                sock.settimeout(0.5)
+            closed = sum(_eof(sock) for sock in socks)  # the client's own may go too
+            assert 1 <= closed <= stats["idle_evicted"]
+            assert threading.active_count() == baseline  # the event loop: no thread each
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_at_the_connection_limit_with_every_connection_busy_a_new_one_is_closed(
+        tmp_path: Path) -> None:
+    with EmbeddedServer(tmp_path / "sheep", max_connections=5) as server:
+        with SheepdogClient(server.gateways) as client:
+            vid = client.create_vdi("busy", 64 * MIB).vid
+            client.write("busy", 0, b"\x01" * (4 * MIB))
+        assert _wait(lambda: server.stats()["connections"] == 0)
+        request = read_obj(vid_to_data_oid(vid, 0), 0, 4 * MIB).encode()
+        busy = [_connect(server) for _ in range(5)]
+        try:
+            for sock in busy:  # replies they do not read: none of them is quiet
+                sock.sendall(request * 2)
+            assert _wait(lambda: server.stats()["connections"] == 5)
+            time.sleep(0.3)
             for _ in range(20):  # closed at once: EOF or reset, never served
                 try:
                     sock = _connect(server)
                 except ConnectionResetError:
                     continue
-                try:
-                    assert sock.recv(1) == b""
-                except ConnectionResetError:
-                    pass
-                finally:
-                    sock.close()
+                with sock:
+                    assert _eof(sock)
             stats = server.stats()
             assert stats["connections"] == 5 and stats["refused"] == 20
-            assert threading.active_count() == baseline  # the event loop: no thread each
+            assert stats["idle_evicted"] == 0
         finally:
-            for sock in socks:
+            for sock in busy:
                 sock.close()
         assert _wait(lambda: server.stats()["connections"] == 0)
         with SheepdogClient(server.gateways) as client:
