@@ -18,7 +18,7 @@ from sheepdog_backend.driver import attach
 from sheepdog_backend.driver.base import BackendConfiguration, Connector, GiB, Volume
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
 from sheepdog_backend.exception import ExportElsewhere
-from sheepdog_backend.export import TgtTargets, Tgtadm
+from sheepdog_backend.export import Tgtadm, TgtTargets
 from sheepdog_backend.export.manager import read_record
 from sheepdog_backend.testing.fixtures import EmbeddedServer
 from tests.realsheep import free_port
