@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from sheepdog_backend.testing.fixtures import EmbeddedServer
-from tests.cinder.conftest import CINDER_MISSING, ROOT, write_cinder_conf
+from tests.cinder.conftest import CINDER_MISSING, ROOT, iscsi_lines, write_cinder_conf
 from tests.cinder.shared_db import share
 from tests.iscsi_tools import qemu_io_path
 from tests.realsheep import free_port
@@ -43,6 +43,11 @@ pytestmark = pytest.mark.skipif(bool(CINDER_MISSING), reason=CINDER_MISSING or "
 HERE = Path(__file__).parent
 TIMEOUT = 300.0  # seconds for the whole run (the machine is shared)
 CLUSTER = "aa"
+# a dead service's lease is taken over within 3.5 s of the next holder's first look
+LEASES = """sheepdog_lease_duration = 3
+sheepdog_lease_renew_interval = 1
+sheepdog_lease_wait = 60
+"""
 WARNING = f"serves cluster {CLUSTER}@sheepdog with central iSCSI exports"
 
 
@@ -91,18 +96,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory, synced_db: Path) -> Iterat
     logs = [tmp / "api.log", tmp / "host-a.log", tmp / "host-b.log"]
     try:
         with TgtDaemon(tmp / "tgtd") as tgtd:
-            base = write_cinder_conf(tmp, server.gateways, f"""sheepdog_attach_protocol = iscsi
-target_helper = tgtadm
-target_prefix = iqn.2010-10.org.openstack:
-target_ip_address = 127.0.0.1
-target_port = {tgtd.portal_port}
-use_chap_auth = true
-sheepdog_tgt_control_port = {tgtd.control_port}
-sheepdog_export_chap_key = test-key-not-secret
-sheepdog_lease_duration = 3
-sheepdog_lease_renew_interval = 1
-sheepdog_lease_wait = 60
-""")
+            base = write_cinder_conf(tmp, server.gateways, iscsi_lines(tgtd) + LEASES)
             shutil.copyfile(synced_db, tmp / "cinder.sqlite")
             share(tmp / "cinder.sqlite")
             spec = {"services": 2, "gateways": server.gateways,
