@@ -674,6 +674,17 @@ class ExportModeMismatch(ExportError):
     detach it in the mode that exported it first."""
 
 
+class ExportElsewhere(ExportError):
+    """The volume's central export lives on another host's tgtd (its record
+    names that tgtd's portal, ``portal``): tgtadm reaches only this host's
+    tgtd, so nothing was changed here.  Act on it from a process on that host,
+    or use the local export mode, where any process can attach and detach."""
+
+    def __init__(self, message: str, *, portal: str) -> None:
+        super().__init__(message)
+        self.portal = portal
+
+
 class ExportLockTimeout(ExportError):
     """A short lock on the cluster (export/clusterlock.py) stayed held by
     another process for longer than the caller may wait."""

@@ -16,6 +16,10 @@ itself ``signal`` (STOP or KILL) the first time the function ``before``
 (``module:function`` or ``module:Class.method``) is about to run: a holder
 stopped or killed between two steps of its operation.  The test that started
 it stops it by its pid whatever happens.
+
+Also for the tests of leases elsewhere: ``held_leases`` (which volumes' leases
+are held now) and ``before_first_call`` (a hook before a function's first
+call in this process; the Cinder services of test_active_active use it).
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from sheepdog_backend.client import lease_records
 from sheepdog_backend.driver.base import BackendConfiguration, Snapshot, Volume
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
 
@@ -61,25 +67,43 @@ def run_op(driver: SheepdogDriver, op: str, a: dict[str, Any]) -> Any:
     raise SystemExit(f"unknown operation {op!r}")
 
 
-def install_pause(before: str, signame: str) -> None:
-    """Send this process ``signame`` the first time ``before`` is called:
-    ``module:function`` or ``module:Class.method``."""
-    module, _, path = before.partition(":")
+def held_leases(drv: SheepdogDriver, *names: str) -> list[str]:
+    """Those of ``names`` whose lease has a live record (is held)."""
+    def held(name: str) -> bool:
+        def look(conn: Any) -> bool:
+            top = lease_records.find_top(conn, name)
+            return bool(top) and lease_records.read_gens(conn, name, [top])[top].live is not None
+        return bool(drv.client.run(look, what="read a lease"))
+    return [n for n in names if held(n)]
+
+
+def before_first_call(target: str, action: Callable[[], None]) -> None:
+    """Run ``action`` the first time ``target`` (``module:function`` or
+    ``module:Class.method``) is about to run in this process."""
+    module, _, path = target.partition(":")
     owner: Any = importlib.import_module(module)
     *parents, attr = path.split(".")
     for part in parents:
         owner = getattr(owner, part)
     original = getattr(owner, attr)
-    sig = {"STOP": signal.SIGSTOP, "KILL": signal.SIGKILL}[signame]
     fired: list[bool] = []
 
-    def paused(*args: Any, **kwargs: Any) -> Any:
+    def first(*args: Any, **kwargs: Any) -> Any:
         if not fired:
             fired.append(True)
-            print(json.dumps({"paused": before}), flush=True)
-            os.kill(os.getpid(), sig)
+            action()
         return original(*args, **kwargs)
-    setattr(owner, attr, paused)
+    setattr(owner, attr, first)
+
+
+def install_pause(before: str, signame: str) -> None:
+    """Send this process ``signame`` the first time ``before`` is called."""
+    sig = {"STOP": signal.SIGSTOP, "KILL": signal.SIGKILL}[signame]
+
+    def pause() -> None:
+        print(json.dumps({"paused": before}), flush=True)
+        os.kill(os.getpid(), sig)
+    before_first_call(before, pause)
 
 
 def main() -> None:

@@ -11,6 +11,19 @@ Cinder's exceptions in ``cinder_errors``.  The core driver (and its client) is
 shared by every green thread of cinder-volume; the client is thread-safe and
 works under eventlet's monkey patching (its locks, sockets and threads are the
 patched ones).  ``self._core`` is built once under ``self._core_lock``.
+
+Active/active (``[DEFAULT] cluster``): any service of the cluster may get any
+call for any volume, so nothing a later call needs stays in one process.
+What a volume is lives on the cluster (its VDI, snapshots, export record);
+every change holds the volume's lease there (driver/core.py), so services act
+on a volume one at a time, and a service that dies mid-operation leaves its
+lease to expire: the next holder - the service Cinder's cleanup hands the
+volume to, or the user's next request - finishes or undoes what it left.
+The driver needs no lock of Cinder's (its ``[coordination]`` backend still
+serves Cinder's own manager locks).  Only central iSCSI exports are per host:
+a target lives on the tgtd of the host that attached it, and a service on
+another host refuses to change it (ExportElsewhere); local exports are any
+service's (see the README).
 """
 
 from __future__ import annotations
@@ -64,7 +77,7 @@ class SheepdogCinderDriver(cinder_driver.VolumeDriver):  # type: ignore[misc]
 
     VERSION = __version__
     CI_WIKI_NAME = "sheepdog-backend"
-    SUPPORTS_ACTIVE_ACTIVE = False
+    SUPPORTS_ACTIVE_ACTIVE = True  # see "Active/active" above
     _stats: dict[str, Any]  # BaseVD's stats cache
 
     def __init__(self, *args: Any, configuration: Any = None, **kwargs: Any) -> None:
@@ -125,6 +138,15 @@ class SheepdogCinderDriver(cinder_driver.VolumeDriver):  # type: ignore[misc]
     def do_setup(self, context: Any) -> None:
         with cinder_errors():
             self.core.do_setup()
+        conf = self.configuration
+        if self.cluster_name and conf.safe_get("sheepdog_attach_protocol") == "iscsi" and \
+                conf.safe_get("sheepdog_export_mode") != "local":
+            LOG.warning(
+                "backend %s serves cluster %s with central iSCSI exports: a volume's target "
+                "lives on the tgtd of the host whose service attached it, and a detach, "
+                "extend or further attach that Cinder hands to a service on another host "
+                "fails (ExportElsewhere). Run this cluster's services on one host, or set "
+                "sheepdog_export_mode = local", self.backend_name, self.cluster_name)
 
     def check_for_setup_error(self) -> None:
         with cinder_errors():

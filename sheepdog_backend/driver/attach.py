@@ -44,8 +44,8 @@ from sheepdog_backend.exception import ConfigError, ExportedVolumeBusy
 if TYPE_CHECKING:
     from sheepdog_backend.driver.base import Connector, Snapshot, Volume
     from sheepdog_backend.export import ExportManager, ExportRecord
+    from sheepdog_backend.export.base import Detached
     from sheepdog_backend.export.local import LocalExports
-    from sheepdog_backend.export.manager import Detached
 
 _managers: weakref.WeakKeyDictionary[DriverCore, ExportManager] = (
     weakref.WeakKeyDictionary())
@@ -217,6 +217,15 @@ EXPORT_KEY = "sheepdog-backend.export"
 def _decoded(raw: bytes | None) -> ExportRecord | None:
     from sheepdog_backend.export.base import ExportRecord
     return ExportRecord.decode(raw) if raw else None
+
+
+def refuse_if_elsewhere(core: DriverCore, raw: bytes | None) -> None:
+    """ExportElsewhere when ``raw`` (a volume's export record as read) is a
+    central export another host's tgtd holds: no initiator would see a change
+    made from here (call before changing anything)."""
+    rec = _decoded(raw)
+    if rec is not None and not rec.is_local:
+        manager(core).check_served(rec)
 
 
 def after_extend(core: DriverCore, name: str, raw: bytes | None) -> None:

@@ -223,6 +223,7 @@ class SheepdogDriver(VolumeDriver):
             if new_bytes > info.size:
                 sizing.check_extend(self.configuration, name, info.block_size_shift,
                                     new_bytes, info.store_policy)
+                attach.refuse_if_elsewhere(self._core, state.attrs[attach.EXPORT_KEY])
                 self.client.resize_vdi(name, new_bytes, known=info)
                 self._core.invalidate_stats()
                 attach.after_extend(self._core, name, state.attrs[attach.EXPORT_KEY])

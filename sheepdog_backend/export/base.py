@@ -8,10 +8,12 @@ cluster, and the models a target daemon reports.
 * ``chap_credentials(key, iqn)``: CHAP user and secret derived with
   HMAC-SHA256 from a configured key, so they survive restarts without a
   database and differ per volume.
-* ``ExportRecord``: what is exported, through which gateway, for which
-  initiators and how many attachments each has; stored as JSON in a VDI
+* ``ExportRecord``: what is exported, through which gateway (and, central,
+  on the tgtd behind which portal), for which initiators and how many
+  attachments each has; stored as JSON in a VDI
   attribute (manager.py) so ``sync`` can recreate targets after the daemon
-  forgot them and every process sees the same attachments.
+  forgot them and every process sees the same attachments; ``Detached``, what
+  ending one of them did; ``connection_data``, what an initiator needs.
 * ``check_backing_name`` / ``check_gateway``: what tgt's Sheepdog backing store
   cannot carry (see tgt.py).
 """
@@ -135,6 +137,10 @@ class ExportRecord:
     # should show (an extend raises it and the agents re-open their LUs).
     hosts: dict[str, dict[str, int]] | None = None
     size: int = 0
+    # central mode: the portal (HOST:PORT) of the tgtd that holds the target,
+    # the one of the host whose process exported it; "" in a record written
+    # before it was kept (any host then acts on it, as then)
+    portal: str = ""
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"v": RECORD_VERSION, "vdi": self.vdi, "iqn": self.iqn,
@@ -143,6 +149,8 @@ class ExportRecord:
                                 "attachments": dict(self.attachments)}
         if self.source is not None:
             body["source"] = dict(self.source)
+        if self.portal:
+            body["portal"] = self.portal
         if self.hosts is not None:
             body.update(v=LOCAL_RECORD_VERSION, size=self.size,
                         hosts={h: dict(c) for h, c in self.hosts.items()})
@@ -168,7 +176,7 @@ class ExportRecord:
                        hosts=None if hosts is None else {
                            str(h): {str(k): int(n) for k, n in dict(c).items() if int(n) > 0}
                            for h, c in dict(hosts).items()},
-                       size=int(body.get("size", 0)))
+                       size=int(body.get("size", 0)), portal=str(body.get("portal", "")))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidInput(f"unreadable export record {raw[:80]!r}: {exc}") from None
 
@@ -316,6 +324,36 @@ class HostExport:
         text = json.dumps([self.vdi, self.iqn, self.readonly, self.chap, list(self.acl),
                            self.size])
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Detached:
+    """What ending one attachment did.
+
+    ``exported``: the volume had an export; ``ended``: the key of the
+    attachment that ended (its initiator, or ``ANY_INITIATOR``), None when
+    none did (unknown initiator, already gone, or a forced detach that cannot
+    tell which of several); ``remaining``: attachments the target still
+    serves; ``target_removed``: this call removed the target and its record.
+    """
+
+    vdi: str
+    exported: bool
+    ended: str | None
+    remaining: int
+    target_removed: bool
+
+    @property
+    def shared(self) -> bool:
+        """Other attachments still use the target (Cinder's "shared connection")."""
+        return self.remaining > 0
+
+
+def connection_data(rec: ExportRecord, portal: tuple[str, int],
+                    chap: tuple[str, str] | None) -> dict[str, Any]:
+    """What an initiator needs: portal, IQN, LUN, CHAP credentials."""
+    return {"portal": portal, "iqn": rec.iqn, "lun": LUN, "readonly": rec.readonly,
+            "chap": chap, "vdi": rec.vdi}
 
 
 @dataclass(frozen=True)

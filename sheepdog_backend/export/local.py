@@ -37,16 +37,16 @@ from sheepdog_backend.exception import (
 )
 from sheepdog_backend.export import clusterlock, hosts
 from sheepdog_backend.export.base import (
+    Detached,
     ExportRecord,
     chap_credentials,
     check_backing_name,
+    connection_data,
     target_iqn,
 )
 from sheepdog_backend.export.manager import (
     RECORD_KEY,
-    Detached,
     ExportSettings,
-    connection_data,
     read_record,
     snapshot_clone,
     snapshot_clone_name,

@@ -17,6 +17,12 @@ left, and removes the target and the record with the last attachment.  A live
 migration (two hosts) or a multiattach volume (several instances, maybe on
 one host) is just more than one attachment.
 
+tgtadm reaches only this host's tgtd, so a record names the portal of the
+tgtd that holds its target; a manager behind another portal (another host's
+cinder-volume in a cluster, another host's CLI) refuses to change that export
+(``ExportElsewhere``, before any change) and ``ensure``/``sync`` leave it to
+its host.  Processes on one host share its tgtd and portal: any of them acts.
+
 Shared state: the cluster (records) and tgtd (targets); nothing is cached
 here.  Calls for different volumes may run in parallel; calls for the same
 volume are serialised by ``_lock`` (one lock for the manager: exports are
@@ -33,7 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sheepdog_backend.addresses import format_gateway
 from sheepdog_backend.exception import (
+    ExportElsewhere,
     ExportModeMismatch,
     GatewayUnusable,
     InvalidInput,
@@ -45,11 +53,13 @@ from sheepdog_backend.exception import (
 )
 from sheepdog_backend.export.base import (
     LUN,
+    Detached,
     ExportRecord,
     Target,
     chap_credentials,
     check_backing_name,
     check_gateway,
+    connection_data,
     target_iqn,
     validate_prefix,
 )
@@ -98,29 +108,6 @@ def snapshot_clone_name(volume: str, tag: str) -> str:
     return f"{volume}{SNAPSHOT_CLONE_MARK}{digest}"
 
 
-@dataclass(frozen=True)
-class Detached:
-    """What ending one attachment did.
-
-    ``exported``: the volume had an export; ``ended``: the key of the
-    attachment that ended (its initiator, or ``ANY_INITIATOR``), None when
-    none did (unknown initiator, already gone, or a forced detach that cannot
-    tell which of several); ``remaining``: attachments the target still
-    serves; ``target_removed``: this call removed the target and its record.
-    """
-
-    vdi: str
-    exported: bool
-    ended: str | None
-    remaining: int
-    target_removed: bool
-
-    @property
-    def shared(self) -> bool:
-        """Other attachments still use the target (Cinder's "shared connection")."""
-        return self.remaining > 0
-
-
 def read_record(client: SheepdogClient, vdi: str) -> ExportRecord | None:
     """The export record of ``vdi`` (None when not exported or absent)."""
     try:
@@ -164,13 +151,6 @@ def snapshot_clone(client: SheepdogClient, volume: str, tag: str) -> str:
     return clone
 
 
-def connection_data(rec: ExportRecord, portal: tuple[str, int],
-                    chap: tuple[str, str] | None) -> dict[str, Any]:
-    """What an initiator needs: portal, IQN, LUN, CHAP credentials."""
-    return {"portal": portal, "iqn": rec.iqn, "lun": LUN, "readonly": rec.readonly,
-            "chap": chap, "vdi": rec.vdi}
-
-
 class ExportManager:
     def __init__(self, client: SheepdogClient, targets: TgtTargets,
                  settings: ExportSettings, *,
@@ -180,6 +160,8 @@ class ExportManager:
         self.settings = settings
         self._probe = probe or self._probe_gateway
         self._lock = threading.RLock()
+        # the portal of this host's tgtd, which new records name
+        self.portal = format_gateway(settings.portal_host, settings.portal_port)
 
     # -- records --------------------------------------------------------------
 
@@ -271,7 +253,8 @@ class ExportManager:
             elif not self._probe(rec.gateway):
                 self._refuse_stuck(rec, "re-exported")
                 rec = rec.with_changes(gateway=self.pick_gateway(avoid=rec.gateway))
-            rec = rec.attaching(initiator) if attach else rec.allowing(initiator)
+            rec = (rec.attaching(initiator) if attach else rec.allowing(initiator)
+                   ).with_changes(portal=self.portal)
             self._save(rec)
             self._apply(rec)
             return rec
@@ -344,14 +327,33 @@ class ExportManager:
 
     def _central(self, vdi: str) -> ExportRecord | None:
         """The record of ``vdi``; ExportModeMismatch when compute hosts' agents
-        export it (local mode: export/local.py changes it, not this tgtd)."""
+        export it (local mode: export/local.py changes it, not this tgtd),
+        ExportElsewhere when another host's tgtd holds its target."""
         rec = self.record(vdi)
         if rec is not None and rec.is_local:
             raise ExportModeMismatch(
                 f"volume {vdi!r} is exported by compute hosts' agents (local export mode, "
                 f"hosts {', '.join(sorted(rec.hosts or {})) or 'none'}): detach it with "
                 "sheepdog_export_mode = local")
+        if rec is not None:
+            self.check_served(rec)
         return rec
+
+    def serves(self, rec: ExportRecord) -> bool:
+        """True when this host's tgtd holds ``rec``'s target (a record that
+        names no portal was written before they were kept: as then, yes)."""
+        return not rec.portal or rec.portal == self.portal
+
+    def check_served(self, rec: ExportRecord) -> None:
+        """ExportElsewhere unless this host's tgtd holds ``rec``'s target."""
+        if not self.serves(rec):
+            raise ExportElsewhere(
+                f"volume {rec.vdi!r} is exported through the tgtd behind portal "
+                f"{rec.portal}, not this host's ({self.portal}): tgtadm reaches only this "
+                "host's tgtd, so its target, ACL and size can change only from a process "
+                "on that host. In a cluster of cinder-volume services on several hosts, use "
+                "sheepdog_export_mode = local (any service attaches and detaches)",
+                portal=rec.portal)
 
     def _narrow(self, rec: ExportRecord, after: ExportRecord) -> None:
         """Save ``after`` and take the initiators it dropped off the target."""
@@ -403,33 +405,41 @@ class ExportManager:
         rec = self.record(vdi)
         if rec is None:
             return {"vdi": vdi, "exported": False, "problems": ["not exported"]}
+        out: dict[str, Any] = {
+            "vdi": vdi, "exported": True, "iqn": rec.iqn, "gateway": rec.gateway,
+            "readonly": rec.readonly, "initiators": list(rec.initiators),
+            "attachments": dict(rec.attachments), "sessions": 0, "problems": []}
         if rec.is_local:
-            return {"vdi": vdi, "exported": True, "iqn": rec.iqn, "gateway": "",
-                    "readonly": rec.readonly, "initiators": list(rec.initiators),
-                    "attachments": dict(rec.attachments), "hosts": dict(rec.hosts or {}),
-                    "sessions": 0, "problems": []}
-        problems = []
+            return dict(out, gateway="", hosts=dict(rec.hosts or {}))
+        out["portal"] = rec.portal or self.portal
+        if not self.serves(rec):
+            out["problems"] = [f"exported through the tgtd behind portal {rec.portal}, not "
+                               f"this host's ({self.portal}): check it there"]
+            return out
         target = self.targets.find(rec.iqn)
         host, port = _split(rec.gateway)
         if target is None:
-            problems.append("no target on tgtd (tgtd restarted?)")
+            out["problems"].append("no target on tgtd (tgtd restarted?)")
         else:
+            out["sessions"] = target.sessions
             lu = target.lun(LUN)
             if lu is None or lu.backing != backing_path(host, port, rec.vdi):
-                problems.append("LUN 1 does not serve the recorded volume and gateway")
+                out["problems"].append("LUN 1 does not serve the recorded volume and gateway")
         if not self._probe(rec.gateway):
-            problems.append(f"gateway {rec.gateway} does not answer")
-        return {"vdi": vdi, "exported": True, "iqn": rec.iqn, "gateway": rec.gateway,
-                "readonly": rec.readonly, "initiators": list(rec.initiators),
-                "attachments": dict(rec.attachments),
-                "sessions": target.sessions if target else 0, "problems": problems}
+            out["problems"].append(f"gateway {rec.gateway} does not answer")
+        return out
 
     def ensure(self, vdi: str) -> ExportRecord | None:
         """Make tgtd serve the recorded export of ``vdi`` through a live
-        gateway (moving it when its gateway is dead); None when not exported.
+        gateway (moving it when its gateway is dead); None when not exported
+        or exported by another host's tgtd (its own host ensures it).
         TargetBusy when the LU has I/O stuck on the dead gateway."""
         with self._lock:
-            rec = self._central(vdi)
+            try:
+                rec = self._central(vdi)
+            except ExportElsewhere as exc:
+                LOG.info("not ensured here: %s", exc)
+                return None
             if rec is None:
                 return None
             if not self._probe(rec.gateway):
@@ -448,8 +458,8 @@ class ExportManager:
         done: dict[str, list[str]] = {"ensured": [], "removed": [], "failed": []}
         wanted = set()
         for rec in self.records():
-            wanted.add(rec.iqn)
-            if rec.is_local:  # the compute hosts' agents keep those (local mode)
+            wanted.add(rec.iqn)  # another host's target is never dropped here either
+            if rec.is_local or not self.serves(rec):  # agents, or that host, keep those
                 continue
             try:
                 self.ensure(rec.vdi)

@@ -162,6 +162,20 @@ sheepdog_gateways = {",".join(gateways)}
     return conf
 
 
+def iscsi_lines(tgtd: Any) -> str:
+    """The backend section's lines for central iSCSI exports on ``tgtd``
+    (a tests.tgtd.TgtDaemon) with CHAP."""
+    return f"""sheepdog_attach_protocol = iscsi
+target_helper = tgtadm
+target_prefix = iqn.2010-10.org.openstack:
+target_ip_address = 127.0.0.1
+target_port = {tgtd.portal_port}
+use_chap_auth = true
+sheepdog_tgt_control_port = {tgtd.control_port}
+sheepdog_export_chap_key = test-key-not-secret
+"""
+
+
 def run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cinder.conftest import CINDER_MISSING, run, write_cinder_conf
+from tests.cinder.conftest import CINDER_MISSING, iscsi_lines, run, write_cinder_conf
 from tests.iscsi_tools import qemu_io_path
 from tests.realsheep import SheepCluster
 from tests.tgtd import TgtDaemon
@@ -34,15 +34,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory, synced_db: Path) -> Iterat
     qemu_io_path()  # skips without qemu-io (iSCSI) and libiscsi-bin
     tmp = tmp_path_factory.mktemp("attach")
     with SheepCluster(tmp / "sheep", nodes=1) as sheep, TgtDaemon(tmp / "tgtd") as tgtd:
-        conf = write_cinder_conf(tmp, sheep.gateways, f"""sheepdog_attach_protocol = iscsi
-target_helper = tgtadm
-target_prefix = iqn.2010-10.org.openstack:
-target_ip_address = 127.0.0.1
-target_port = {tgtd.portal_port}
-use_chap_auth = true
-sheepdog_tgt_control_port = {tgtd.control_port}
-sheepdog_export_chap_key = test-key-not-secret
-""")
+        conf = write_cinder_conf(tmp, sheep.gateways, iscsi_lines(tgtd))
         shutil.copyfile(synced_db, tmp / "cinder.sqlite")
         done = run([sys.executable, str(RUNNER), str(conf), str(tgtd.control_port)],
                    timeout=300)

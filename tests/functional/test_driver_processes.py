@@ -30,11 +30,10 @@ from typing import Any
 
 import pytest
 
-from sheepdog_backend.client import lease_records
 from sheepdog_backend.driver.base import BackendConfiguration, GiB, Snapshot, Volume
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
 from sheepdog_backend.testing.fixtures import EmbeddedServer
-from tests.lease_worker import run_op
+from tests.lease_worker import held_leases, run_op
 
 KiB, MiB = 1 << 10, 1 << 20
 CLIENTS = 8
@@ -160,16 +159,6 @@ def marks(drv: SheepdogDriver, name: str, seed: int) -> dict[int, bytes]:
 def assert_reads(drv: SheepdogDriver, name: str, want: dict[int, bytes], tag: str = "") -> None:
     for off, payload in want.items():
         assert drv.client.read(name, off, len(payload), tag=tag) == payload, (name, tag, off)
-
-
-def held_leases(drv: SheepdogDriver, *names: str) -> list[str]:
-    """Those of ``names`` whose lease has a live record (is held)."""
-    def held(name: str) -> bool:
-        def look(conn: Any) -> bool:
-            top = lease_records.find_top(conn, name)
-            return bool(top) and lease_records.read_gens(conn, name, [top])[top].live is not None
-        return bool(drv.client.run(look, what="read a lease"))
-    return [n for n in names if held(n)]
 
 
 def assert_nothing_left(drv: SheepdogDriver, *names: str) -> None:

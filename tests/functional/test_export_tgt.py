@@ -180,7 +180,7 @@ def test_terminate_without_connector_unknown_initiator_and_twice(
     """Each answers whether other attachments remain and removes nothing that
     another attachment uses; the record is what every process counts from."""
     from sheepdog_backend.driver import attach
-    from sheepdog_backend.export.manager import Detached
+    from sheepdog_backend.export.base import Detached
 
     vol = volume("vol-term")
     driver.create_volume(vol)

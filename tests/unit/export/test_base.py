@@ -98,6 +98,18 @@ def test_record_round_trip_and_garbage() -> None:
         ExportRecord.decode(rec.encode().replace(b'": 2}', b'": "two"}'))
 
 
+def test_record_names_the_portal_of_its_tgtd() -> None:
+    """A central record names the portal of the tgtd that holds its target; one
+    written before that reads with none (any host then acts on it, as then)."""
+    rec = ExportRecord(vdi="v", iqn=PREFIX + "v", gateway="127.0.0.1:7000",
+                       portal="10.0.0.5:3260")
+    assert json.loads(rec.encode())["portal"] == "10.0.0.5:3260"
+    assert ExportRecord.decode(rec.encode()) == rec
+    older = rec.with_changes(portal="")
+    assert "portal" not in json.loads(older.encode())
+    assert ExportRecord.decode(older.encode()).portal == ""
+
+
 A, B = "iqn.1993-08.org.debian:01:a", "iqn.1993-08.org.debian:01:b"
 V1 = (b'{"chap": true, "gateway": "127.0.0.1:7000", "initiators": [%s], '
       b'"iqn": "iqn.2010-10.org.openstack:v", "readonly": false, "v": 1, "vdi": "v"}')
