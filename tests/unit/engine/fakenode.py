@@ -16,6 +16,7 @@ counters only after what it waits for.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import Counter, deque
 from types import TracebackType
@@ -23,6 +24,7 @@ from types import TracebackType
 from sheepdog_backend.engine.conn import Downstream, Frame
 from sheepdog_backend.engine.engine import Engine
 from sheepdog_backend.protocol.constants import Opcode, Result
+from sheepdog_backend.protocol.framing import ResponseReader
 from sheepdog_backend.protocol.header import Response, response_body_class
 from sheepdog_backend.protocol.peek import result_header
 
@@ -119,3 +121,15 @@ class FakeNode:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def read_answers(sock: socket.socket, count: int) -> list[Response]:
+    """The next ``count`` answers on ``sock`` (AssertionError at EOF before)."""
+    reader = ResponseReader()
+    out: list[Response] = []
+    while len(out) < count:
+        data = sock.recv(1 << 20)
+        assert data, f"EOF after {len(out)} of {count} answers"
+        reader.feed(data)
+        out.extend(reader)
+    return out

@@ -17,11 +17,10 @@ import pytest
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.engine.engine import Engine
 from sheepdog_backend.protocol.constants import Opcode, Result
-from sheepdog_backend.protocol.framing import ResponseReader
-from sheepdog_backend.protocol.header import COMMON, Response
+from sheepdog_backend.protocol.header import COMMON
 from sheepdog_backend.protocol.oid import vid_to_data_oid
 
-from .fakenode import FakeNode
+from .fakenode import FakeNode, read_answers
 
 OID = vid_to_data_oid(0x42, 1)
 WAIT = 10.0
@@ -32,17 +31,6 @@ def _connect(node: FakeNode) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=WAIT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
-
-
-def _answers(sock: socket.socket, count: int) -> list[Response]:
-    reader = ResponseReader()
-    out: list[Response] = []
-    while len(out) < count:
-        data = sock.recv(1 << 20)
-        assert data, f"EOF after {len(out)} of {count} answers"
-        reader.feed(data)
-        out.extend(reader)
-    return out
 
 
 def _eof(sock: socket.socket) -> bool:
@@ -75,7 +63,7 @@ def test_frames_cut_anywhere_and_payloads_larger_than_a_receive() -> None:
             pos += n
             if rng.random() < 0.05:
                 time.sleep(0.002)  # let the loop see a partial frame
-        got = {r.id: r for r in _answers(sock, 4)}
+        got = {r.id: r for r in read_answers(sock, 4)}
     assert sorted(got) == [1, 2, 3, 4] and all(r.ok for r in got.values())
     assert got[2].payload == b"\x11" * 4096 and got[4].payload == b""
     assert node.writes == [(Opcode.WRITE_OBJ, big), (Opcode.WRITE_OBJ, b"tiny")]
@@ -85,7 +73,7 @@ def test_a_reply_larger_than_the_socket_buffers_arrives_whole() -> None:
     with FakeNode(fill=b"\x22") as node, _connect(node) as sock:
         sock.sendall(rq.read_obj(OID, 0, 8 << 20).with_id(9).encode())
         time.sleep(0.3)  # the engine queues what the kernel does not take
-        (answer,) = _answers(sock, 1)
+        (answer,) = read_answers(sock, 1)
     assert answer.id == 9 and answer.payload == b"\x22" * (8 << 20)
     assert _wait(lambda: node.engine.stats()["inflight_bytes"] == 0)
 
@@ -95,7 +83,7 @@ def test_a_malformed_frame_ends_the_connection_after_answering_what_came_before(
     COMMON.pack_into(oversized, 0, 1, Opcode.WRITE_OBJ, 1, 0, 77, 64 << 20)
     with FakeNode() as node, _connect(node) as sock:
         sock.sendall(rq.read_obj(OID, 0, 512).with_id(5).encode() + bytes(oversized))
-        (answer,) = _answers(sock, 1)
+        (answer,) = read_answers(sock, 1)
         assert answer.id == 5 and answer.ok
         assert _eof(sock)
     assert node.requests[Opcode.WRITE_OBJ] == 0
@@ -105,7 +93,7 @@ def test_a_half_closed_client_still_gets_every_answer() -> None:
     with FakeNode() as node, _connect(node) as sock:
         sock.sendall(b"".join(rq.read_obj(OID, 0, 100).with_id(i).encode() for i in range(5)))
         sock.shutdown(socket.SHUT_WR)
-        assert sorted(r.id for r in _answers(sock, 5)) == [0, 1, 2, 3, 4]
+        assert sorted(r.id for r in read_answers(sock, 5)) == [0, 1, 2, 3, 4]
         assert _eof(sock)
     assert _wait(lambda: node.engine.stats()["connections"] == 0)
 
@@ -125,7 +113,7 @@ def test_a_connection_over_its_caps_waits_for_its_own_replies() -> None:
         time.sleep(0.2)
         assert node.requests[Opcode.READ_OBJ] == 2  # the third waits for room
         node.release()
-        assert sorted(r.id for r in _answers(sock, 4)) == [0, 1, 2, 3]
+        assert sorted(r.id for r in read_answers(sock, 4)) == [0, 1, 2, 3]
 
 
 def test_the_budget_holds_back_a_second_connection_until_the_first_is_answered() -> None:
@@ -138,8 +126,8 @@ def test_the_budget_holds_back_a_second_connection_until_the_first_is_answered()
         assert _wait(lambda: node.engine.stats()["waiting_for_budget"] == 1)
         assert node.requests[Opcode.READ_OBJ] == 1
         node.release()
-        assert _answers(first, 1)[0].id == 1
-        assert _answers(second, 1)[0].id == 2
+        assert read_answers(first, 1)[0].id == 1
+        assert read_answers(second, 1)[0].id == 2
     assert node.engine.stats()["peak_inflight_bytes"] <= 1 << 20
 
 
@@ -160,7 +148,7 @@ def test_an_unknown_opcode_is_answered_not_dropped() -> None:
         frame = bytearray(rq.read_obj(OID, 0, 0).with_id(3).encode())
         frame[1] = 0xEE  # the opcode byte
         sock.sendall(frame)
-        (answer,) = _answers(sock, 1)
+        (answer,) = read_answers(sock, 1)
     assert answer.id == 3 and answer.result == Result.INVALID_PARMS
 
 
@@ -184,6 +172,6 @@ def test_a_large_payload_whose_tail_comes_later_is_received() -> None:
         sock.sendall(frame[:first])
         time.sleep(0.3)  # the engine has taken the first MiB and waits for the rest
         sock.sendall(frame[first:])
-        (answer,) = _answers(sock, 1)
+        (answer,) = read_answers(sock, 1)
     assert answer.id == 8 and answer.ok
     assert node.writes == [(Opcode.WRITE_OBJ, payload)]

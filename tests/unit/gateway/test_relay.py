@@ -20,7 +20,7 @@ from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.oid import vid_to_data_oid
 from sheepdog_backend.server.wire import RawConnection
 from tests.realsheep import free_port
-from tests.unit.engine.fakenode import FakeNode
+from tests.unit.engine.fakenode import FakeNode, read_answers
 
 OID = vid_to_data_oid(0x42, 3)
 
@@ -140,17 +140,6 @@ def test_data_writes_of_a_vdi_just_snapshotted_get_readonly_from_the_guard(
     assert gw.guard.refused == 1
 
 
-def _read_answers(sock: socket.socket, count: int) -> list[Response]:
-    reader = ResponseReader()
-    out: list[Response] = []
-    while len(out) < count:
-        data = sock.recv(1 << 20)
-        assert data, f"EOF after {len(out)} of {count} answers"
-        reader.feed(data)
-        out.extend(reader)
-    return out
-
-
 def test_a_large_read_is_passed_on_as_it_arrives_and_frames_never_interleave(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
@@ -161,7 +150,7 @@ def test_a_large_read_is_passed_on_as_it_arrives_and_frames_never_interleave(
                      + rq.read_obj(OID, 0, 4096).with_id(2).encode())
         import time
         time.sleep(0.3)  # the gateway queues what this client does not take yet
-        answers = {a.id: a for a in _read_answers(sock, 2)}
+        answers = {a.id: a for a in read_answers(sock, 2)}
         wire = gw.stats()["wire"]
     assert answers[1].payload == b"\x01" * (4 << 20) and answers[2].payload == b"\x01" * 4096
     assert wire["inflight_bytes"] == 0 and wire["slow_requests"] == 0
