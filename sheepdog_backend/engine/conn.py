@@ -281,21 +281,28 @@ class Downstream:
         if self.streaming:  # after the reply being streamed
             self._held.append((bytes(header), bytes(payload), cost))
             return True
+        return self._transmit(header, payload, cost, owned)
+
+    def _transmit(self, header: Buffer, payload: Buffer, cost: int | None,
+                  owned: bool) -> bool:
+        """Send now what the kernel takes and queue the rest; ``cost`` (None:
+        no request ends with these bytes) is given back once all is out."""
         if self.out:
             self._queue(header, payload, 0, cost, owned)
             return not owned
-        hlen = len(header)
-        plen = len(payload)
         try:
-            n = self.sock.sendmsg((header, payload)) if plen else self.sock.send(header)
+            n = self.sock.sendmsg((header, payload)) if header and payload \
+                else self.sock.send(header or payload)
         except BlockingIOError:
             n = 0
         except OSError:
-            self._release(cost)
+            if cost is not None:
+                self._release(cost)
             self.close()
             return True
-        if n == hlen + plen:
-            self._release(cost)
+        if n == len(header) + len(payload):
+            if cost is not None:
+                self._release(cost)
             return True
         self.stalled_since = _now()
         self._queue(header, payload, n, cost, owned)
@@ -311,21 +318,8 @@ class Downstream:
         self.stream_more(chunk, header)
 
     def stream_more(self, chunk: Buffer, header: Buffer = b"") -> None:
-        if self.closed:
-            return
-        if self.out:
-            self._queue(header, chunk, 0, 0, False, counted=False)
-            return
-        try:
-            n = self.sock.sendmsg((header, chunk)) if header else self.sock.send(chunk)
-        except BlockingIOError:
-            n = 0
-        except OSError:
-            self.close()
-            return
-        if n < len(header) + len(chunk):
-            self.stalled_since = _now()
-            self._queue(header, chunk, n, 0, False, counted=False)
+        if not self.closed:
+            self._transmit(header, chunk, None, False)
 
     def stream_end(self, cost: int) -> None:
         """The streamed reply is whole: its request's cost goes back once it is
@@ -342,12 +336,12 @@ class Downstream:
         for header, payload, held_cost in held:
             self.send(header, payload, held_cost)
 
-    def _queue(self, header: Buffer, payload: Buffer, skip: int, cost: int,
-               owned: bool, counted: bool = True) -> None:
+    def _queue(self, header: Buffer, payload: Buffer, skip: int, cost: int | None,
+               owned: bool) -> None:
         parts = unsent(header, payload, skip, not owned)
         if not self.out:
             self.host.sending.add(self)
-        self.out.append([parts, cost if counted else None])  # None: no request ends here
+        self.out.append([parts, cost])  # cost None: no request ends here
         self._update_mask()
 
     def _flush(self) -> None:
