@@ -131,6 +131,12 @@ class Forwarder:
         if rose and self.on_change is not None:
             self.on_change(before)
 
+    @property
+    def epoch(self) -> int:
+        """The highest cluster epoch seen (0: none yet)."""
+        with self._lock:
+            return self._epoch or 0
+
     def count_recovery_retry(self) -> None:
         with self._lock:
             self.recovery_retries += 1

@@ -37,7 +37,6 @@ import socket
 import stat
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -70,19 +69,10 @@ from sheepdog_backend.protocol.inode import (
     STAMP_VALUE,
 )
 from sheepdog_backend.protocol.oid import is_data_obj, vid_to_vdi_oid
-from sheepdog_backend.protocol.structs import NodeId
 
 LOG = logging.getLogger(__name__)
 MAX_TGT_PORT = 9999  # tgt's Sheepdog store reads 4 digits of the port
 DEFAULT_WORKERS = 48  # threads for the blocking path (failover, snapshot gates, VDI ops)
-
-
-@dataclass
-class _LocalState:
-    """What the wire loop asks of its handler's node state."""
-
-    node_id: NodeId
-    epoch: int = 0
 
 
 def check_listen(unix_path: str | None, port: int | None) -> None:
@@ -161,16 +151,11 @@ class Gateway:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_upstreams = max_upstreams
-        self._state = _LocalState(NodeId(host, self.port or 0))
         self._engine: Engine | None = None
         self._workers: Workers | None = None
         self._relay: Relay | None = None
 
-    # -- the handler interface of the wire loop -------------------------------
-
-    @property
-    def state(self) -> _LocalState:
-        return self._state
+    # -- requests that need judgment (on the workers) -----------------------
 
     def handle(self, request: Request) -> Response:
         start = time.monotonic()
@@ -195,8 +180,7 @@ class Gateway:
             if sent is not request:  # a create written as a write: answer the create
                 response = dataclasses.replace(response, opcode=request.opcode)
         if ticket is not None:
-            response = self.after_slots(ticket, request, response)
-        self._state.epoch = response.epoch or self._state.epoch
+            response = self.after_forward(ticket, request, response)
         base = snapshot_base(request)
         end, waited = time.monotonic(), ticket.waited if ticket is not None else 0.0
         self.io.count(request, response, end - start, waited=waited, vid=base)
@@ -204,7 +188,7 @@ class Gateway:
             self.trace.record(request, response, start, end, waited)
         return response
 
-    def after_slots(self, ticket: Ticket, request: Request, response: Response) -> Response:
+    def after_forward(self, ticket: Ticket, request: Request, response: Response) -> Response:
         """The guard's ``after``; an answered slot write also stamps the inode
         (views.py), once re-applied, before the writer hears of it."""
         response = self.guard.after(ticket, request, response)
@@ -265,7 +249,7 @@ class Gateway:
             _clear_stale_socket(self.unix_path)
         relay = Relay(cluster=self.client.cluster, forwarder=self.forwarder, guard=self.guard,
                       replay=self.replay, io=self.io, trace=self.trace, handle=self.handle,
-                      views=self.views, after_slots=self.after_slots,
+                      views=self.views, after_slots=self.after_forward,
                       check_read=self.check_read,
                       connect_timeout=self.connect_timeout,
                       request_timeout=self.request_timeout, max_payload=self.max_payload,
@@ -276,7 +260,7 @@ class Gateway:
                         memory_budget=self.memory_budget, max_payload=self.max_payload,
                         extra_fds=self.max_upstreams + self.workers, name="gateway")
         workers = Workers(engine, self.workers, name="gateway",
-                          epoch=lambda: self._state.epoch)
+                          epoch=lambda: self.forwarder.epoch)
         relay.attach(engine.loop, workers)
         relay.choose_node()
         try:

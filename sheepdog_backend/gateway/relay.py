@@ -228,24 +228,23 @@ class Relay:
         kept = False
         oid, _cow, offset = object_target(frame.header)
         if op == _WRITE or op == _CREATE:
-            if self.replay.budget:
-                if not self.replay.admit_nowait():
+            if is_data_obj(oid):
+                if op == _CREATE:  # coherent creates (coherence.py): a worker checks
                     self.slow(conn, frame)
                     return
-                kept = True
-            if is_data_obj(oid):
-                if op == _CREATE or self.guard.readonly_now(oid_to_vid(oid)):
-                    self._unkeep(kept)
-                    if op == _CREATE:  # coherent creates (coherence.py): a worker checks
-                        self.slow(conn, frame)
-                    else:
-                        self.guard.count_refused()
-                        self._local(conn, frame, _READONLY, oid_to_vid(oid))
+                if self.guard.readonly_now(oid_to_vid(oid)):
+                    self.guard.count_refused()
+                    self._local(conn, frame, _READONLY, oid_to_vid(oid))
                     return
             else:
                 slots = slot_values_at(oid, offset, frame.payload)
                 if slots is not None:
                     ticket = Ticket("slots", oid_to_vid(oid), first=slots[0], values=slots[1])
+            if self.replay.budget:
+                if not self.replay.admit_nowait():
+                    self.slow(conn, frame)
+                    return
+                kept = True
         elif op == _READ and self.views.shared and not _inode_load(oid, offset, frame):
             plan = self.views.plan(conn, oid_to_vid(oid))  # views.py: coherent reads
             if plan is not None:
@@ -470,8 +469,8 @@ class Relay:
         def job() -> None:
             try:
                 for vid in watched:
-                    answer = self.handle(rq.read_obj(vid_to_vdi_oid(vid), OFFSET_EXPORT_HOSTS,
-                                                     HOSTS_VALUE.size))
+                    answer = self.forwarder.forward(rq.read_obj(  # not the guests' I/O
+                        vid_to_vdi_oid(vid), OFFSET_EXPORT_HOSTS, HOSTS_VALUE.size))
                     if answer.ok and len(answer.payload) == HOSTS_VALUE.size:
                         self.views.polled(vid, HOSTS_VALUE.unpack(answer.payload)[0])
             finally:
