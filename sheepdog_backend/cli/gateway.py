@@ -34,6 +34,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "snapshots taken through it are safe for the writers behind it.")
     parser.add_argument("--cluster", action="append", required=True, metavar="HOST:PORT",
                         help="a cluster node to forward to; repeat for several")
+    parser.add_argument("--node-socket", action="append", default=[],
+                        metavar="HOST:PORT=PATH",
+                        help="reach the --cluster node HOST:PORT, when it runs on this host, "
+                        "through its unix socket PATH (the sheep's STORE_DIR/sock): "
+                        "object I/O skips the TCP stack; checked to belong to the same "
+                        "cluster; repeat for several")
     parser.add_argument("--unix", metavar="PATH",
                         help="unix socket to listen on (tgt: unix:PATH:VDI)")
     parser.add_argument("--port", type=int,
@@ -87,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                           drain_timeout=args.drain_timeout,
                           replay_budget=args.replay_budget << 20,
                           max_connections=args.max_connections,
-                          memory_budget=args.memory_budget)
+                          memory_budget=args.memory_budget,
+                          node_sockets=args.node_socket)
         gateway.start()
     except SheepdogError as exc:
         print(f"sheepdog-backend gateway: error: {exc}", file=sys.stderr)

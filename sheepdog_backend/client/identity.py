@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.exception import ForeignCluster, InvalidInput, ProtocolError, TransportError
 from sheepdog_backend.protocol.constants import Result
+from sheepdog_backend.protocol.header import Response
 from sheepdog_backend.protocol.structs import EpochLog
 
 LOG = logging.getLogger(__name__)
@@ -133,13 +134,18 @@ class ClusterIdentity:
 
     @staticmethod
     def _fetch_ctime(conn: Connection) -> int:
-        rsp = conn.call(rq.stat_cluster_flags())
-        if rsp.result not in (Result.SUCCESS, Result.WAIT_FOR_JOIN) or not rsp.payload:
-            return 0
-        try:
-            return int(EpochLog.decode(rsp.payload, 0).ctime)
-        except (ProtocolError, ValueError):
-            return 0
+        return ctime_of(conn.call(rq.stat_cluster_flags()))
+
+
+def ctime_of(rsp: Response) -> int:
+    """The cluster creation time in a STAT_CLUSTER answer (0: not formatted,
+    or the node cannot say)."""
+    if rsp.result not in (Result.SUCCESS, Result.WAIT_FOR_JOIN) or not rsp.payload:
+        return 0
+    try:
+        return int(EpochLog.decode(rsp.payload, 0).ctime)
+    except (ProtocolError, ValueError):
+        return 0
 
 
 def check_gateways(cluster: Cluster, cluster_id: str | None = None) -> list[str]:

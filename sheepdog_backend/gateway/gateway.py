@@ -19,7 +19,8 @@ IoStats.  Writes pass the RecoveryReplay (replay.py), which sends again, once
 the cluster has recovered from a node's failure, the writes acknowledged
 during its recovery; its watcher thread runs from ``start`` to ``stop``.
 The cluster's nodes are the configured ones plus those GET_NODE_LIST reports
-at start.
+at start; a node on this host may be reached through its unix socket
+(``node_sockets``, nodesock.py).
 
 Shared state: the guard, the replay and the stats (each with its own lock)
 and the client's Cluster (thread-safe); ``start``/``stop`` are for one owner
@@ -48,6 +49,7 @@ from sheepdog_backend.engine.workers import Workers
 from sheepdog_backend.exception import InvalidInput, SheepdogError
 from sheepdog_backend.gateway.coherence import CoherentCreates
 from sheepdog_backend.gateway.forward import Forwarder
+from sheepdog_backend.gateway.nodesock import parse_node_sockets
 from sheepdog_backend.gateway.relay import DEFAULT_MAX_UPSTREAMS, Relay
 from sheepdog_backend.gateway.replay import (
     DEFAULT_BUDGET,
@@ -115,8 +117,10 @@ class Gateway:
                  settle_timeout: float = DEFAULT_SETTLE_TIMEOUT,
                  max_connections: int = wire.DEFAULT_MAX_CONNECTIONS,
                  memory_budget: int = wire.DEFAULT_MEMORY_BUDGET,
-                 max_upstreams: int = DEFAULT_MAX_UPSTREAMS) -> None:
+                 max_upstreams: int = DEFAULT_MAX_UPSTREAMS,
+                 node_sockets: Sequence[str] = ()) -> None:
         check_listen(unix_path, port)
+        self.node_sockets = parse_node_sockets(node_sockets)
         if min(workers, max_connections, memory_budget, max_upstreams) < 1:
             raise InvalidInput("workers, max_connections, memory_budget and max_upstreams "
                                "must be positive")
@@ -247,13 +251,18 @@ class Gateway:
                             exc, " ".join(self.cluster_gateways))
         if self.unix_path:
             _clear_stale_socket(self.unix_path)
+        known = self.client.cluster.addresses
+        for node in self.node_sockets:
+            if node not in known:
+                raise InvalidInput(f"--node-socket names {node}, which is not a node of the "
+                                   f"cluster ({' '.join(str(a) for a in known)})")
         relay = Relay(cluster=self.client.cluster, forwarder=self.forwarder, guard=self.guard,
                       replay=self.replay, io=self.io, trace=self.trace, handle=self.handle,
                       views=self.views, after_slots=self.after_forward,
                       check_read=self.check_read,
                       connect_timeout=self.connect_timeout,
                       request_timeout=self.request_timeout, max_payload=self.max_payload,
-                      max_upstreams=self.max_upstreams)
+                      max_upstreams=self.max_upstreams, node_sockets=self.node_sockets)
         engine = Engine(relay, host=self.host, ports=[self.port] if self.port else [],
                         unix_paths=[self.unix_path] if self.unix_path else [],
                         max_connections=self.max_connections,
@@ -262,8 +271,8 @@ class Gateway:
         workers = Workers(engine, self.workers, name="gateway",
                           epoch=lambda: self.forwarder.epoch)
         relay.attach(engine.loop, workers)
-        relay.choose_node()
         try:
+            relay.choose_node()  # InvalidInput: a node socket of another cluster
             engine.start()
         except BaseException:
             workers.shutdown()

@@ -30,11 +30,13 @@ lookups and locks of VDIs tell views.py which VDI a connection's LU reads.
 
 The node the fast path uses is the healthiest of the client's Cluster, once
 the cluster's identity check passed on it (client/identity.py, run on a
-worker); a node that fails is marked in the Cluster and the next healthiest
-is taken.  Which upstream a client uses is pairing.py's; when all
-``max_upstreams`` are busy, requests wait in order for one.  The sweep
-unpairs clients quiet for a while and fails upstreams that do not connect
-within ``connect_timeout`` or answer within ``request_timeout``.
+worker; a node on this host given a unix socket is reached through it once
+the socket, too, answered for the same cluster: nodesock.py); a node that
+fails is marked in the Cluster and the next healthiest is taken.  Which
+upstream a client uses is pairing.py's; when all ``max_upstreams`` are busy,
+requests wait in order for one.  The sweep unpairs clients quiet for a while
+and fails upstreams that do not connect within ``connect_timeout`` or answer
+within ``request_timeout``.
 
 Runs on the loop thread, apart from what the workers run; the guard, the
 replay, the stats and the Cluster have their own locks.
@@ -45,7 +47,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.cluster import Cluster
@@ -54,12 +56,14 @@ from sheepdog_backend.engine.conn import Downstream, Frame
 from sheepdog_backend.engine.loop import EventLoop
 from sheepdog_backend.engine.workers import IO_OPS, Workers
 from sheepdog_backend.exception import (
+    InvalidInput,
     SheepdogError,
     TransportError,
     error_for_code,
     registered_codes,
 )
 from sheepdog_backend.gateway.forward import NODE_STATE_RESULTS, RECOVERY_NO_OBJ_OPS, Forwarder
+from sheepdog_backend.gateway.nodesock import check_node_socket, node_ctime
 from sheepdog_backend.gateway.pairing import PAIR_IDLE, Pairs
 from sheepdog_backend.gateway.replay import RecoveryReplay
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, slot_values_at
@@ -114,7 +118,8 @@ class Relay:
                  after_slots: Callable[[Ticket, Request, Response], Response],
                  check_read: Callable[[int, Request], Response], connect_timeout: float,
                  request_timeout: float, max_payload: int,
-                 max_upstreams: int = DEFAULT_MAX_UPSTREAMS) -> None:
+                 max_upstreams: int = DEFAULT_MAX_UPSTREAMS,
+                 node_sockets: Mapping[Address, str] | None = None) -> None:
         self.cluster = cluster
         self.forwarder = forwarder
         self.guard = guard
@@ -132,6 +137,10 @@ class Relay:
         self.node: Address | None = None  # the healthiest node
         self.fast_node: Address | None = None  # the node, once its identity was checked
         self._verified: set[Address] = set()
+        # Nodes on this host reached through their unix socket (nodesock.py):
+        # configured, and in use once checked with the node's identity.
+        self.node_sockets = dict(node_sockets or {})
+        self._sockets: dict[Address, str] = {}
         self._verifying: dict[Address, float] = {}  # address -> when the check began
         self.pairs = Pairs(max_upstreams)  # pairing.py: which upstream each client uses
         # Requests waiting for an upstream while max_upstreams are in use.
@@ -165,6 +174,7 @@ class Relay:
     def stats(self) -> dict[str, int]:
         return {"fast_requests": self.fast, "slow_requests": self.slow_count,
                 "streamed_answers": self.streamed,
+                "socket_upstreams": sum(1 for up in self.pairs if up.path),
                 **self.pairs.stats()}
 
     # -- the node -----------------------------------------------------------------------
@@ -178,16 +188,32 @@ class Relay:
 
     def _verified_ok(self, address: Address) -> None:
         self._verified.add(address)
+        path = self.node_sockets.get(address)
+        if path is not None:
+            self._sockets[address] = path
         if address == self.node:
             self.fast_node = address
 
     def _check(self, address: Address) -> bool:
+        """The node's identity (and its socket's, if it has one) checked;
+        InvalidInput for a socket of another cluster."""
         try:
             self.cluster.run_on(address, lambda conn: None)  # identity.verify runs there
+            path = self.node_sockets.get(address)
+            if path is not None:
+                check_node_socket(address, path, self.cluster.run_on(address, node_ctime),
+                                  self.connect_timeout)
             return True
+        except InvalidInput:
+            raise
         except SheepdogError as exc:
             LOG.warning("gateway: node %s not used for relaying yet: %s", address, exc)
             return False
+
+    def _drop_socket(self, address: Address) -> None:
+        """Reach ``address`` over TCP from now on (its socket was refused)."""
+        self.node_sockets.pop(address, None)
+        self._sockets.pop(address, None)
 
     def _verify_soon(self, address: Address) -> None:
         """Check ``address``'s identity on a worker (once a second at most)."""
@@ -198,7 +224,12 @@ class Relay:
         loop = self.loop
 
         def job() -> None:
-            ok = self._check(address)
+            try:
+                ok = self._check(address)
+            except InvalidInput as exc:  # a socket of another cluster: TCP it is
+                LOG.error("gateway: %s; node %s is reached over TCP", exc, address)
+                loop.call_soon(lambda: self._drop_socket(address))
+                return
             if ok:
                 loop.call_soon(lambda: self._verified_ok(address))
         self.workers.run(job)
@@ -317,7 +348,7 @@ class Relay:
                 self._relay(conn, frame, self.fast_node)
 
     def _connect(self, node: Address) -> Upstream:
-        return Upstream(self, node, time.monotonic())
+        return Upstream(self, node, time.monotonic(), self._sockets.get(node))
 
     def _give_back(self, conn: Downstream) -> None:
         self.pairs.give_back(conn, self.node)

@@ -1,4 +1,5 @@
-"""One connection from the gateway to a sheep node, on the gateway's event loop.
+"""One connection from the gateway to a sheep node, on the gateway's event loop
+(its TCP port, or its unix socket when it runs on this host: nodesock.py).
 
 How it works: the relay lends an ``Upstream`` to one client connection at a
 time (while that client has requests in flight on it), so the client's
@@ -78,20 +79,28 @@ class Relaying(Protocol):
 
 
 class Upstream:
-    def __init__(self, relay: Relaying, address: Address, now: float) -> None:
-        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, relay: Relaying, address: Address, now: float,
+                 path: str | None = None) -> None:
+        if path:  # the node's unix socket (nodesock.py)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+        else:
+            family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            sock.connect((address.host, address.port))
+            sock.connect(path or (address.host, address.port))
         except BlockingIOError:
-            pass
+            if path:  # a unix connect does not go on in the background
+                sock.close()
+                raise ConnectionRefusedError(f"{path}: the node's backlog is full") from None
         except OSError:
             sock.close()
             raise
         self.relay = relay
         self.address = address
+        self.path = path
         self.sock = sock
         self.fd = sock.fileno()
         self.connected = False
