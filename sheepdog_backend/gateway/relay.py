@@ -297,7 +297,7 @@ class Relay:
                 self.slow(conn, frame)
                 return
         self.pairs.busy(conn)
-        if not up.send(Pending(conn, frame, ticket, kept, time.monotonic(), oid, offset)):
+        if not up.send(Pending(conn, frame, ticket, kept, self.loop.now, oid, offset)):
             conn.peer_inflight -= 1  # the client reused an id still in flight
             if not conn.peer_inflight and conn.peer is up:
                 self.pairs.quiet(conn)
@@ -380,11 +380,11 @@ class Relay:
     def answer(self, up: Upstream, pending: Pending, header: memoryview, payload: memoryview,
                result: int, epoch: int, owned: bool) -> None:
         conn, frame = pending.conn, pending.frame
-        self._answered(up, conn, epoch)
         op = frame.opcode
         if result and (result in RETRY_RESULTS or (
                 result == _NO_OBJ and op in _RECOVERY_OPS
                 and self.forwarder.may_be_recovering())):
+            self._answered(up, conn, epoch)
             if result == _NO_OBJ:
                 self.forwarder.count_recovery_retry()
             elif result in _NODE_STATE:
@@ -398,18 +398,24 @@ class Relay:
         ticket = pending.ticket
         if ticket is not None:
             if ok and ticket.kind == "slots":  # re-applied if need be, then stamped
+                self._answered(up, conn, epoch)
                 self._after_slots_then_send(pending, bytes(header), bytes(payload))
                 return
             self.guard.after_answer(ticket, ok)
-        elif ok and op == _READ and _inode_load(pending.oid, pending.offset, frame):
+        elif ok and op == _READ and not pending.offset \
+                and _inode_load(pending.oid, pending.offset, frame):
             self.views.loaded(conn, oid_to_vid(pending.oid), payload[:SD_INODE_INDEX_OFFSET])
-        if pending.kept:
-            self.replay.settle_lazily(frame.request, ok)
-        self._account(pending, result, len(payload))
+        # The answer goes out first: the bookkeeping below is not the client's
+        # wait (single thread: nothing of this client runs in between).
+        read = len(payload)
         sent = conn.send(header, payload, frame.cost, owned)
-        frame.give_back(self.loop)  # the request's payload is not needed any more
         if owned and sent:
             self.loop.buffers.put(payload)  # the answer's, lent by the upstream
+        self._answered(up, conn, epoch)
+        if pending.kept:
+            self.replay.settle_lazily(frame.request, ok)
+        self._account(pending, result, read, self.loop.now)
+        frame.give_back(self.loop)  # the request's payload is not needed any more
 
     # -- answers passed on as they arrive (large reads) ---------------------------------------
 
@@ -435,7 +441,7 @@ class Relay:
         conn = pending.conn
         conn.stream_more(chunk)
         if done:
-            self._account(pending, 0, pending.frame.data_length)
+            self._account(pending, 0, pending.frame.data_length, self.loop.now)
             conn.stream_end(pending.frame.cost)
             self._answered(up, conn, 0)
 
@@ -445,8 +451,7 @@ class Relay:
         pending.conn.close()
         pending.conn.stream_end(pending.frame.cost)  # closed: gives the cost back
 
-    def _account(self, pending: Pending, result: int, read: int) -> None:
-        end = time.monotonic()
+    def _account(self, pending: Pending, result: int, read: int, end: float) -> None:
         frame, oid, start = pending.frame, pending.oid, pending.start
         self.io.count_op(oid_to_vid(oid), frame.opcode, not result, is_data_obj(oid), read,
                          len(frame.payload), end - start)
@@ -469,7 +474,7 @@ class Relay:
             finally:
                 if pending.kept:
                     self.replay.settle_lazily(lambda: request, response.ok)
-            self._account(pending, response.result, len(payload))
+            self._account(pending, response.result, len(payload), time.monotonic())
             workers.replier.reply(conn, header, payload, frame.cost)
         workers.run(job)
 

@@ -180,6 +180,9 @@ class Upstream:
     # -- events --------------------------------------------------------------------
 
     def on_event(self, mask: int) -> None:
+        if mask == IN and self.connected:  # an answer arriving: the common case
+            self._read()
+            return
         if not self.connected:
             error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error or (mask & ERR and not mask & OUT):
