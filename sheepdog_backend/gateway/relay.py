@@ -28,11 +28,10 @@ answered inode slot write is answered from the pool once it is re-applied
 the LU of a VDI two hosts export is checked there first (views.py); the
 lookups and locks of VDIs tell views.py which VDI a connection's LU reads.
 
-The node the fast path uses is the healthiest of the client's Cluster, once
-the cluster's identity check passed on it (client/identity.py, run on a
-worker; a node on this host given a unix socket is reached through it once
-the socket, too, answered for the same cluster: nodesock.py); a node that
-fails is marked in the Cluster and the next healthiest is taken.  Which
+The node the fast path uses, and whether through its unix socket, is
+nodes.py's: the healthiest of the client's Cluster once its identity was
+checked; a node that fails is marked in the Cluster and the next healthiest
+is taken.  Which
 upstream a client uses is pairing.py's; when all ``max_upstreams`` are busy,
 requests wait in order for one.  The sweep unpairs clients quiet for a while
 and fails upstreams that do not connect within ``connect_timeout`` or answer
@@ -56,14 +55,12 @@ from sheepdog_backend.engine.conn import Downstream, Frame
 from sheepdog_backend.engine.loop import EventLoop
 from sheepdog_backend.engine.workers import IO_OPS, Workers
 from sheepdog_backend.exception import (
-    InvalidInput,
-    SheepdogError,
     TransportError,
     error_for_code,
     registered_codes,
 )
 from sheepdog_backend.gateway.forward import NODE_STATE_RESULTS, RECOVERY_NO_OBJ_OPS, Forwarder
-from sheepdog_backend.gateway.nodesock import check_node_socket, node_ctime
+from sheepdog_backend.gateway.nodes import NodeChoice
 from sheepdog_backend.gateway.pairing import PAIR_IDLE, Pairs
 from sheepdog_backend.gateway.replay import RecoveryReplay
 from sheepdog_backend.gateway.snapshots import SnapshotGuard, Ticket, slot_values_at
@@ -134,14 +131,8 @@ class Relay:
         self.request_timeout = request_timeout
         self.max_payload = max_payload
         self.workers: Workers | None = None
-        self.node: Address | None = None  # the healthiest node
-        self.fast_node: Address | None = None  # the node, once its identity was checked
-        self._verified: set[Address] = set()
-        # Nodes on this host reached through their unix socket (nodesock.py):
-        # configured, and in use once checked with the node's identity.
-        self.node_sockets = dict(node_sockets or {})
-        self._sockets: dict[Address, str] = {}
-        self._verifying: dict[Address, float] = {}  # address -> when the check began
+        self.nodes = NodeChoice(cluster, connect_timeout=connect_timeout,
+                                node_sockets=node_sockets)  # nodes.py: where I/O goes
         self.pairs = Pairs(max_upstreams)  # pairing.py: which upstream each client uses
         # Requests waiting for an upstream while max_upstreams are in use.
         self._queued: deque[tuple[Downstream, Frame]] = deque()
@@ -156,16 +147,14 @@ class Relay:
     def attach(self, loop: EventLoop, workers: Workers) -> None:
         self.loop = loop
         self.workers = workers
+        self.nodes.attach(loop, workers)
         loop.every(TICK, self._sweep)
         loop.every(POLL, self._poll)
 
     def choose_node(self) -> None:
-        """Take the healthiest node and check its identity (now, blocking:
-        before the engine serves)."""
-        self._pick_node(verify=False)
-        node = self.node
-        if node is not None and self._check(node):
-            self._verified_ok(node)
+        """Take the healthiest node and check it (now, blocking: before the
+        engine serves); InvalidInput for a node socket of another cluster."""
+        self.nodes.choose()
 
     def close(self) -> None:
         """Close every upstream (loop thread)."""
@@ -177,70 +166,14 @@ class Relay:
                 "socket_upstreams": sum(1 for up in self.pairs if up.path),
                 **self.pairs.stats()}
 
-    # -- the node -----------------------------------------------------------------------
-
-    def _pick_node(self, verify: bool = True) -> None:
-        ordered = self.cluster.ordered()
-        node = self.node = ordered[0].address if ordered else None
-        self.fast_node = node if node in self._verified else None
-        if verify and node is not None and self.fast_node is None:
-            self._verify_soon(node)
-
-    def _verified_ok(self, address: Address) -> None:
-        self._verified.add(address)
-        path = self.node_sockets.get(address)
-        if path is not None:
-            self._sockets[address] = path
-        if address == self.node:
-            self.fast_node = address
-
-    def _check(self, address: Address) -> bool:
-        """The node's identity (and its socket's, if it has one) checked;
-        InvalidInput for a socket of another cluster."""
-        try:
-            self.cluster.run_on(address, lambda conn: None)  # identity.verify runs there
-            path = self.node_sockets.get(address)
-            if path is not None:
-                check_node_socket(address, path, self.cluster.run_on(address, node_ctime),
-                                  self.connect_timeout)
-            return True
-        except InvalidInput:
-            raise
-        except SheepdogError as exc:
-            LOG.warning("gateway: node %s not used for relaying yet: %s", address, exc)
-            return False
-
-    def _drop_socket(self, address: Address) -> None:
-        """Reach ``address`` over TCP from now on (its socket was refused)."""
-        self.node_sockets.pop(address, None)
-        self._sockets.pop(address, None)
-
-    def _verify_soon(self, address: Address) -> None:
-        """Check ``address``'s identity on a worker (once a second at most)."""
-        now = time.monotonic()
-        if now - self._verifying.get(address, -10.0) < 1.0 or self.workers is None:
-            return
-        self._verifying[address] = now
-        loop = self.loop
-
-        def job() -> None:
-            try:
-                ok = self._check(address)
-            except InvalidInput as exc:  # a socket of another cluster: TCP it is
-                LOG.error("gateway: %s; node %s is reached over TCP", exc, address)
-                loop.call_soon(lambda: self._drop_socket(address))
-                return
-            if ok:
-                loop.call_soon(lambda: self._verified_ok(address))
-        self.workers.run(job)
-
     # -- requests (loop thread) ------------------------------------------------------------
 
     def on_request(self, conn: Downstream, frame: Frame) -> None:
-        node = self.fast_node
+        nodes = self.nodes
+        node = nodes.fast_node
         if frame.opcode not in FAST_OPS or node is None:
-            if self.node is not None and frame.opcode in FAST_OPS:
-                self._verify_soon(self.node)
+            if nodes.node is not None and frame.opcode in FAST_OPS:
+                nodes.verify_soon(nodes.node)
             self.slow(conn, frame)
             return
         up = conn.peer
@@ -291,7 +224,7 @@ class Relay:
                 up = self.pairs.lend(conn, node, self._connect)
             except OSError as exc:
                 self.cluster.mark_failed(node, TransportError(f"cannot connect: {exc}"))
-                self._pick_node()
+                self.nodes.pick()
             if up is None:
                 self._unkeep(kept)
                 self.slow(conn, frame)
@@ -338,20 +271,21 @@ class Relay:
     def _dequeue(self) -> None:
         """Requests that waited for an upstream, now that one is free."""
         queued = self._queued
-        while queued and (self.fast_node is None or self.pairs.can_lend(self.fast_node)):
+        nodes = self.nodes
+        while queued and (nodes.fast_node is None or self.pairs.can_lend(nodes.fast_node)):
             conn, frame = queued.popleft()
             if conn.closed:
                 conn.send(b"", b"", frame.cost)  # gives its cost back
-            elif self.fast_node is None:
+            elif nodes.fast_node is None:
                 self.slow(conn, frame)
             else:
-                self._relay(conn, frame, self.fast_node)
+                self._relay(conn, frame, nodes.fast_node)
 
     def _connect(self, node: Address) -> Upstream:
-        return Upstream(self, node, time.monotonic(), self._sockets.get(node))
+        return Upstream(self, node, time.monotonic(), self.nodes.socket_for(node))
 
     def _give_back(self, conn: Downstream) -> None:
-        self.pairs.give_back(conn, self.node)
+        self.pairs.give_back(conn, self.nodes.node)
         if self._queued:
             self._dequeue()
 
@@ -389,8 +323,8 @@ class Relay:
                 self.forwarder.count_recovery_retry()
             elif result in _NODE_STATE:
                 self.cluster.mark_failed(up.address, error_for_code(result))
-                if up.address == self.node:
-                    self._pick_node()
+                if up.address == self.nodes.node:
+                    self.nodes.pick()
             self._unkeep(pending.kept)
             self.slow(conn, frame)
             return
@@ -484,8 +418,8 @@ class Relay:
             LOG.warning("gateway: connection to %s failed (%s); %d request(s) go to the "
                         "failover path", up.address, reason, len(pendings))
             self.cluster.mark_failed(up.address, TransportError(reason))
-            if up.address == self.node:
-                self._pick_node()
+            if up.address == self.nodes.node:
+                self.nodes.pick()
         if sent:
             self.forwarder.note_change()  # a node failed under our requests
         for pending in pendings:
