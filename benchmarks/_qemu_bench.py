@@ -15,7 +15,7 @@ only, not the process start or the iSCSI login).  The write jobs of a round
 come before its read jobs; the caller preallocates the VDIs and fills them
 with data first, so writes go to allocated objects and reads read data.
 
-``table`` formats the medians as issue 24's table, with the ratio of two
+``table`` formats the medians as issue 24's table, with ratios of pairs of
 paths; ``added_latency`` is, per depth-1 job, the median over rounds of
 (1/IOPS of one path - 1/IOPS of another) measured in the same round: the
 time a path adds to every 4 KiB request.
@@ -130,15 +130,17 @@ def added_latency(results: Results, slow: str, fast: str,
     return added
 
 
-def table(results: Results, paths: Sequence[Path], ratio: tuple[str, str],
+def table(results: Results, paths: Sequence[Path], ratios: Sequence[tuple[str, str]],
           jobs: Sequence[Job] = JOBS) -> str:
-    """Issue 24's table (markdown): the medians, then ``ratio[0] / ratio[1]``."""
-    by_key = {p.key: p for p in paths}
-    heads = ["job", *(p.title for p in paths), f"{by_key[ratio[0]].key} / {by_key[ratio[1]].key}"]
+    """Issue 24's table (markdown): the medians, then each ``a / b`` of
+    ``ratios`` whose paths were both measured."""
+    measured = {p.key for p in paths}
+    shown = [(a, b) for a, b in ratios if a in measured and b in measured]
+    heads = ["job", *(p.title for p in paths), *(f"{a} / {b}" for a, b in shown)]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for job in jobs:
         medians = {p.key: statistics.median(results[(job.label, p.key)]) for p in paths}
         cells = [f"{medians[p.key]:,.0f}" for p in paths]
-        lines.append(f"| {job.label} | " + " | ".join(cells)
-                     + f" | {medians[ratio[0]] / medians[ratio[1]]:.2f} |")
+        cells += [f"{medians[a] / medians[b]:.2f}" for a, b in shown]
+        lines.append(f"| {job.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

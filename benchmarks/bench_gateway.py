@@ -8,14 +8,19 @@ _qemu_bench.py) on three paths: QEMU 5.2's own driver straight to the sheep
 (`sheepdog:127.0.0.1:PORT:VDI`; its qemu-img found as tests/realsheep.py
 finds it: SHEEPDOG_QEMU_IMG, SHEEPDOG_INTEROP_BIN or PATH; the column says
 why when absent), QEMU 7.2 (Debian's, libiscsi, CHAP on) -> tgt -> sheep,
-and QEMU 7.2 -> tgt -> gateway -> sheep.  Each path has its own 256 MiB VDI,
+QEMU 7.2 -> tgt -> gateway -> sheep (TCP on both hops, as before), the same
+with unix sockets on both hops (tgt reaches the gateway on its ``--unix``
+socket through ``sheepdog_export_gateway_socket``, the gateway reaches the
+node on the node's own STORE_DIR/sock through ``--node-socket``), and, for a
+fair look at the last one, tgt straight to the node's unix socket (a LU made
+here, open to any initiator).  Each path has its own 256 MiB VDI,
 created preallocated and written whole with random data once before the
 jobs, so writes go to allocated objects and reads read data.  --rounds
-rounds, the order of the paths rotated each round; medians, the ratio
-gateway / tgt, and the time the gateway adds to every 4 KiB request (1/IOPS
+rounds, the order of the paths rotated each round; medians, the ratios
+(RATIOS), and the time each gateway path adds to every 4 KiB request (1/IOPS
 through the gateway minus 1/IOPS through tgt straight to the node, each
-depth-1 job, median over rounds).  The gateway is a separate
-`sheepdog-backend gateway` process (_gateway_proc.py), as tgt meets it.
+depth-1 job, median over rounds).  The gateways are separate
+`sheepdog-backend gateway` processes (_gateway_proc.py), as tgt meets them.
 
 Then the same N MiB of random data written to a fresh (unallocated) 1 GiB
 volume with `qemu-img convert -n -m 16 -W` and read back with `qemu-img dd
@@ -49,6 +54,7 @@ import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,12 +66,18 @@ import _tgt  # type: ignore[import-not-found]
 from sheepdog_backend.client import SheepdogClient
 from sheepdog_backend.driver.base import BackendConfiguration, Volume
 from sheepdog_backend.driver.sheepdog import SheepdogDriver
+from sheepdog_backend.export.tgt import Tgtadm, TgtTargets
 from sheepdog_backend.gateway import Gateway
 
 if TYPE_CHECKING:
     from tests.gateway_race import RaceResult
 
 MiB = 1 << 20
+# The table's ratios: issue 24's (the gateway, over TCP as before and over
+# unix sockets, against tgt straight to the node's port), and the unix-socket
+# gateway against tgt straight to the node's own socket.
+RATIOS = (("gateway", "tgt"), ("gw-unix", "tgt"), ("gw-unix", "tgt-unix"),
+          ("tgt-unix", "tgt"))
 
 
 def snapshot_stall(drivers: dict[str, SheepdogDriver], gateway: Gateway, cluster: list[str],
@@ -115,19 +127,20 @@ def say(text: str) -> None:
 
 
 def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
-              stack: contextlib.ExitStack) -> tuple[list[_qemu_bench.Path], str]:
+              stack: contextlib.ExitStack, unix_lu: Callable[[str], str] | None = None
+              ) -> tuple[list[_qemu_bench.Path], str]:
     """The jobs' paths, each on its own preallocated VDI filled with data
-    (the iSCSI ones attached until ``stack`` closes), and why QEMU 5.2's
-    column is missing ("" when it is there)."""
+    (the iSCSI ones attached until ``stack`` closes; ``unix_lu(vdi)`` makes a
+    LU of ``vdi`` on the node's unix socket and returns its IQN), and why QEMU
+    5.2's column is missing ("" when it is there)."""
     from tests.realsheep import find_program  # needs pytest: lazily
     qemu52 = find_program("qemu-img")
     client = drivers["direct"].client
     block = os.urandom(4 * MiB)
-    names = {key: f"jobs-{key}" for key in ("qemu52", "tgt", "gateway")}
-    for name in names.values():
-        client.create_vdi(name, JOB_VDI_MIB * MiB, prealloc=True)
-        for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
-            client.write(name, offset, block)
+    names = {"qemu52": "jobs-qemu52"}
+    client.create_vdi(names["qemu52"], JOB_VDI_MIB * MiB, prealloc=True)
+    for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
+        client.write(names["qemu52"], offset, block)
     paths = []
     why = ""
     if qemu52 is not None:
@@ -136,8 +149,24 @@ def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
     else:
         why = ("no QEMU < 6.0 qemu-img (set SHEEPDOG_QEMU_IMG or SHEEPDOG_INTEROP_BIN, "
                "or put it on PATH)")
+    if unix_lu is not None:  # tgt straight to the node's unix socket
+        vdi = "jobs-tgt-unix"
+        client.create_vdi(vdi, JOB_VDI_MIB * MiB, prealloc=True)
+        for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
+            client.write(vdi, offset, block)
+        iqn = unix_lu(vdi)
+        target = f"driver=iscsi,transport=tcp,portal={setup.tgtd.portal},target={iqn},lun=1"
+        paths.append(_qemu_bench.Path("tgt-unix", "tgt -> sheep, unix socket", _tgt.QEMU_IMG,
+                                      ("--image-opts", target)))
     for key, title in (("tgt", "QEMU 7.2 -> tgt -> sheep"),
-                       ("gateway", "-> tgt -> gateway -> sheep")):
+                       ("gateway", "-> tgt -> gateway -> sheep"),
+                       ("gw-unix", "-> tgt -> gateway -> sheep, unix sockets")):
+        if key not in drivers:
+            continue
+        names[key] = f"jobs-{key}"
+        client.create_vdi(names[key], JOB_VDI_MIB * MiB, prealloc=True)
+        for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
+            client.write(names[key], offset, block)
         vol = Volume(id=names[key], size=1, name=names[key])
         data = stack.enter_context(_tgt.exported(drivers[key], vol))["data"]
         # qemu-img bench takes no --object: the CHAP secret goes in the image
@@ -157,11 +186,14 @@ def print_jobs(results: _qemu_bench.Results, paths: list[_qemu_bench.Path], why:
           "(indicative: shared machine)")
     if why:
         print(f"(QEMU 5.2's own driver: not measured: {why})")
-    print(_qemu_bench.table(results, paths, ("gateway", "tgt")))
-    added = _qemu_bench.added_latency(results, "gateway", "tgt")
-    print("added latency per 4 KiB request, gateway minus tgt -> sheep (1/IOPS, median of "
-          "the rounds): " + ", ".join(f"{label.split(',')[0]}: {us:.0f} us"
-                                      for label, us in added.items()))
+    print(_qemu_bench.table(results, paths, RATIOS))
+    keys = {p.key for p in paths}
+    for slow, fast in RATIOS:
+        if slow in keys and fast in keys and slow != "tgt-unix":
+            added = _qemu_bench.added_latency(results, slow, fast)
+            print(f"added latency per 4 KiB request, {slow} minus {fast} (1/IOPS, median of "
+                  "the rounds): " + ", ".join(f"{label.split(',')[0]}: {us:.0f} us"
+                                              for label, us in added.items()))
 
 
 def convert_rounds(drivers: dict[str, SheepdogDriver], src: Path, out: Path, mib: int,
@@ -230,6 +262,14 @@ def main() -> int:
             gateway = stack.enter_context(_gateway_proc.GatewayProcess(
                 setup.gateways, Path(tmp) / "gateway.log"))
             local = gateway.address
+            # the same gateway, reached by tgt on its unix socket and reaching
+            # the node on the node's own (--node-socket)
+            node_socket = str(setup.cluster.nodes[0].store / "sock")
+            gw_socket = str(Path(tmp) / "gateway.sock")
+            unix_gateway = stack.enter_context(_gateway_proc.GatewayProcess(
+                setup.gateways, Path(tmp) / "gateway-unix.log", args=(
+                    "--unix", gw_socket,
+                    "--node-socket", f"{setup.gateways[0]}={node_socket}")))
             drivers: dict[str, SheepdogDriver] = {}
             base = setup.iscsi_options()
             drivers["direct"] = SheepdogDriver(BackendConfiguration(
@@ -239,6 +279,18 @@ def main() -> int:
                 {**base, "sheepdog_gateways": [local], "sheepdog_export_gateway": local}),
                 backend_name="gateway")
             stack.callback(drivers["gateway"].close)
+            drivers["gw-unix"] = SheepdogDriver(BackendConfiguration(
+                {**base, "sheepdog_gateways": [unix_gateway.address],
+                 "sheepdog_export_gateway": unix_gateway.address,
+                 "sheepdog_export_gateway_socket": gw_socket}), backend_name="gw-unix")
+            stack.callback(drivers["gw-unix"].close)
+
+            def unix_lu(vdi: str) -> str:
+                iqn = f"iqn.2010-10.org.openstack:bench-{vdi}"
+                targets = TgtTargets(Tgtadm(control_port=setup.tgtd.control_port))
+                targets.create(iqn, f"unix:{node_socket}:{vdi}")
+                stack.callback(targets.remove, iqn)
+                return iqn
             why = ""
             paths: list[_qemu_bench.Path] = []
             if args.jobs_scale:
@@ -246,7 +298,9 @@ def main() -> int:
                     say("bench_gateway: preparing the jobs' VDIs")
                     paths, why = job_paths(setup, {"direct": drivers["direct"],
                                                    "tgt": drivers["direct"],
-                                                   "gateway": drivers["gateway"]}, attached)
+                                                   "gateway": drivers["gateway"],
+                                                   "gw-unix": drivers["gw-unix"]}, attached,
+                                           unix_lu)
                     jobs = _qemu_bench.run_jobs(paths, args.rounds, args.jobs_scale,
                                                 progress=say)
             say("bench_gateway: convert/dd on fresh volumes")
