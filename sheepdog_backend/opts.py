@@ -264,6 +264,15 @@ EXPORT_OPTS = [
         "makes snapshots safe for the writer. When sheepdog_gateways also names it, "
         "exported volumes may be snapshotted and cloned while attached. Empty: LUs use "
         "a cluster node directly."),
+    cfg.StrOpt(
+        "sheepdog_export_gateway_socket", default="",
+        help="Absolute path of the unix socket of that same local gateway (its --unix; "
+        "at most 107 bytes, no ':', ',', '=', whitespace or control characters, which "
+        "tgt cannot carry). When set, tgt's LUs reach the gateway through it "
+        "(unix:PATH:VDI), cheaper per request than TCP; sheepdog_export_gateway still "
+        "names the gateway (HOST:PORT) for the driver's own requests, the probe and the "
+        "export records, and must be set too. LUs made through TCP are re-pointed by "
+        "the next ensure/sync (and back when it is unset). Empty: LUs use TCP."),
     # issue 26: exports on the compute host (sheepdog_backend/export/local.py, agent/)
     cfg.StrOpt(
         "sheepdog_export_mode", default="central", choices=[

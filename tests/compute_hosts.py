@@ -4,10 +4,11 @@ own loopback address (127.0.0.N) with its own tgtd (TgtDaemon), its own
 the agent loading its own ini file (its tgtd's control port).
 
 ``ComputeHost.start()`` starts all three and waits until the agent has
-acknowledged on the cluster; ``kill_agent()`` / ``start_agent()`` stop and
-restart the agent alone; ``stop()`` stops every process by its own handle,
-whatever happened (idempotent; callers put it in ``finally``).  Logs go to
-the host's folder.
+acknowledged on the cluster (``gateway_socket``: the gateway also listens on
+that unix socket and the agent's LUs go through it, --gateway-socket);
+``kill_agent()`` / ``start_agent()`` stop and restart the agent alone;
+``stop()`` stops every process by its own handle, whatever happened
+(idempotent; callers put it in ``finally``).  Logs go to the host's folder.
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def backend_values(gateways: Sequence[str]) -> dict[str, object]:
 
 
 class ComputeHost:
-    def __init__(self, name: str, address: str, base: Path, cluster: Sequence[str]) -> None:
+    def __init__(self, name: str, address: str, base: Path, cluster: Sequence[str], *,
+                 gateway_socket: str | None = None) -> None:
         self.name = name
+        self.gateway_socket = gateway_socket
         self.address = address
         self.dir = base / name
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -87,12 +90,17 @@ class ComputeHost:
     def start_gateway(self) -> None:
         argv = [sys.executable, "-m", "sheepdog_backend", "gateway", "--host", self.address,
                 "--port", str(self.gateway_port)]
+        if self.gateway_socket:
+            argv += ["--unix", self.gateway_socket]
         for node in self.cluster:
             argv += ["--cluster", node]
         log = open(self.dir / "gateway.log", "ab")
         self.gateway_proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         wait_port(self.address, self.gateway_port, timeout=20)
+        if self.gateway_socket:
+            sock = Path(self.gateway_socket)
+            wait_for(f"the gateway's socket {sock}", sock.exists, timeout=10)
 
     def start_agent(self, client: SheepdogClient, *, timeout: float = 30.0) -> None:
         """Start the agent and wait until it has registered and acknowledged."""
@@ -100,6 +108,8 @@ class ComputeHost:
         argv = [sys.executable, "-m", "sheepdog_backend", "--config-file",
                 str(self._config()), "agent", "--host", self.name, "--portal", self.portal,
                 "--gateway", self.gateway, "--poll-interval", "0.1", "--check-interval", "1"]
+        if self.gateway_socket:
+            argv += ["--gateway-socket", self.gateway_socket]
         log = open(self.dir / f"agent.{self._agent_runs}.log", "ab")
         self.agent_proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -7,10 +7,12 @@ reads its host's index - one direct read of one attribute object - and
 when the index names a VDI whose stamp it has not applied (or dropped one),
 it reads those records (one pipelined round trip), makes each target match
 the host's part of its record on the local tgtd (LU through this host's
-gateway, CHAP, ACL, size) and removes the targets of dropped ones.  Every
-``check_interval`` seconds, and at start, it also compares every target
-under the prefix on tgtd with the index: what is missing (tgtd restarted,
-the host rebooted) is made again, what is wrong is fixed, and targets no
+gateway: ``unix:PATH:VDI`` through its unix socket when ``gateway_socket``
+is set, else ``tcp:HOST:PORT:VDI``; CHAP, ACL, size) and removes the
+targets of dropped ones.  Every ``check_interval`` seconds, and at start,
+it also compares every target under the prefix on tgtd with the index:
+what is missing (tgtd restarted, the host rebooted) is made again, what is
+wrong is fixed (a LU of the other backing form is re-made), and targets no
 record asks for are removed.  After each pass that saw a new index
 generation it acknowledges that generation on the cluster, with the
 targets it could not make and why, so a waiting initialize_connection
@@ -42,13 +44,20 @@ from sheepdog_backend.export.base import (
     LUN,
     ExportRecord,
     HostExport,
+    LogicalUnit,
     Target,
     chap_credentials,
     check_gateway,
+    check_gateway_socket,
     target_iqn,
 )
-from sheepdog_backend.export.manager import RECORD_KEY, ExportSettings, gateway_answers
-from sheepdog_backend.export.tgt import TgtTargets, backing_path
+from sheepdog_backend.export.manager import (
+    RECORD_KEY,
+    ExportSettings,
+    gateway_answers,
+    socket_answers,
+)
+from sheepdog_backend.export.tgt import TgtTargets, backing_socket, lu_backing
 
 if TYPE_CHECKING:
     from sheepdog_backend.client import SheepdogClient
@@ -60,13 +69,16 @@ LOG = logging.getLogger(__name__)
 class AgentSettings:
     """``host``: the name Nova's connector carries (CONF.host); ``portal``: the
     address initiators log in to; ``gateway``: HOST:PORT of this host's
-    ``sheepdog-backend gateway`` (port <= 9999, IPv4)."""
+    ``sheepdog-backend gateway`` (port <= 9999, IPv4); ``gateway_socket``:
+    that gateway's unix socket (its --unix), which the LUs then go through
+    ("": TCP)."""
 
     host: str
     portal: tuple[str, int]
     gateway: str
     poll_interval: float = 0.5
     check_interval: float = 10.0
+    gateway_socket: str = ""
 
     def __post_init__(self) -> None:
         hosts.check_host(self.host)
@@ -74,6 +86,8 @@ class AgentSettings:
         if not address or not port.isdigit():
             raise InvalidInput(f"agent gateway {self.gateway!r} is not HOST:PORT")
         check_gateway(address, int(port))
+        if self.gateway_socket:
+            check_gateway_socket(self.gateway_socket)
         if not 0.01 <= self.poll_interval <= 60 or not 0.1 <= self.check_interval <= 3600:
             raise InvalidInput("poll interval must be 0.01-60 s and check interval "
                                "0.1-3600 s")
@@ -87,12 +101,14 @@ def _size_matches(lu_bytes: int, want: int) -> bool:
 class HostAgent:
     def __init__(self, client: SheepdogClient, targets: TgtTargets, export: ExportSettings,
                  settings: AgentSettings, *,
-                 probe: Callable[[str], bool] = gateway_answers) -> None:
+                 probe: Callable[[str], bool] = gateway_answers,
+                 socket_probe: Callable[[str], bool] = socket_answers) -> None:
         self.client = client
         self.targets = targets
         self.export = export
         self.settings = settings
         self._probe = probe
+        self._socket_probe = socket_probe
         self.identity = f"{socket.gethostname()}:{os.getpid()}"
         self._applied: dict[str, HostExport] = {}
         self._failed: dict[str, tuple[str, str]] = {}
@@ -186,8 +202,8 @@ class HostAgent:
     def _apply(self, view: HostExport, target: Target | None, stamp: str) -> None:
         """Make ``view``'s target on tgtd (or fix it); a failure is recorded
         for the acknowledgement."""
-        host, _, port = self.settings.gateway.rpartition(":")
-        backing = backing_path(host, int(port), view.vdi)
+        backing = lu_backing(self.settings.gateway, view.vdi,
+                             socket=self.settings.gateway_socket)
         lu = target.lun(LUN) if target is not None else None
         chap = chap_credentials(self.export.chap_key, view.iqn) if view.chap else None
         acl = set(view.acl) if view.acl else {"ALL"}
@@ -198,13 +214,16 @@ class HostAgent:
                                                                               view.size)
         try:
             if resized:
+                self._check_lu(backing, lu)
                 self.targets.recreate_lun(view.iqn, backing, readonly=view.readonly)
                 LOG.info("target %s: LU re-opened at %d bytes", view.iqn, view.size)
             elif not fine:
-                if (lu is None or lu.backing != backing) and not self._probe(
-                        self.settings.gateway):
-                    raise ExportError(f"gateway {self.settings.gateway} of host {self.host} "
-                                      "does not answer: start it (sheepdog-backend gateway)")
+                if lu is None or lu.backing != backing:
+                    if not self._probe(self.settings.gateway):
+                        raise ExportError(f"gateway {self.settings.gateway} of host "
+                                          f"{self.host} does not answer: start it "
+                                          "(sheepdog-backend gateway)")
+                    self._check_lu(backing, lu)
                 self.targets.create(view.iqn, backing, readonly=view.readonly, chap=chap,
                                     initiators=view.acl)
                 LOG.info("target %s %s for %s (ACL %s)", view.iqn,
@@ -218,6 +237,22 @@ class HostAgent:
             return
         self._failed.pop(view.vdi, None)
         self._applied[view.vdi] = view
+
+    def _check_lu(self, backing: str, lu: LogicalUnit | None) -> None:
+        """Before the LU is (re-)made on ``backing``: ExportError when that goes
+        through a unix socket that does not answer, or when the LU to drop
+        does (closing it would retry there forever and block tgtd)."""
+        path = backing_socket(backing)
+        if path is not None and not self._socket_probe(path):
+            raise ExportError(f"unix socket {path} of host {self.host}'s gateway "
+                              f"{self.settings.gateway} does not answer: start the gateway "
+                              f"listening on it (sheepdog-backend gateway --unix {path} "
+                              "--port N ...)")
+        old = backing_socket(lu.backing) if lu is not None else None
+        if old is not None and old != path and not self._socket_probe(old):
+            raise ExportError(f"the LU goes through unix socket {old}, which does not "
+                              "answer: tgtd cannot drop it (closing it retries forever); "
+                              f"start the gateway with --unix {old} again or restart tgtd")
 
     def _remove(self, iqn: str, present: dict[str, Target], why: str) -> None:
         if iqn not in present:

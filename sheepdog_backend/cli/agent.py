@@ -5,7 +5,9 @@ Loads the backend like every command (``--config-file``, ``--backend``): its
 gateways reach the cluster, its target options (target_prefix,
 sheepdog_tgtadm_path, sheepdog_tgt_control_port, use_chap_auth,
 sheepdog_export_chap_key) reach this host's tgtd; the portal defaults to
-target_ip_address:target_port and the gateway to sheepdog_export_gateway.
+target_ip_address:target_port, the gateway to sheepdog_export_gateway and
+its unix socket (which the LUs then go through) to
+sheepdog_export_gateway_socket.
 Runs until SIGTERM or SIGINT, logging what it does (INFO unless -v/--debug
 say otherwise); its targets stay on tgtd when it stops.
 """
@@ -39,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--gateway", metavar="HOST:PORT", default=None,
                    help="this host's 'sheepdog-backend gateway' its LUs go through, "
                    "port <= 9999 (default: sheepdog_export_gateway)")
+    p.add_argument("--gateway-socket", metavar="PATH", default=None,
+                   help="that gateway's unix socket (its --unix): the LUs go through it "
+                   "(unix:PATH:VDI), cheaper per request than TCP; the gateway is still "
+                   "probed and registered by HOST:PORT (default: "
+                   "sheepdog_export_gateway_socket; '' for TCP)")
     p.add_argument("--poll-interval", type=float, default=0.5, metavar="SECONDS",
                    help="how often the host's index is read (one direct read of one "
                    "attribute object; default 0.5)")
@@ -67,11 +74,14 @@ def _run(driver: VolumeDriver, args: argparse.Namespace) -> Result:
     if not gateway:
         raise ConfigError("the agent needs this host's gateway: --gateway HOST:PORT or "
                           "sheepdog_export_gateway (start 'sheepdog-backend gateway' first)")
+    gateway_socket = (args.gateway_socket if args.gateway_socket is not None
+                      else str(getattr(conf, "sheepdog_export_gateway_socket", "") or ""))
     portal = _address(args.portal or f"{conf.target_ip_address}:{conf.target_port}",
                       "portal")
     settings = AgentSettings(host=args.host, portal=portal, gateway=gateway,
                              poll_interval=args.poll_interval,
-                             check_interval=args.check_interval)
+                             check_interval=args.check_interval,
+                             gateway_socket=gateway_socket)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -84,7 +94,9 @@ def _run(driver: VolumeDriver, args: argparse.Namespace) -> Result:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    LOG.info("agent for host %s: portal %s:%d, gateway %s, polling every %g s", args.host,
-             *portal, gateway, args.poll_interval)
+    LOG.info("agent for host %s: portal %s:%d, gateway %s%s, polling every %g s",
+             args.host, *portal, gateway,
+             f" (LUs through unix:{gateway_socket})" if gateway_socket else "",
+             args.poll_interval)
     agent.run(stop)
     return Result(message=f"agent for host {args.host} stopped")

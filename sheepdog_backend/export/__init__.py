@@ -11,7 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sheepdog_backend.exception import ConfigError, InvalidInput
-from sheepdog_backend.export.base import ExportRecord, Target, chap_credentials, target_iqn
+from sheepdog_backend.export.base import (
+    ExportRecord,
+    Target,
+    chap_credentials,
+    check_gateway_socket,
+    target_iqn,
+)
 from sheepdog_backend.export.manager import ExportManager, ExportSettings, snapshot_clone_name
 from sheepdog_backend.export.tgt import Tgtadm, TgtTargets
 
@@ -36,16 +42,27 @@ __all__ = [
 
 def settings_for(conf: Any) -> ExportSettings:
     """ExportSettings from a backend configuration; ConfigError naming the option."""
+    where = getattr(conf, "where", lambda o: o)
+    gateway = str(getattr(conf, "sheepdog_export_gateway", "") or "")
+    gateway_socket = str(getattr(conf, "sheepdog_export_gateway_socket", "") or "")
+    if gateway_socket:
+        if not gateway:
+            raise ConfigError(
+                f"{where('sheepdog_export_gateway_socket')}: set only together with "
+                "sheepdog_export_gateway (HOST:PORT of the same local gateway, which the "
+                "driver's own requests, the probe and the export records use)")
+        try:
+            check_gateway_socket(gateway_socket)
+        except InvalidInput as exc:
+            raise ConfigError(f"{where('sheepdog_export_gateway_socket')}: {exc}") from None
     try:
         return ExportSettings(prefix=str(conf.target_prefix),
                               portal_host=str(conf.target_ip_address),
                               portal_port=int(conf.target_port),
                               chap=bool(conf.use_chap_auth),
                               chap_key=str(conf.sheepdog_export_chap_key or ""),
-                              gateway=str(getattr(conf, "sheepdog_export_gateway", "")
-                                          or ""))
+                              gateway=gateway, gateway_socket=gateway_socket)
     except InvalidInput as exc:
-        where = getattr(conf, "where", lambda o: o)
         raise ConfigError(f"{where('target_prefix')}: {exc}") from None
 
 

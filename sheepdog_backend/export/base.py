@@ -14,8 +14,8 @@ cluster, and the models a target daemon reports.
   attribute (manager.py) so ``sync`` can recreate targets after the daemon
   forgot them and every process sees the same attachments; ``Detached``, what
   ending one of them did; ``connection_data``, what an initiator needs.
-* ``check_backing_name`` / ``check_gateway``: what tgt's Sheepdog backing store
-  cannot carry (see tgt.py).
+* ``check_backing_name`` / ``check_gateway`` / ``check_gateway_socket``: what
+  tgt's Sheepdog backing store cannot carry (see tgt.py).
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ _IQN_ALLOWED = re.compile(r"[^a-z0-9.-]")
 _BACKING_FORBIDDEN = re.compile(r"[:,=\s\x00-\x1f\x7f-\U0010ffff]")
 # tgt's Sheepdog store copies at most 4 characters of the port (see tgt.py).
 MAX_TGT_PORT = 9999
+# sun_path holds 108 bytes with its NUL; tgt copies at most 107 of a unix path.
+MAX_SOCKET_PATH = 107
 
 
 def validate_prefix(prefix: str) -> str:
@@ -98,6 +100,23 @@ def check_gateway(host: str, port: int) -> tuple[str, int]:
             f"only 4 digits of the port (tcp:{host}:{port} would connect to port "
             f"{str(port)[:4]}); run the gateway on a port <= {MAX_TGT_PORT}")
     return host, port
+
+
+def check_gateway_socket(path: str) -> str:
+    """A unix socket path tgt's Sheepdog backing store can carry
+    (``unix:PATH:VDI``), or InvalidInput saying why."""
+    if not path.startswith("/"):
+        raise InvalidInput(f"gateway socket {path!r} is not an absolute path")
+    bad = _BACKING_FORBIDDEN.search(path)
+    if bad:
+        raise InvalidInput(f"gateway socket {path!r} cannot be used by tgt: its Sheepdog "
+                           f"backing store cannot carry {bad.group()!r} in a path (':' "
+                           "separates fields, ',' and '=' separate parameters; only "
+                           "printable ASCII without spaces is passed intact)")
+    if len(path.encode("utf-8")) > MAX_SOCKET_PATH:
+        raise InvalidInput(f"gateway socket {path!r} is {len(path.encode('utf-8'))} bytes "
+                           f"long: a unix socket path holds at most {MAX_SOCKET_PATH}")
+    return path
 
 
 ANY_INITIATOR = "*"  # the attachments of hosts that named no initiator (ACL: ALL, CHAP only)

@@ -5,7 +5,12 @@ How it works: exporting a volume picks a gateway tgt can use and that answers
 ExportRecord into the VDI attribute ``RECORD_KEY`` of the exported VDI, then
 makes the target match it on tgtd.  Because tgtd forgets everything when it
 restarts, the record is the truth: ``ensure`` / ``sync`` re-create missing
-targets and move a LU whose gateway stopped answering to a live one.  A
+targets and move a LU whose gateway stopped answering to a live one.  A LU
+through the local gateway goes through its unix socket when
+``ExportSettings.gateway_socket`` is set (``unix:PATH:VDI``, checked with
+``socket_answers`` before a LU is made there; the record still names the
+gateway's HOST:PORT), else over TCP; a LU of the other form is re-made by
+the same repair.  A
 snapshot is exported through a temporary clone (tgt refuses snapshots as
 LUs), read-only, recorded with its source and deleted when unexported.
 
@@ -35,6 +40,7 @@ import hashlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,11 +65,12 @@ from sheepdog_backend.export.base import (
     chap_credentials,
     check_backing_name,
     check_gateway,
+    check_gateway_socket,
     connection_data,
     target_iqn,
     validate_prefix,
 )
-from sheepdog_backend.export.tgt import TgtTargets, backing_path
+from sheepdog_backend.export.tgt import TgtTargets, backing_socket, lu_backing
 
 if TYPE_CHECKING:
     from sheepdog_backend.client import SheepdogClient
@@ -84,6 +91,10 @@ class ExportSettings:
     # A local gateway (sheepdog-backend gateway, HOST:PORT with PORT <= 9999)
     # that every LU goes through instead of a cluster node; empty: none.
     gateway: str = ""
+    # That same gateway's unix socket (its --unix): LUs through the gateway
+    # use unix:PATH:VDI instead of tcp:HOST:PORT:VDI; empty: TCP.  Records
+    # and probes still name the gateway by ``gateway``.
+    gateway_socket: str = ""
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
@@ -92,9 +103,24 @@ class ExportSettings:
             if not host or not port.isdigit():
                 raise InvalidInput(f"export gateway {self.gateway!r} is not HOST:PORT")
             check_gateway(host, int(port))
+        if self.gateway_socket:
+            if not self.gateway:
+                raise InvalidInput(
+                    f"export gateway socket {self.gateway_socket!r} is set without its "
+                    "gateway's HOST:PORT (sheepdog_export_gateway): the driver's own "
+                    "requests, the probe and the export records name the gateway by it")
+            check_gateway_socket(self.gateway_socket)
         if self.chap and not self.chap_key:
             raise InvalidInput("CHAP is on (use_chap_auth) but no chap key is set "
                                "(sheepdog_export_chap_key): CHAP secrets are derived from it")
+
+    def backing(self, gateway: str, vdi: str) -> str:
+        """tgt's backing path of a LU serving ``vdi`` through ``gateway``
+        (HOST:PORT, a record's): through the local gateway's unix socket when
+        ``gateway`` is the local gateway and its socket is set, else TCP."""
+        through_socket = bool(self.gateway) and gateway == self.gateway
+        return lu_backing(gateway, vdi,
+                          socket=self.gateway_socket if through_socket else "")
 
 
 def _split(gateway: str) -> tuple[str, int]:
@@ -135,6 +161,39 @@ def gateway_answers(gateway: str) -> bool:
         return False
 
 
+def socket_answers(path: str, *, timeout: float = 2.0) -> bool:
+    """True when the gateway's unix socket ``path`` accepts a connection and
+    answers what gateway_answers asks over TCP (CLUSTER_INFO: the cluster is
+    running), within ``timeout`` seconds."""
+    from sheepdog_backend.client import requests as rq
+    from sheepdog_backend.protocol.constants import ClusterStatus
+    from sheepdog_backend.protocol.framing import ResponseReader
+    from sheepdog_backend.protocol.structs import ClusterInfo
+
+    request = rq.cluster_info().with_id(1)
+    reader = ResponseReader()
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(request.encode())
+            while (response := reader.next_message()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                sock.settimeout(left)
+                data = sock.recv(65536)
+                if not data:
+                    return False
+                reader.feed(data)
+        if response.id != request.id or not response.ok:
+            return False
+        return ClusterInfo.decode(response.payload).status == ClusterStatus.OK
+    except (OSError, SheepdogError):
+        return False
+
+
 def snapshot_clone(client: SheepdogClient, volume: str, tag: str) -> str:
     """The temporary clone carrying snapshot ``tag`` of ``volume`` (made when
     missing); SnapshotNotFound, or InvalidInput when the name is taken by
@@ -154,11 +213,13 @@ def snapshot_clone(client: SheepdogClient, volume: str, tag: str) -> str:
 class ExportManager:
     def __init__(self, client: SheepdogClient, targets: TgtTargets,
                  settings: ExportSettings, *,
-                 probe: Callable[[str], bool] | None = None) -> None:
+                 probe: Callable[[str], bool] | None = None,
+                 socket_probe: Callable[[str], bool] | None = None) -> None:
         self.client = client
         self.targets = targets
         self.settings = settings
         self._probe = probe or self._probe_gateway
+        self._socket_probe = socket_probe or socket_answers
         self._lock = threading.RLock()
         # the portal of this host's tgtd, which new records name
         self.portal = format_gateway(settings.portal_host, settings.portal_port)
@@ -255,8 +316,9 @@ class ExportManager:
                 rec = rec.with_changes(gateway=self.pick_gateway(avoid=rec.gateway))
             rec = (rec.attaching(initiator) if attach else rec.allowing(initiator)
                    ).with_changes(portal=self.portal)
+            backing = self._backing_ready(rec)
             self._save(rec)
-            self._apply(rec)
+            self._apply(rec, backing)
             return rec
 
     def export_snapshot(self, volume: str, tag: str, *,
@@ -392,11 +454,42 @@ class ExportManager:
             "and run 'sheepdog-backend export sync' to re-create every export on a live "
             "gateway (initiators reconnect and replay)")
 
-    def _apply(self, rec: ExportRecord) -> Target:
-        host, port = _split(rec.gateway)
-        return self.targets.create(rec.iqn, backing_path(host, port, rec.vdi),
-                                   readonly=rec.readonly, chap=self.credentials(rec),
-                                   initiators=rec.acl)
+    def _backing_ready(self, rec: ExportRecord, *, recreate: bool = False) -> str:
+        """``rec``'s backing path (ExportSettings.backing), once tgtd can make
+        its LU there: GatewayUnusable when a LU is to be made through a unix
+        socket that does not answer, TargetBusy when the LU to be dropped goes
+        through a socket that does not answer (closing it would retry there
+        forever and block tgtd).  Nothing changes before either.  A LU that
+        already has this backing is kept (unless ``recreate``): no check."""
+        backing = self.settings.backing(rec.gateway, rec.vdi)
+        target = self.targets.find(rec.iqn)
+        lu = target.lun(LUN) if target is not None else None
+        if lu is not None and lu.backing == backing and not recreate:
+            return backing
+        path = backing_socket(backing)
+        if path is not None and not self._socket_probe(path):
+            raise GatewayUnusable(
+                f"the export gateway's unix socket {path} does not answer: start the "
+                f"gateway listening on it ('sheepdog-backend gateway --unix {path} --port "
+                f"{_split(rec.gateway)[1]} ...', see the README) or unset "
+                "sheepdog_export_gateway_socket")
+        old = backing_socket(lu.backing) if lu is not None else None
+        if old is not None and old != path and not self._socket_probe(old):
+            raise TargetBusy(
+                f"export {rec.iqn} cannot be re-made now: its LU goes through the unix "
+                f"socket {old}, which does not answer, and tgtd cannot drop a LU on a dead "
+                "gateway (closing it retries forever and blocks tgtd). Start the gateway "
+                f"with --unix {old} again, or restart tgtd and run 'sheepdog-backend "
+                "export sync'")
+        return backing
+
+    def _apply(self, rec: ExportRecord, backing: str | None = None) -> Target:
+        """Make tgtd serve ``rec`` (``backing``: from _backing_ready, else
+        checked here)."""
+        if backing is None:
+            backing = self._backing_ready(rec)
+        return self.targets.create(rec.iqn, backing, readonly=rec.readonly,
+                                   chap=self.credentials(rec), initiators=rec.acl)
 
     # -- health, sync, resize -------------------------------------------------
 
@@ -417,16 +510,20 @@ class ExportManager:
                                f"this host's ({self.portal}): check it there"]
             return out
         target = self.targets.find(rec.iqn)
-        host, port = _split(rec.gateway)
+        backing = self.settings.backing(rec.gateway, rec.vdi)
         if target is None:
             out["problems"].append("no target on tgtd (tgtd restarted?)")
         else:
             out["sessions"] = target.sessions
             lu = target.lun(LUN)
-            if lu is None or lu.backing != backing_path(host, port, rec.vdi):
-                out["problems"].append("LUN 1 does not serve the recorded volume and gateway")
+            if lu is None or lu.backing != backing:
+                out["problems"].append("LUN 1 does not serve the recorded volume and gateway "
+                                       f"({backing})")
         if not self._probe(rec.gateway):
             out["problems"].append(f"gateway {rec.gateway} does not answer")
+        path = backing_socket(backing)
+        if path is not None and not self._socket_probe(path):
+            out["problems"].append(f"gateway socket {path} does not answer")
         return out
 
     def ensure(self, vdi: str) -> ExportRecord | None:
@@ -448,8 +545,11 @@ class ExportManager:
                 rec = rec.with_changes(gateway=self.pick_gateway(avoid=old))
                 LOG.warning("export %s: gateway %s is dead, moving to %s", rec.iqn, old,
                             rec.gateway)
+                backing = self._backing_ready(rec)
                 self._save(rec)
-            self._apply(rec)
+            else:
+                backing = self._backing_ready(rec)
+            self._apply(rec, backing)
             return rec
 
     def sync(self) -> dict[str, list[str]]:
@@ -482,8 +582,7 @@ class ExportManager:
                 return False
             if not self._probe(rec.gateway):
                 self._refuse_stuck(rec, "re-opened")
-            host, port = _split(rec.gateway)
-            self.targets.recreate_lun(rec.iqn, backing_path(host, port, rec.vdi),
+            self.targets.recreate_lun(rec.iqn, self._backing_ready(rec, recreate=True),
                                       readonly=rec.readonly)
             return True
 

@@ -4,8 +4,10 @@ How it works: every call runs ``[root_helper...] tgtadm --lld iscsi
 [--control-port N] ...`` with a timeout and turns a non-zero exit into
 TargetCommandFailed (TargetBusy for "still active").  A volume's target is
 one tgt target (its IQN) with LUN 1 on tgt's built-in Sheepdog backing store
-(``--bstype sheepdog --backing-store tcp:HOST:PORT:VDI``), CHAP accounts bound
-to it and initiator ACLs.  tgtd keeps all of this in memory only.
+(``--bstype sheepdog --backing-store tcp:HOST:PORT:VDI``, or
+``unix:PATH:VDI`` through a local gateway's unix socket: ``lu_backing``),
+CHAP accounts bound to it and initiator ACLs.  tgtd keeps all of this in
+memory only.
 
 What tgt 1.0.85 does that we design around (each has a test):
 
@@ -42,7 +44,13 @@ from sheepdog_backend.exception import (
     TargetBusy,
     TargetCommandFailed,
 )
-from sheepdog_backend.export.base import LUN, LogicalUnit, Target, check_backing_name
+from sheepdog_backend.export.base import (
+    LUN,
+    LogicalUnit,
+    Target,
+    check_backing_name,
+    check_gateway_socket,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -55,6 +63,25 @@ _TID_ATTEMPTS = 8
 def backing_path(host: str, port: int, vdi: str) -> str:
     """tgt's Sheepdog backing-store path for ``vdi`` through ``host:port``."""
     return f"tcp:{host}:{port}:{check_backing_name(vdi)}"
+
+
+def lu_backing(gateway: str, vdi: str, *, socket: str = "") -> str:
+    """The backing path of a LU serving ``vdi`` through ``gateway`` (HOST:PORT):
+    ``unix:SOCKET:VDI`` when ``socket`` (that same gateway's unix socket) is
+    given, else ``tcp:HOST:PORT:VDI``.  Every LU is made and compared with it,
+    so a LU of the other form is re-made when the socket is set or unset."""
+    if socket:
+        return f"unix:{check_gateway_socket(socket)}:{check_backing_name(vdi)}"
+    host, _, port = gateway.rpartition(":")
+    return backing_path(host, int(port), vdi)
+
+
+def backing_socket(backing: str) -> str | None:
+    """The unix socket a ``unix:PATH:VDI`` backing path goes through; None for
+    any other form."""
+    if not backing.startswith("unix:"):
+        return None
+    return backing[len("unix:"):].split(":", 1)[0]
 
 
 def parse_show(text: str) -> list[Target]:
