@@ -23,8 +23,11 @@ import argparse
 import contextlib
 import io
 import os
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -65,7 +68,11 @@ class ResultCollector:
         self.results: dict[str, TestResult] = {}
         self.collect_errors: list[str] = []
         self.total = 0
-        self.interrupted = False
+        self.interrupted = False  # pytest saw a KeyboardInterrupt
+        # A Ctrl-C arrived (``on_sigint``); if the KeyboardInterrupt it raised
+        # was swallowed (raised inside a finalizer, whose exceptions Python
+        # only prints), the next test boundary raises it again: the run stops.
+        self.signalled = False
         self._progress = progress
         self._reported: set[str] = set()
 
@@ -86,6 +93,15 @@ class ResultCollector:
         self._progress.write(f"[{len(self._reported):>{width}}/{self.total}] "
                              f"{result.outcome:<4}  {name}\n")
         self._progress.flush()
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        if self.signalled and not self.interrupted:
+            raise KeyboardInterrupt  # the Ctrl-C the last test swallowed
+
+    def on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT while the suite runs: as Python's own handler, noted."""
+        self.signalled = True
+        raise KeyboardInterrupt
 
     def pytest_collectreport(self, report: Any) -> None:
         if report.failed:
@@ -182,11 +198,26 @@ def run_suite(config_file: str | None, backend: str | None = None, *,
             from sheepdog_backend.testing import plugin  # not loaded by entry point then
 
             plugins.append(plugin)
-        with contextlib.redirect_stdout(target):
+        with contextlib.redirect_stdout(target), sigint_to(collector):
             code = int(pytest.main(args, plugins=plugins))
     if not verbose and code in (3, 4):
         sys.stderr.write(captured.getvalue())
     return code, collector
+
+
+@contextlib.contextmanager
+def sigint_to(collector: ResultCollector) -> Iterator[None]:
+    """SIGINT goes to ``collector.on_sigint`` meanwhile, where Python's default
+    handler is in place (not when SIGINT is ignored, nor off the main thread)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    signal.signal(signal.SIGINT, collector.on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def preflight(config_file: str, backend: str | None) -> tuple[int, str] | None:
