@@ -336,3 +336,38 @@ class Connection:
     def call(self, request: Request) -> Response:
         """Send one request and wait for its response."""
         return self.wait(self.send(request))
+
+
+def call_unix(path: str, request: Request, timeout: float) -> Response:
+    """One request over a fresh connection to the unix socket ``path`` (a
+    sheep's STORE_DIR/sock, a gateway's --unix) and its answer, all within
+    ``timeout`` seconds; ConnectFailed, ConnectionClosed or ReadTimeout
+    otherwise (ProtocolError for an answer that is not to it).  For one-off
+    probes: no pool, no retry."""
+    req = request.with_id(1)
+    reader = ResponseReader()
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise ConnectFailed(f"cannot connect to {path}: {exc}") from exc
+        try:
+            _send_frame(sock, req.encode_header(), req.payload)
+            while (response := reader.next_message()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionClosed(f"{path} closed before answering")
+                reader.feed(data)
+        except TimeoutError:
+            raise ReadTimeout(f"{path} did not answer within {timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionClosed(f"{path}: {exc}") from exc
+    if response.id != req.id:
+        raise ProtocolError(f"{path} answered id {response.id} to request {req.id}")
+    return response

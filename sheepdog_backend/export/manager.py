@@ -40,7 +40,6 @@ import hashlib
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -166,31 +165,14 @@ def socket_answers(path: str, *, timeout: float = 2.0) -> bool:
     answers what gateway_answers asks over TCP (CLUSTER_INFO: the cluster is
     running), within ``timeout`` seconds."""
     from sheepdog_backend.client import requests as rq
+    from sheepdog_backend.client.transport import call_unix
     from sheepdog_backend.protocol.constants import ClusterStatus
-    from sheepdog_backend.protocol.framing import ResponseReader
     from sheepdog_backend.protocol.structs import ClusterInfo
 
-    request = rq.cluster_info().with_id(1)
-    reader = ResponseReader()
-    deadline = time.monotonic() + timeout
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(request.encode())
-            while (response := reader.next_message()) is None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                sock.settimeout(left)
-                data = sock.recv(65536)
-                if not data:
-                    return False
-                reader.feed(data)
-        if response.id != request.id or not response.ok:
-            return False
-        return ClusterInfo.decode(response.payload).status == ClusterStatus.OK
-    except (OSError, SheepdogError):
+        response = call_unix(path, rq.cluster_info(), timeout)
+        return response.ok and ClusterInfo.decode(response.payload).status == ClusterStatus.OK
+    except SheepdogError:
         return False
 
 

@@ -25,15 +25,13 @@ Stateless: functions only.
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from collections.abc import Iterable
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.identity import ctime_of
-from sheepdog_backend.client.transport import Address, Connection, parse_address
+from sheepdog_backend.client.transport import Address, Connection, call_unix, parse_address
 from sheepdog_backend.exception import InvalidInput, TransportError
-from sheepdog_backend.protocol.framing import ResponseReader
 
 MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
@@ -69,19 +67,9 @@ def socket_ctime(path: str, timeout: float) -> int:
                              "running? it listens on STORE_DIR/sock)") from None
     if not stat.S_ISSOCK(mode):
         raise InvalidInput(f"node socket {path} is not a unix socket")
-    request = rq.stat_cluster_flags().with_id(1)
-    reader = ResponseReader()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(path)
-            sock.sendall(request.encode_header() + request.payload)
-            while (response := reader.next_message()) is None:
-                data = sock.recv(1 << 16)
-                if not data:
-                    raise TransportError(f"node socket {path} closed before answering")
-                reader.feed(data)
-    except OSError as exc:
+        response = call_unix(path, rq.stat_cluster_flags(), timeout)
+    except TransportError as exc:
         raise TransportError(f"node socket {path} does not answer: {exc}") from exc
     return ctime_of(response)
 
