@@ -105,7 +105,7 @@ class ClusterIdentity:
         with self._lock:
             if conn in self._verified or (not several and not self._pinned):
                 return
-        ctime = self._fetch_ctime(conn)
+        ctime = fetch_ctime(conn)
         if not ctime:
             return  # not formatted (or cannot say): its own replies will tell
         where = str(conn.address)
@@ -132,9 +132,11 @@ class ClusterIdentity:
                 unreached.append(str(address))
         return unreached
 
-    @staticmethod
-    def _fetch_ctime(conn: Connection) -> int:
-        return ctime_of(conn.call(rq.stat_cluster_flags()))
+
+def fetch_ctime(conn: Connection) -> int:
+    """The creation time of the cluster of ``conn``'s node (0: not formatted,
+    or it cannot say)."""
+    return ctime_of(conn.call(rq.stat_cluster_flags()))
 
 
 def ctime_of(rsp: Response) -> int:

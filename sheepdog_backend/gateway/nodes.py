@@ -22,11 +22,12 @@ import time
 from collections.abc import Mapping
 
 from sheepdog_backend.client.cluster import Cluster
+from sheepdog_backend.client.identity import fetch_ctime
 from sheepdog_backend.client.transport import Address
 from sheepdog_backend.engine.loop import EventLoop
 from sheepdog_backend.engine.workers import Workers
 from sheepdog_backend.exception import InvalidInput, SheepdogError
-from sheepdog_backend.gateway.nodesock import check_node_socket, node_ctime
+from sheepdog_backend.gateway.nodesock import check_node_socket
 
 LOG = logging.getLogger(__name__)
 
@@ -102,11 +103,12 @@ class NodeChoice:
         """The node's identity (and its socket's, if it has one) checked;
         InvalidInput for a socket of another cluster."""
         try:
-            self.cluster.run_on(address, lambda conn: None)  # identity.verify runs there
             path = self.node_sockets.get(address)
-            if path is not None:
-                check_node_socket(address, path, self.cluster.run_on(address, node_ctime),
-                                  self.connect_timeout)
+            if path is None:
+                self.cluster.run_on(address, lambda conn: None)  # identity.verify runs there
+            else:  # identity.verify runs there too, before the node's own ctime is read
+                expected = self.cluster.run_on(address, fetch_ctime)
+                check_node_socket(address, path, expected, self.connect_timeout)
             return True
         except InvalidInput:
             raise

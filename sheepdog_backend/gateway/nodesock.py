@@ -30,7 +30,7 @@ from collections.abc import Iterable
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.identity import ctime_of
-from sheepdog_backend.client.transport import Address, Connection, call_unix, parse_address
+from sheepdog_backend.client.transport import Address, call_unix, parse_address
 from sheepdog_backend.exception import InvalidInput, TransportError
 
 MAX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
@@ -87,8 +87,3 @@ def check_node_socket(node: Address, path: str, expected: int, timeout: float) -
             f"node socket {path} does not belong to the cluster of node {node} (creation "
             f"time {ctime:#x} there, {expected:#x} on {node}): --node-socket must name "
             "that node's own STORE_DIR/sock")
-
-
-def node_ctime(conn: Connection) -> int:
-    """The creation time of the cluster of ``conn``'s node (over TCP)."""
-    return ctime_of(conn.call(rq.stat_cluster_flags()))
