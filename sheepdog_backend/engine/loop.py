@@ -192,12 +192,8 @@ class EventLoop:
                 self._run_timers(now)
             if self._calls:
                 timeout = 0.0
-            elif timers:
-                timeout = timers[0][0] - now
-                if timeout < 0.0:
-                    timeout = 0.0
             else:
-                timeout = -1.0
+                timeout = max(0.0, timers[0][0] - now) if timers else -1.0
             try:
                 events = poll(timeout)
             except InterruptedError:

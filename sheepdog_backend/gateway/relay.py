@@ -31,11 +31,10 @@ lookups and locks of VDIs tell views.py which VDI a connection's LU reads.
 The node the fast path uses, and whether through its unix socket, is
 nodes.py's: the healthiest of the client's Cluster once its identity was
 checked; a node that fails is marked in the Cluster and the next healthiest
-is taken.  Which
-upstream a client uses is pairing.py's; when all ``max_upstreams`` are busy,
-requests wait in order for one.  The sweep unpairs clients quiet for a while
-and fails upstreams that do not connect within ``connect_timeout`` or answer
-within ``request_timeout``.
+is taken.  Which upstream a client uses is pairing.py's; when all
+``max_upstreams`` are busy, requests wait in order for one.  The sweep
+unpairs clients quiet for a while and fails upstreams that do not connect
+within ``connect_timeout`` or answer within ``request_timeout``.
 
 Runs on the loop thread, apart from what the workers run; the guard, the
 replay, the stats and the Cluster have their own locks.
@@ -336,8 +335,7 @@ class Relay:
                 self._after_slots_then_send(pending, bytes(header), bytes(payload))
                 return
             self.guard.after_answer(ticket, ok)
-        elif ok and op == _READ and not pending.offset \
-                and _inode_load(pending.oid, pending.offset, frame):
+        elif ok and op == _READ and _inode_load(pending.oid, pending.offset, frame):
             self.views.loaded(conn, oid_to_vid(pending.oid), payload[:SD_INODE_INDEX_OFFSET])
         # The answer goes out first: the bookkeeping below is not the client's
         # wait (single thread: nothing of this client runs in between).

@@ -83,12 +83,11 @@ class Upstream:
                  path: str | None = None) -> None:
         if path:  # the node's unix socket (nodesock.py)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
         else:
             family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
         try:
             sock.connect(path or (address.host, address.port))
         except BlockingIOError:
@@ -180,9 +179,6 @@ class Upstream:
     # -- events --------------------------------------------------------------------
 
     def on_event(self, mask: int) -> None:
-        if mask == IN and self.connected:  # an answer arriving: the common case
-            self._read()
-            return
         if not self.connected:
             error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error or (mask & ERR and not mask & OUT):
