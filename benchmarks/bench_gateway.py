@@ -137,24 +137,25 @@ def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
     qemu52 = find_program("qemu-img")
     client = drivers["direct"].client
     block = os.urandom(4 * MiB)
-    names = {"qemu52": "jobs-qemu52"}
-    client.create_vdi(names["qemu52"], JOB_VDI_MIB * MiB, prealloc=True)
-    for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
-        client.write(names["qemu52"], offset, block)
+
+    def filled(key: str) -> str:
+        """The job VDI of path ``key``: preallocated, written whole."""
+        name = f"jobs-{key}"
+        client.create_vdi(name, JOB_VDI_MIB * MiB, prealloc=True)
+        for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
+            client.write(name, offset, block)
+        return name
+
     paths = []
     why = ""
     if qemu52 is not None:
         paths.append(_qemu_bench.Path("qemu52", "QEMU 5.2's own Sheepdog driver", qemu52, (
-            "-f", "raw", f"sheepdog:{setup.gateways[0]}:{names['qemu52']}")))
+            "-f", "raw", f"sheepdog:{setup.gateways[0]}:{filled('qemu52')}")))
     else:
         why = ("no QEMU < 6.0 qemu-img (set SHEEPDOG_QEMU_IMG or SHEEPDOG_INTEROP_BIN, "
                "or put it on PATH)")
     if unix_lu is not None:  # tgt straight to the node's unix socket
-        vdi = "jobs-tgt-unix"
-        client.create_vdi(vdi, JOB_VDI_MIB * MiB, prealloc=True)
-        for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
-            client.write(vdi, offset, block)
-        iqn = unix_lu(vdi)
+        iqn = unix_lu(filled("tgt-unix"))
         target = f"driver=iscsi,transport=tcp,portal={setup.tgtd.portal},target={iqn},lun=1"
         paths.append(_qemu_bench.Path("tgt-unix", "tgt -> sheep, unix socket", _tgt.QEMU_IMG,
                                       ("--image-opts", target)))
@@ -163,11 +164,8 @@ def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
                        ("gw-unix", "-> tgt -> gateway -> sheep, unix sockets")):
         if key not in drivers:
             continue
-        names[key] = f"jobs-{key}"
-        client.create_vdi(names[key], JOB_VDI_MIB * MiB, prealloc=True)
-        for offset in range(0, JOB_VDI_MIB * MiB, len(block)):
-            client.write(names[key], offset, block)
-        vol = Volume(id=names[key], size=1, name=names[key])
+        name = filled(key)
+        vol = Volume(id=name, size=1, name=name)
         data = stack.enter_context(_tgt.exported(drivers[key], vol))["data"]
         # qemu-img bench takes no --object: the CHAP secret goes in the image
         # options (a throwaway secret of this run's own tgtd)
