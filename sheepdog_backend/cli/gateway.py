@@ -60,6 +60,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--memory-budget", type=memory_size, default=DEFAULT_MEMORY_BUDGET,
                         metavar="SIZE", help="bytes held at most for requests and replies "
                         "in flight, all clients together (default 256M)")
+    parser.add_argument("--no-lane", dest="lane", action="store_false",
+                        help="relay every request in Python: no compiled lane for the "
+                        "steady-state reads and writes (slower; for comparison)")
     parser.add_argument("--stats-file", metavar="PATH",
                         help="write per-volume I/O counters here as JSON")
     parser.add_argument("--stats-interval", type=float, default=10.0,
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                           replay_budget=args.replay_budget << 20,
                           max_connections=args.max_connections,
                           memory_budget=args.memory_budget,
-                          node_sockets=args.node_socket)
+                          node_sockets=args.node_socket, lane=args.lane)
         gateway.start()
     except SheepdogError as exc:
         print(f"sheepdog-backend gateway: error: {exc}", file=sys.stderr)

@@ -126,6 +126,7 @@ class Downstream:
         # The service's per-connection state (the gateway's paired upstream).
         self.peer: Any = None
         self.peer_inflight = 0
+        self.lent = False  # off the loop: another thread relays it (the gateway's lane)
 
     # -- events ----------------------------------------------------------------
 
@@ -389,13 +390,58 @@ class Downstream:
         """Seconds without a byte from the client while it waits for nothing
         (a half-received request counts as nothing); 0 when it waits."""
         waiting = self.inflight - (self.receiving is not None)
-        if waiting or self.out:
+        if waiting or self.out or self.lent:
             return 0.0
         return now - self.last_recv
 
     def stalled_for(self, now: float) -> float:
         """Seconds a reply has made no progress (0: nothing queued)."""
         return now - self.stalled_since if self.out else 0.0
+
+    # -- lent to another relay (the gateway's compiled lane) -------------------------
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing of this connection in flight, buffered or waiting: it may be lent."""
+        return not (self.inflight or self.out or self.partial or self.receiving is not None
+                    or self.streaming or self._held or self.eof or self.closed or self.parked
+                    or self.capped or self.lent)
+
+    def lend(self) -> None:
+        """Leave the loop (``quiet`` first): another thread reads and writes the
+        socket until ``take_back``; the socket stays this connection's."""
+        self.lent = True
+        self.host.loop.remove(self.fd)
+
+    def take_back(self) -> None:
+        """Back on the loop, quiet."""
+        self.lent = False
+        self.last_recv = self.host.loop.now
+        if not self.closed:
+            self.mask = IN
+            self.host.loop.add(self.fd, IN, self)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes received elsewhere, framed as if just received."""
+        if self.closed or self.eof:
+            return
+        if self.partial:
+            data, self.partial = self.partial + data, b""
+        self._parse(memoryview(data))
+
+    def admit_again(self, data: bytes) -> Frame:
+        """A whole request relayed elsewhere, taken up again here: admitted
+        whatever the budget says (its memory is held already)."""
+        _, opcode, flags, _, rid, length = _unpack_head(data, 0)
+        plen = length if flags & WRITE else 0
+        cost = plen if plen and not (flags & PIGGYBACK) else plen + length
+        self.host.budget.take(cost)
+        self.inflight += 1
+        self.inflight_bytes += cost
+        frame = Frame(bytes(data[:HEADER]), opcode, flags, rid, length, cost)
+        if plen:
+            frame.payload = bytes(data[HEADER:HEADER + plen])
+        return frame
 
     def close(self) -> None:
         if self.closed:

@@ -266,7 +266,7 @@ class Engine:
         seen = 0
         for listener in self.listeners:
             for conn in listener.conns:
-                if not conn.inflight and not conn.out and (
+                if not conn.inflight and not conn.out and not conn.lent and (
                         oldest is None or conn.last_recv < oldest.last_recv):
                     oldest = conn
                 seen += 1

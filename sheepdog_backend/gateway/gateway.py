@@ -7,7 +7,9 @@ every request with the cluster's answer.  It runs on the shared wire engine
 framed in place, admission within a memory budget, connections bounded by
 file descriptors).  Object I/O is relayed on that loop (relay.py: a request
 goes out to a node as soon as it is parsed, on an upstream connection paired
-with the client's, and its answer comes back as soon as it arrives).  What
+with the client's, and its answer comes back as soon as it arrives); once a
+pair is quiet, its steady-state reads and writes are relayed by the compiled
+lane's thread (lane.py, _lane.c) until something needs judgment.  What
 needs judgment or may wait runs ``handle`` on worker threads (engine.workers:
 VDI and cluster ops one at a time in arrival order, the rest on a pool):
 ``handle`` runs the SnapshotGuard's ``before``, turns a data create whose
@@ -24,8 +26,8 @@ at start; a node on this host may be reached through its unix socket
 
 Shared state: the guard, the replay and the stats (each with its own lock)
 and the client's Cluster (thread-safe); ``start``/``stop`` are for one owner
-thread.  Threads: the loop, the replay's watcher, and at most ``workers``
-pool threads plus one serial worker, however many clients connect.
+thread.  Threads: the loop, the lane's, the replay's watcher, and at most
+``workers`` pool threads plus one serial worker, however many clients connect.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def _clear_stale_socket(path: str) -> None:
     raise InvalidInput(f"another gateway already listens on {path}")
 
 
+LANE_SHARE = 4  # the lane holds at most 1/LANE_SHARE of the memory budget
+
 class Gateway:
     def __init__(self, cluster: Sequence[str], *, unix_path: str | None = None,
                  port: int | None = None, host: str = "127.0.0.1",
@@ -118,7 +122,7 @@ class Gateway:
                  max_connections: int = wire.DEFAULT_MAX_CONNECTIONS,
                  memory_budget: int = wire.DEFAULT_MEMORY_BUDGET,
                  max_upstreams: int = DEFAULT_MAX_UPSTREAMS,
-                 node_sockets: Sequence[str] = ()) -> None:
+                 node_sockets: Sequence[str] = (), lane: bool = True) -> None:
         check_listen(unix_path, port)
         self.node_sockets = parse_node_sockets(node_sockets)
         if min(workers, max_connections, memory_budget, max_upstreams) < 1:
@@ -155,6 +159,8 @@ class Gateway:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.max_upstreams = max_upstreams
+        # lane.py: a quarter of the memory budget is the compiled lane's
+        self.lane_budget = memory_budget // LANE_SHARE if lane else 0
         self._engine: Engine | None = None
         self._workers: Workers | None = None
         self._relay: Relay | None = None
@@ -262,11 +268,13 @@ class Gateway:
                       check_read=self.check_read,
                       connect_timeout=self.connect_timeout,
                       request_timeout=self.request_timeout, max_payload=self.max_payload,
-                      max_upstreams=self.max_upstreams, node_sockets=self.node_sockets)
+                      max_upstreams=self.max_upstreams, node_sockets=self.node_sockets,
+                      lane_budget=self.lane_budget)
         engine = Engine(relay, host=self.host, ports=[self.port] if self.port else [],
                         unix_paths=[self.unix_path] if self.unix_path else [],
                         max_connections=self.max_connections,
-                        memory_budget=self.memory_budget, max_payload=self.max_payload,
+                        memory_budget=self.memory_budget - self.lane_budget,
+                        max_payload=self.max_payload,
                         extra_fds=self.max_upstreams + self.workers, name="gateway")
         workers = Workers(engine, self.workers, name="gateway",
                           epoch=lambda: self.forwarder.epoch)
@@ -287,6 +295,7 @@ class Gateway:
         engine, workers, relay = self._engine, self._workers, self._relay
         self._engine = self._workers = self._relay = None
         if engine is not None and workers is not None and relay is not None:
+            engine.loop.run_in_loop(relay.stop_lane)  # its thread uses the sockets
             engine.close_all()
             workers.shutdown()
             engine.loop.run_in_loop(relay.close)

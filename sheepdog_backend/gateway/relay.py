@@ -59,6 +59,7 @@ from sheepdog_backend.exception import (
     registered_codes,
 )
 from sheepdog_backend.gateway.forward import NODE_STATE_RESULTS, RECOVERY_NO_OBJ_OPS, Forwarder
+from sheepdog_backend.gateway.lane import LaneLink
 from sheepdog_backend.gateway.nodes import NodeChoice
 from sheepdog_backend.gateway.pairing import PAIR_IDLE, Pairs
 from sheepdog_backend.gateway.replay import RecoveryReplay
@@ -115,7 +116,8 @@ class Relay:
                  check_read: Callable[[int, Request], Response], connect_timeout: float,
                  request_timeout: float, max_payload: int,
                  max_upstreams: int = DEFAULT_MAX_UPSTREAMS,
-                 node_sockets: Mapping[Address, str] | None = None) -> None:
+                 node_sockets: Mapping[Address, str] | None = None,
+                 lane_budget: int = 0) -> None:
         self.cluster = cluster
         self.forwarder = forwarder
         self.guard = guard
@@ -140,6 +142,12 @@ class Relay:
         self.slow_count = 0  # requests that took the blocking path
         self.streamed = 0  # answers passed on as they arrived
         self._polling = False  # a poll of the views' sharing runs on a worker
+        # lane.py: the compiled lane relays quiet pairs' data I/O (not while a
+        # trace is kept: the lane records no single request)
+        self.lane: LaneLink | None = None
+        if lane_budget and trace is None:
+            self.lane = LaneLink(self, io, max_payload=max_payload, budget=lane_budget,
+                                 request_timeout=request_timeout, holds=self._holds)
 
     # -- wiring (the gateway's start and stop) --------------------------------------
 
@@ -149,6 +157,25 @@ class Relay:
         self.nodes.attach(loop, workers)
         loop.every(TICK, self._sweep)
         loop.every(POLL, self._poll)
+        lane = self.lane
+        if lane is not None:
+            lane.attach(loop)
+            loop.every(TICK, lane.tick)
+            self.replay.on_open = lane.pause  # the replay must see every write
+            self.replay.outside_writes = lane.inflight_writes
+            self.guard.on_snapshot = lane.pause
+
+    def _holds(self) -> bool:
+        """Whether something must see every request now (the lane stays paused)."""
+        return bool(self.views.shared) or self.replay.window_open or self.guard.busy()
+
+    def stop_lane(self) -> None:
+        """Stop the lane's thread (loop thread; before the connections close)."""
+        lane, self.lane = self.lane, None
+        if lane is not None:
+            self.replay.on_open = self.guard.on_snapshot = None
+            self.replay.outside_writes = lambda: 0
+            lane.close()
 
     def choose_node(self) -> None:
         """Take the healthiest node and check it (now, blocking: before the
@@ -157,13 +184,21 @@ class Relay:
 
     def close(self) -> None:
         """Close every upstream (loop thread)."""
+        self.stop_lane()
         self.pairs.close()
 
     def stats(self) -> dict[str, int]:
-        return {"fast_requests": self.fast, "slow_requests": self.slow_count,
+        lane = self.lane
+        counts: dict[str, int] = {}
+        relayed = 0
+        if lane is not None:
+            lane.drain_counters()
+            counts = lane.counts()
+            relayed = lane.relayed
+        return {"fast_requests": self.fast + relayed, "slow_requests": self.slow_count,
                 "streamed_answers": self.streamed,
                 "socket_upstreams": sum(1 for up in self.pairs if up.path),
-                **self.pairs.stats()}
+                **self.pairs.stats(), **counts}
 
     # -- requests (loop thread) ------------------------------------------------------------
 
@@ -309,6 +344,30 @@ class Relay:
         if epoch > self._epoch:
             self._epoch = epoch
             self.forwarder.note_epoch(epoch)
+            if self.lane is not None:
+                self.lane.set_epoch(epoch)
+
+    # -- the lane's pairs (lane.py) ---------------------------------------------------------
+
+    def _lend(self, up: Upstream, conn: Downstream, pending: Pending) -> None:
+        """After a data read or write was answered: the pair to the lane, if quiet."""
+        lane = self.lane
+        op = pending.frame.opcode
+        if lane is not None and (op == _READ or op == _WRITE) and is_data_obj(pending.oid) \
+                and not self.views.shared and not self._queued and lane.can_take(conn, up):
+            self.pairs.busy(conn)  # in flight for the sweep and the pairing while lent
+            lane.take(conn, up)
+
+    def returned(self, conn: Downstream) -> None:
+        """``conn``'s pair is back from the lane with nothing in flight."""
+        if self._queued or conn.closed:
+            self._give_back(conn)
+        else:
+            self.pairs.quiet(conn)
+
+    def admit_write(self) -> bool:
+        """A write the lane relayed, answered while it was paused: kept by the replay."""
+        return bool(self.replay.budget) and self.replay.admit_nowait()
 
     def answer(self, up: Upstream, pending: Pending, header: memoryview, payload: memoryview,
                result: int, epoch: int, owned: bool) -> None:
@@ -348,6 +407,8 @@ class Relay:
             self.replay.settle_lazily(frame.request, ok)
         self._account(pending, result, read, self.loop.now)
         frame.give_back(self.loop)  # the request's payload is not needed any more
+        if ok:
+            self._lend(up, conn, pending)
 
     # -- answers passed on as they arrive (large reads) ---------------------------------------
 
@@ -376,6 +437,7 @@ class Relay:
             self._account(pending, 0, pending.frame.data_length, self.loop.now)
             conn.stream_end(pending.frame.cost)
             self._answered(up, conn, 0)
+            self._lend(up, conn, pending)
 
     def stream_broken(self, pending: Pending) -> None:
         """The node failed while its answer was streaming: the client has part

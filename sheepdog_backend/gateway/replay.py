@@ -93,11 +93,21 @@ class RecoveryReplay:
         self._kept_bytes = 0
         self._in_flight = 0
         self._admitting = 0  # writes waiting in ``admit``
+        # Writes relayed elsewhere (the gateway's lane): told when a window
+        # opens (so that they come here), and counted before a replay starts.
+        self.on_open: Callable[[], None] | None = None
+        self.outside_writes: Callable[[], int] = lambda: 0
         self._replaying = False
         self.replays = 0  # windows whose writes were sent again
         self.replayed = 0  # writes sent again
         self.replay_failures = 0  # writes the cluster refused to take again
         self.dropped_windows = 0  # changes that turned out not to be the cluster's
+
+    @property
+    def kept_writes(self) -> int:
+        """Writes kept now, to be sent again once the cluster has recovered."""
+        with self._cond:
+            return len(self._kept)
 
     @property
     def window_open(self) -> bool:
@@ -109,6 +119,8 @@ class RecoveryReplay:
         seen before (None: none seen yet)."""
         if not self.budget:
             return
+        if self.on_open is not None:
+            self.on_open()
         with self._cond:
             if self._open:
                 if epoch_before is not None and (self._base is None
@@ -228,8 +240,8 @@ class RecoveryReplay:
     def _replay(self) -> None:
         with self._cond:
             self._replaying = True
-            while self._in_flight:
-                self._cond.wait(1.0)
+            while self._in_flight or self.outside_writes():
+                self._cond.wait(1.0 if self._in_flight else 0.01)
             kept = list(self._kept.values())
             self._kept.clear()
             self._kept_bytes = 0

@@ -156,6 +156,7 @@ class SnapshotGuard:
         self.reapplied = 0  # slots re-applied to a working inode
         self.refused = 0  # data writes answered READONLY by the guard itself
         self.draining = 0  # snapshots waiting now for answered creates' slot writes
+        self.on_snapshot: Callable[[], None] | None = None  # told as a snapshot starts
 
     # -- before forwarding ---------------------------------------------------
 
@@ -236,7 +237,17 @@ class SnapshotGuard:
         self.count_refused()
         return result_response(request, int(Result.READONLY))
 
+    def busy(self) -> bool:
+        """Whether a snapshot runs, gates creates, or was answered within the window."""
+        if not self.draining and not self._gated and not self._frozen_at:
+            return False
+        with self._cond:
+            return bool(self.draining or self._gated
+                        or any(self._just_frozen(vid) for vid in self._frozen_at))
+
     def _start_snapshot(self, vid: int) -> Ticket:
+        if self.on_snapshot is not None:
+            self.on_snapshot()
         start = self._clock()
         deadline = start + self.drain_timeout
         with self._cond:

@@ -88,6 +88,20 @@ class IoStats:
             if waited > c.max_gate_wait:
                 c.max_gate_wait = waited
 
+    def count_relayed(self, vid: int, reads: int, writes: int, read_bytes: int,
+                      write_bytes: int, busy: float, longest: float) -> None:
+        """Data reads and writes of ``vid`` the lane relayed, all successful."""
+        with self._lock:
+            c = self._vdis.get(vid)
+            if c is None:
+                c = self._vdis[vid] = VdiCounters()
+            c.reads += reads
+            c.writes += writes
+            c.read_bytes += read_bytes
+            c.write_bytes += write_bytes
+            c.busy_seconds += busy
+            c.max_latency = max(c.max_latency, longest)
+
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {f"{vid:x}": asdict(c) for vid, c in sorted(self._vdis.items())}

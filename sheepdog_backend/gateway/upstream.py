@@ -275,6 +275,22 @@ class Upstream:
         if pos < end:
             self.partial = bytes(data[pos:end])
 
+    # -- lent to the lane (lane.py) ----------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        """Connected, nothing waiting, queued or half-received."""
+        return (self.connected and not self.closed and not self.waiting and not self.out
+                and not self.partial and self._view is None and self._streaming is None)
+
+    def lend(self) -> None:
+        self.relay.loop.remove(self.fd)
+
+    def take_back(self) -> None:
+        if not self.closed:
+            self.mask = IN
+            self.relay.loop.add(self.fd, IN, self)
+
     # -- ending ----------------------------------------------------------------------
 
     def close(self) -> None:
