@@ -1,4 +1,5 @@
-# sheepdog-backend: `make test` and `make demo` work on a fresh machine with Python 3.10+.
+# sheepdog-backend: `make test` and `make demo` work on a fresh machine with Python 3.10+
+# and a C compiler with Python's headers (the gateway's compiled lane, setup.py).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +10,7 @@ CINDER_STAMP := $(VENV)/.installed-cinder
 
 .PHONY: venv test lint demo bench bench-scale-1000 bench-all genconfig cinder-sample clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml sheepdog_backend/gateway/_lane.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,lint]'

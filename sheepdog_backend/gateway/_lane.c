@@ -27,7 +27,8 @@
  *             part of its answer already reached the client);
  *   CLOSED    the client closed or its connection failed;
  *   STALLED   the client stopped reading an answer - its unsent tail;
- *   IDLE      the pair was quiet for ``idle`` seconds, or the lane paused.
+ *   IDLE      the pair was quiet for ``idle`` seconds, or the lane paused, or
+ *             ``recall`` asked for the quiet pairs (requests wait for an upstream).
  * The lane never closes a file descriptor: Python owns them.
  *
  * Shared with Python threads, under ``mu``: the adopt queue, the hand-back
@@ -57,6 +58,7 @@
 #define HDR 48
 #define SCRATCH (256 * 1024)
 #define STREAM_FROM (128 * 1024) /* smaller answers reach the client whole or not at all */
+#define KEEP (64 * 1024)         /* a pair keeps buffers up to this size between requests */
 #define OP_READ 0x02
 #define OP_WRITE 0x03
 #define FLAG_WRITE 0x01
@@ -88,7 +90,8 @@ struct pair {
     unsigned char *ans;                 /* judged: header + payload */
     unsigned char *out;                 /* passed on: bytes the client has not taken */
     size_t out_len, out_sent, out_cap;
-    int hdr_passed, down_dead, up_bad, dead;
+    int hdr_passed, down_dead, dead;
+    int up_bad; /* 1: the node sent bytes nobody asked for, 2: it closed */
     unsigned char *extra; /* bytes that came after the request */
     size_t extra_len;
     double last, started, progress;
@@ -561,7 +564,7 @@ static void up_in(Lane *L, struct pair *p) {
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
         if (p->state == S_OUT) { /* the answer is whole: fail once it is out */
-            p->up_bad = 1;
+            p->up_bad = n == 0 ? 2 : 1;
             epoll_ctl(L->epfd, EPOLL_CTL_DEL, p->up, NULL);
             p->up_mask = 0;
             return;
@@ -671,6 +674,18 @@ static void down_out(Lane *L, struct pair *p) {
 /* The answer is out: the pair waits for the client's next request. */
 static void finish(Lane *L, struct pair *p) {
     release(L, p);
+    free(p->ans);
+    p->ans = NULL;
+    if (p->req_cap > KEEP) { /* memory held while idle stays small */
+        free(p->req);
+        p->req = NULL;
+        p->req_cap = 0;
+    }
+    if (p->out_cap > KEEP) {
+        free(p->out);
+        p->out = NULL;
+        p->out_cap = 0;
+    }
     p->state = S_REQ;
     p->req_got = p->req_len = 0;
     p->last = now_s();
@@ -680,7 +695,8 @@ static void finish(Lane *L, struct pair *p) {
     }
     if (p->up_bad) {
         hand_back(L, p, R_UPSTREAM, NULL, 0, NULL, 0, NULL, 0, 0,
-                  "the node sent bytes nobody asked for");
+                  p->up_bad == 2 ? "the node closed the connection"
+                                 : "the node sent bytes nobody asked for");
         return;
     }
     if (p->extra_len) {
@@ -982,6 +998,13 @@ static PyObject *Lane_pause(Lane *L, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Lane_recall(Lane *L, PyObject *Py_UNUSED(ignored)) {
+    atomic_store(&L->recall, 1);
+    if (L->running)
+        wake_lane(L);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lane_resume(Lane *L, PyObject *Py_UNUSED(ignored)) {
     atomic_store(&L->paused, 0);
     Py_RETURN_NONE;
@@ -1010,11 +1033,12 @@ static PyObject *Lane_handbacks(Lane *L, PyObject *Py_UNUSED(ignored)) {
         return NULL;
     }
     for (struct handback *i = h; i != NULL; i = i->next) {
-        PyObject *t = Py_BuildValue("(Liy#y#y#Os)", i->token, i->reason, (char *)i->req,
-                                    (Py_ssize_t)i->req_len, (char *)i->ans,
-                                    (Py_ssize_t)i->ans_len, (char *)i->rest,
-                                    (Py_ssize_t)i->rest_len, i->broken ? Py_True : Py_False,
-                                    i->msg);
+        /* y# gives None for NULL: an empty field is b"" */
+        PyObject *t = Py_BuildValue("(Liy#y#y#Os)", i->token, i->reason,
+                                    i->req ? (char *)i->req : "", (Py_ssize_t)i->req_len,
+                                    i->ans ? (char *)i->ans : "", (Py_ssize_t)i->ans_len,
+                                    i->rest ? (char *)i->rest : "", (Py_ssize_t)i->rest_len,
+                                    i->broken ? Py_True : Py_False, i->msg);
         if (t == NULL || PyList_Append(list, t) < 0) {
             Py_XDECREF(t);
             Py_DECREF(list);
@@ -1090,6 +1114,8 @@ static PyMethodDef Lane_methods[] = {
     {"pause", (PyCFunction)Lane_pause, METH_NOARGS,
      "Take no new request; every pair comes back at its next request boundary."},
     {"resume", (PyCFunction)Lane_resume, METH_NOARGS, "Relay again after a pause."},
+    {"recall", (PyCFunction)Lane_recall, METH_NOARGS,
+     "Give back every pair that waits for its client's next request (now)."},
     {"inflight_writes", (PyCFunction)Lane_inflight_writes, METH_NOARGS,
      "Writes sent to a node and not yet answered or handed back."},
     {"handbacks", (PyCFunction)Lane_handbacks, METH_NOARGS,

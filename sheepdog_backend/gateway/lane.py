@@ -81,10 +81,12 @@ class LaneLink:
         self.lane = _lane.Lane(max_payload, budget, PAIR_IDLE, request_timeout, STALL)
         self._lent: dict[int, tuple[Downstream, Upstream]] = {}
         self._tokens = itertools.count(1)
+        self._loop: EventLoop | None = None
         self.relayed = 0  # requests the lane relayed (moved in by ``tick``)
         self.returns = 0
 
     def attach(self, loop: EventLoop) -> None:
+        self._loop = loop
         loop.add(self.lane.fileno(), IN, self)
 
     # -- lending -----------------------------------------------------------------
@@ -108,6 +110,11 @@ class LaneLink:
     def pause(self) -> None:
         """Any thread: relay nothing new; the pairs come back."""
         self.lane.pause()
+
+    def recall(self) -> None:
+        """The pairs waiting for their client's next request come back (their
+        upstreams are wanted); the lane goes on relaying."""
+        self.lane.recall()
 
     def inflight_writes(self) -> int:
         return self.lane.inflight_writes()
@@ -197,5 +204,7 @@ class LaneLink:
     def close(self) -> None:
         """Stop the lane's thread (loop thread); lent connections stay lent and
         are closed by their owners."""
+        if self._loop is not None:
+            self._loop.remove(self.lane.fileno())
         self.lane.close()
         self._lent.clear()

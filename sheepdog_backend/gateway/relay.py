@@ -217,6 +217,8 @@ class Relay:
             up = None
         if up is None and (self._queued or not self.pairs.can_lend(node)):
             self._queued.append((conn, frame))  # an upstream frees up soon
+            if self.lane is not None:
+                self.lane.recall()  # the lane's quiet pairs give theirs back
             return
         self._relay(conn, frame, node)
 
