@@ -91,6 +91,8 @@ struct pair {
     unsigned char *out;                 /* passed on: bytes the client has not taken */
     size_t out_len, out_sent, out_cap;
     int hdr_passed, down_dead, dead;
+    int maybe_more;  /* the client may have sent more than was read: read on after the answer */
+    unsigned serial; /* requests taken: a receive loop stops at the next one */
     int up_bad; /* 1: the node sent bytes nobody asked for, 2: it closed */
     unsigned char *extra; /* bytes that came after the request */
     size_t extra_len;
@@ -211,13 +213,21 @@ static void count(Lane *L, struct pair *p, double seconds) {
 
 /* -- epoll ------------------------------------------------------------------ */
 
-static void watch(Lane *L, struct pair *p, int side, unsigned mask) {
+/* Both connections are watched edge-triggered for input from adoption to
+ * hand-back (no epoll_ctl per request); output only while a send waits.  A
+ * short receive means drained, unless the event also reported a hang-up
+ * (EPOLLRDHUP, HUP, ERR): then receiving goes on to the end (a close that
+ * comes later raises an edge of its own). */
+#define WATCH (EPOLLIN | EPOLLET | EPOLLRDHUP)
+#define HANGUP (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+
+static void want_out(Lane *L, struct pair *p, int side, int on) {
     unsigned *cur = side ? &p->up_mask : &p->down_mask;
-    int fd = side ? p->up : p->down;
-    if (*cur == mask)
+    unsigned mask = WATCH | (on ? EPOLLOUT : 0);
+    if (*cur == mask || !*cur) /* unchanged, or no longer watched */
         return;
     struct epoll_event ev = {.events = mask, .data.u64 = (uint64_t)(uintptr_t)p | (uint64_t)side};
-    epoll_ctl(L->epfd, EPOLL_CTL_MOD, fd, &ev);
+    epoll_ctl(L->epfd, EPOLL_CTL_MOD, side ? p->up : p->down, &ev);
     *cur = mask;
 }
 
@@ -371,42 +381,64 @@ static void request_whole(Lane *L, struct pair *p) {
     p->started = p->progress = now_s();
     p->ahdr_got = p->ans_got = p->ans_len = 0;
     p->judge = p->collect = p->hdr_passed = 0;
-    watch(L, p, 0, 0); /* one request at a time: the client's next bytes wait */
-    send_request(L, p);
+    p->serial++;
+    send_request(L, p); /* one request at a time: the client's next bytes wait */
 }
 
-static void down_in(Lane *L, struct pair *p) {
+static void take_request(Lane *L, struct pair *p, size_t have);
+
+/* One receive of the client's request; 1 when it filled all it asked for
+ * (edge-triggered: receive again), 0 when the socket is drained for now or
+ * the request went out. */
+static int down_in(Lane *L, struct pair *p, int drain) {
     ssize_t n;
+    size_t asked;
+    unsigned char *into;
     if (p->req_len) { /* a payload: straight into the request's buffer */
-        n = recv(p->down, p->req + p->req_got, p->req_len - p->req_got, 0);
+        into = p->req + p->req_got;
+        asked = p->req_len - p->req_got;
     } else if (p->req_got) { /* the rest of a header */
-        n = recv(p->down, p->req + p->req_got, HDR - p->req_got, 0);
+        into = p->req + p->req_got;
+        asked = HDR - p->req_got;
     } else {
-        n = recv(p->down, L->scratch, SCRATCH, 0);
+        into = L->scratch;
+        asked = SCRATCH;
     }
+    n = recv(p->down, into, asked, 0);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
-            return;
-        hand_back_request(L, p, R_CLOSED);
-        return;
+        if (errno == EINTR)
+            return 1;
+        if (errno != EAGAIN)
+            hand_back_request(L, p, R_CLOSED);
+        return 0;
     }
     if (n == 0) {
         hand_back_request(L, p, p->req_got ? R_REQUEST : R_CLOSED);
-        return;
+        return 0;
     }
     p->last = now_s();
-    if (p->req_len || p->req_got) {
+    if (into != L->scratch) {
         p->req_got += (size_t)n;
         if (!p->req_len && p->req_got == HDR && header_read(L, p) < 0) {
             hand_back_request(L, p, R_REQUEST);
-            return;
+            return 0;
         }
         if (p->req_len && p->req_got == p->req_len)
             request_whole(L, p);
-        return;
+    } else {
+        take_request(L, p, (size_t)n);
     }
-    /* from the scratch buffer: the header, and what of the payload came */
-    size_t have = (size_t)n;
+    if (((size_t)n < asked && !drain) || p->dead)
+        return 0;
+    if (p->state == S_REQ)
+        return 1;
+    p->maybe_more = 1; /* the request is out; what follows is read after its answer */
+    return 0;
+}
+
+/* The first receive of a request, in the scratch buffer: its header, and
+ * what of its payload came. */
+static void take_request(Lane *L, struct pair *p, size_t have) {
     if (grow(&p->req, &p->req_cap, HDR) < 0) {
         hand_back(L, p, R_REQUEST, NULL, 0, NULL, 0, L->scratch, have, 0, NULL);
         return;
@@ -444,7 +476,7 @@ static void send_request(Lane *L, struct pair *p) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN) {
-                watch(L, p, 1, EPOLLIN | EPOLLOUT);
+                want_out(L, p, 1, 1);
                 return;
             }
             char msg[96];
@@ -455,7 +487,7 @@ static void send_request(Lane *L, struct pair *p) {
         p->req_sent += (size_t)n;
     }
     p->state = S_ANS;
-    watch(L, p, 1, EPOLLIN);
+    want_out(L, p, 1, 0);
 }
 
 /* -- the answer ------------------------------------------------------------- */
@@ -497,7 +529,7 @@ static void pass_on(Lane *L, struct pair *p, const unsigned char *hdr, const uns
     }
     memcpy(p->out + p->out_len, b + (sent - hn), n - (sent - hn));
     p->out_len += n - (sent - hn);
-    watch(L, p, 0, EPOLLOUT);
+    want_out(L, p, 0, 1);
 }
 
 static void answer_header(Lane *L, struct pair *p) {
@@ -557,50 +589,66 @@ static void answer_whole(Lane *L, struct pair *p) {
     finish(L, p);
 }
 
-static void up_in(Lane *L, struct pair *p) {
+static void answer_bytes(Lane *L, struct pair *p, size_t n);
+
+/* One receive of the node's answer; 1 when it filled all it asked for and
+ * the same answer is still arriving (edge-triggered: receive again). */
+static int up_in(Lane *L, struct pair *p, int drain) {
     ssize_t n;
     if (p->state == S_REQ || p->state == S_OUT) { /* nothing asked */
         n = recv(p->up, L->scratch, SCRATCH, 0);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
+            return 0;
         if (p->state == S_OUT) { /* the answer is whole: fail once it is out */
             p->up_bad = n == 0 ? 2 : 1;
             epoll_ctl(L->epfd, EPOLL_CTL_DEL, p->up, NULL);
             p->up_mask = 0;
-            return;
+            return 0;
         }
         fail_up(L, p, n == 0 ? "the node closed the connection" : "an unexpected answer");
-        return;
+        return 0;
     }
-    size_t want = p->ahdr_got < HDR ? SCRATCH : p->ans_len - p->ans_got;
-    if (want > SCRATCH)
-        want = SCRATCH;
-    if (p->ahdr_got == HDR && (p->judge || p->collect)) {
-        n = recv(p->up, p->ans + HDR + p->ans_got, p->ans_len - p->ans_got, 0);
-    } else {
-        n = recv(p->up, L->scratch, want ? want : 1, 0);
-    }
+    size_t asked = p->ahdr_got < HDR ? SCRATCH : p->ans_len - p->ans_got;
+    if (asked > SCRATCH)
+        asked = SCRATCH;
+    if (!asked)
+        asked = 1;
+    int direct = p->ahdr_got == HDR && (p->judge || p->collect);
+    if (direct)
+        asked = p->ans_len - p->ans_got;
+    n = recv(p->up, direct ? p->ans + HDR + p->ans_got : L->scratch, asked, 0);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EINTR)
-            return;
-        char msg[96];
-        snprintf(msg, sizeof(msg), "receive failed: %s", strerror(errno));
-        fail_up(L, p, msg);
-        return;
+        if (errno == EINTR)
+            return 1;
+        if (errno != EAGAIN) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "receive failed: %s", strerror(errno));
+            fail_up(L, p, msg);
+        }
+        return 0;
     }
     if (n == 0) {
         fail_up(L, p, "the node closed the connection");
-        return;
+        return 0;
     }
     p->progress = now_s();
-    if (p->ahdr_got == HDR && (p->judge || p->collect)) {
+    unsigned serial = p->serial;
+    if (direct) {
         p->ans_got += (size_t)n;
         if (p->ans_got == p->ans_len)
             answer_whole(L, p);
-        return;
+    } else {
+        answer_bytes(L, p, (size_t)n);
     }
+    return ((size_t)n == asked || drain) && !p->dead && p->serial == serial &&
+           (p->state == S_SEND || p->state == S_ANS);
+}
+
+/* Answer bytes received in the scratch buffer: the header, then the payload
+ * passed on (or collected). */
+static void answer_bytes(Lane *L, struct pair *p, size_t n) {
     const unsigned char *b = L->scratch;
-    size_t left = (size_t)n;
+    size_t left = n;
     if (p->ahdr_got < HDR) {
         size_t take = HDR - p->ahdr_got < left ? HDR - p->ahdr_got : left;
         memcpy(p->ahdr + p->ahdr_got, b, take);
@@ -666,7 +714,7 @@ static void down_out(Lane *L, struct pair *p) {
         p->progress = now_s();
     }
     p->out_len = p->out_sent = 0;
-    watch(L, p, 0, 0);
+    want_out(L, p, 0, 0);
     if (p->state == S_OUT)
         finish(L, p);
 }
@@ -707,8 +755,11 @@ static void finish(Lane *L, struct pair *p) {
         hand_back(L, p, R_IDLE, NULL, 0, NULL, 0, NULL, 0, 0, NULL);
         return;
     }
-    watch(L, p, 0, EPOLLIN);
-    watch(L, p, 1, EPOLLIN);
+    if (p->maybe_more) { /* edge-triggered: what came meanwhile raised no new event */
+        p->maybe_more = 0;
+        while (!p->dead && p->state == S_REQ && down_in(L, p, 0))
+            ;
+    }
 }
 
 /* -- the thread ------------------------------------------------------------- */
@@ -735,10 +786,9 @@ static void take_adopts(Lane *L) {
             L->head.next->prev = p;
             L->head.next = p;
             L->npairs++;
-            struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)(uintptr_t)p};
-            struct epoll_event eu = {.events = EPOLLIN,
-                                     .data.u64 = (uint64_t)(uintptr_t)p | 1};
-            p->down_mask = p->up_mask = EPOLLIN;
+            struct epoll_event ev = {.events = WATCH, .data.u64 = (uint64_t)(uintptr_t)p};
+            struct epoll_event eu = {.events = WATCH, .data.u64 = (uint64_t)(uintptr_t)p | 1};
+            p->down_mask = p->up_mask = WATCH;
             if (epoll_ctl(L->epfd, EPOLL_CTL_ADD, p->down, &ev) < 0 ||
                 epoll_ctl(L->epfd, EPOLL_CTL_ADD, p->up, &eu) < 0 || atomic_load(&L->paused))
                 hand_back(L, p, R_IDLE, NULL, 0, NULL, 0, NULL, 0, 0, NULL);
@@ -803,22 +853,31 @@ static void *run(void *arg) {
             unsigned ev = events[i].events;
             if (p->dead) /* handed back earlier in this batch */
                 continue;
+            unsigned in = EPOLLIN | HANGUP;
+            int drain = (ev & HANGUP) != 0;
             if (side) {
-                if (ev & EPOLLOUT && p->state == S_SEND) {
+                if (ev & EPOLLOUT && p->state == S_SEND)
                     send_request(L, p);
-                    continue;
-                }
-                up_in(L, p);
-            } else if (p->state == S_REQ) {
-                down_in(L, p);
-            } else if (ev & EPOLLOUT) {
+                if (!p->dead && ev & in)
+                    while (up_in(L, p, drain))
+                        ;
+                continue;
+            }
+            if (ev & EPOLLOUT && p->out_len > p->out_sent)
                 down_out(L, p);
-            } else { /* the client hung up under its request: answer nobody */
+            if (p->dead || !(ev & in))
+                continue;
+            if (p->state == S_REQ) {
+                while (down_in(L, p, drain))
+                    ;
+            } else if (ev & (EPOLLHUP | EPOLLERR)) { /* hung up under its request */
                 p->down_dead = 1;
                 epoll_ctl(L->epfd, EPOLL_CTL_DEL, p->down, NULL);
                 p->down_mask = 0;
                 if (p->state == S_OUT)
                     finish(L, p);
+            } else {
+                p->maybe_more = 1; /* sent on before its answer: read after it */
             }
         }
         bury(L);
