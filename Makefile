@@ -10,7 +10,9 @@ CINDER_STAMP := $(VENV)/.installed-cinder
 
 .PHONY: venv test lint demo bench bench-scale-1000 bench-all genconfig cinder-sample clean
 
-$(STAMP): setup.cfg setup.py pyproject.toml sheepdog_backend/gateway/_lane.c
+LANE_C := sheepdog_backend/gateway/_lane.c $(wildcard sheepdog_backend/gateway/lane_c/*)
+
+$(STAMP): setup.cfg setup.py pyproject.toml $(LANE_C)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,lint]'
