@@ -137,22 +137,33 @@ static void take_request(Lane *L, struct pair *p, size_t have) {
         request_whole(L, p);
 }
 
-void lane_send_request(Lane *L, struct pair *p) {
-    while (p->req_sent < p->req_len) {
-        ssize_t n = send(p->up, p->req + p->req_sent, p->req_len - p->req_sent, MSG_NOSIGNAL);
+/* Send what the kernel takes of buf[*sent:len]: 0 all sent, 1 it would
+ * block, -1 it failed (errno says why). */
+static int send_some(int fd, const unsigned char *buf, size_t len, size_t *sent, double *at) {
+    while (*sent < len) {
+        ssize_t n = send(fd, buf + *sent, len - *sent, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            if (errno == EAGAIN) {
-                lane_want_out(L, p, 1, 1);
-                return;
-            }
-            char msg[96];
-            snprintf(msg, sizeof(msg), "send failed: %s", strerror(errno));
-            lane_fail_up(L, p, msg);
-            return;
+            return errno == EAGAIN ? 1 : -1;
         }
-        p->req_sent += (size_t)n;
+        *sent += (size_t)n;
+        *at = now_s();
+    }
+    return 0;
+}
+
+void lane_send_request(Lane *L, struct pair *p) {
+    int r = send_some(p->up, p->req, p->req_len, &p->req_sent, &p->progress);
+    if (r > 0) {
+        lane_want_out(L, p, 1, 1);
+        return;
+    }
+    if (r < 0) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "send failed: %s", strerror(errno));
+        lane_fail_up(L, p, msg);
+        return;
     }
     p->state = S_ANS;
     lane_want_out(L, p, 1, 0);
@@ -366,19 +377,11 @@ static void answer_bytes(Lane *L, struct pair *p, size_t n) {
 }
 
 void lane_down_out(Lane *L, struct pair *p) {
-    while (p->out_sent < p->out_len) {
-        ssize_t w = send(p->down, p->out + p->out_sent, p->out_len - p->out_sent, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN)
-                return;
-            p->down_dead = 1;
-            break;
-        }
-        p->out_sent += (size_t)w;
-        p->progress = now_s();
-    }
+    int r = send_some(p->down, p->out, p->out_len, &p->out_sent, &p->progress);
+    if (r > 0)
+        return;
+    if (r < 0)
+        p->down_dead = 1;
     p->out_len = p->out_sent = 0;
     lane_want_out(L, p, 0, 0);
     if (p->state == S_OUT)

@@ -12,34 +12,20 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from sheepdog_backend.client import RetryPolicy
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.gateway import Gateway
 from sheepdog_backend.protocol.constants import Opcode, Result
 from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.oid import vid_to_data_oid
-from tests.realsheep import free_port
 from tests.unit.engine.fakenode import FakeNode, read_answers
+from tests.unit.gateway.scripted import gateway_on
 
 VID = 0x42
 OID = vid_to_data_oid(VID, 3)
-
-
-@pytest.fixture
-def nodes() -> Iterator[tuple[FakeNode, FakeNode]]:
-    with FakeNode(fill=b"\x01") as first, FakeNode(fill=b"\x02") as second:
-        yield first, second
-
-
-def _gateway(*nodes: FakeNode, **kw: object) -> Gateway:
-    retry = RetryPolicy(attempts=5, base_backoff=0.01, max_backoff=0.05, deadline=5.0,
-                        sleep=lambda _s: None)
-    return Gateway([n.address for n in nodes], port=free_port(), discover=False,
-                   retry=retry, **kw)  # type: ignore[arg-type]
 
 
 class Client:
@@ -56,7 +42,10 @@ class Client:
         assert answer.id == self.next_id
         return answer
 
-    def close(self) -> None:
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.sock.close()
 
 
@@ -82,33 +71,29 @@ def _warm(client: Client, gw: Gateway, requests: int = 2) -> None:
 def test_steady_state_reads_and_writes_go_through_the_lane(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first) as gw:
-        client = Client(gw)
-        try:
+    with gateway_on(first) as gw:
+        with Client(gw) as client:
             for i in range(40):
                 write = client.call(rq.write_obj(OID, 4096 * i, bytes([i]) * 4096))
                 read = client.call(rq.read_obj(OID, 4096 * i, 4096))
                 assert write.ok and read.ok and read.payload == b"\x01" * 4096
-        finally:
-            client.close()
+        # the lane counts a request right after its answer went out
+        _until(lambda: _wire(gw)["fast_requests"] == 80)
         wire = _wire(gw)
         vdi = gw.stats()["vdis"][f"{VID:x}"]
     assert first.writes == [(Opcode.WRITE_OBJ, bytes([i]) * 4096) for i in range(40)]
     assert wire["lane_requests"] >= 70  # all but the first few, taken on the loop
-    assert wire["fast_requests"] == 80 and wire["slow_requests"] == 0
+    assert wire["slow_requests"] == 0
     assert (vdi["reads"], vdi["writes"], vdi["errors"]) == (40, 40, 0)
     assert vdi["read_bytes"] == vdi["write_bytes"] == 40 * 4096
 
 
 def test_a_large_read_through_the_lane_arrives_whole(nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first) as gw:
-        client = Client(gw)
-        try:
+    with gateway_on(first) as gw:
+        with Client(gw) as client:
             _warm(client, gw)
             answer = client.call(rq.read_obj(OID, 0, 4 << 20))
-        finally:
-            client.close()
         wire = _wire(gw)
     assert answer.ok and answer.payload == b"\x01" * (4 << 20)
     assert wire["lane_requests"] >= 1
@@ -118,15 +103,12 @@ def test_a_large_read_through_the_lane_arrives_whole(nodes: tuple[FakeNode, Fake
 def test_a_refused_closed_or_cut_request_in_the_lane_is_answered_by_another_node(
         nodes: tuple[FakeNode, FakeNode], refusal: int | str) -> None:
     first, second = nodes
-    with _gateway(first, second) as gw:
-        client = Client(gw)
-        try:
+    with gateway_on(first, second) as gw:
+        with Client(gw) as client:
             _warm(client, gw)
             first.then(Opcode.READ_OBJ, refusal)
             answer = client.call(rq.read_obj(OID, 0, 4096))
             again = client.call(rq.read_obj(OID, 0, 64))  # the connection still serves
-        finally:
-            client.close()
         wire = _wire(gw)
     # answered in full after the failover path (the replay's probe may find the
     # first node well again before the retry, so either node may answer it)
@@ -139,14 +121,11 @@ def test_a_refused_closed_or_cut_request_in_the_lane_is_answered_by_another_node
 def test_a_real_error_in_the_lane_reaches_the_client_as_it_is(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first) as gw:
-        client = Client(gw)
-        try:
+    with gateway_on(first) as gw:
+        with Client(gw) as client:
             _warm(client, gw)
             first.then(Opcode.WRITE_OBJ, Result.READONLY)
             answer = client.call(rq.write_obj(OID, 0, b"x" * 512))
-        finally:
-            client.close()
         wire = _wire(gw)
     assert answer.result == Result.READONLY and wire["lane_returns_answer"] == 1
 
@@ -154,9 +133,8 @@ def test_a_real_error_in_the_lane_reaches_the_client_as_it_is(
 def test_a_new_epoch_pauses_the_lane_and_the_replay_keeps_the_writes(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first, settle_timeout=60.0) as gw:
-        client = Client(gw)
-        try:
+    with gateway_on(first, settle_timeout=60.0) as gw:
+        with Client(gw) as client:
             _warm(client, gw)
             first.epoch = 2  # the cluster changed: answers carry a higher epoch
             writes = [client.call(rq.write_obj(OID, 512 * i, bytes([i]) * 512))
@@ -165,8 +143,6 @@ def test_a_new_epoch_pauses_the_lane_and_the_replay_keeps_the_writes(
             _until(lambda: gw.replay.kept_writes == 3)
             wire = _wire(gw)
             window = gw.replay.window_open
-        finally:
-            client.close()
     assert all(w.ok for w in writes)
     assert window  # and every write acknowledged in it was kept (above)
     assert wire["lane_paused"] == 1 and wire["lane_pairs"] == 0
@@ -177,9 +153,8 @@ def test_a_snapshot_pauses_the_lane_until_the_guard_is_done(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
     first.then(Opcode.NEW_VDI, "hold")  # the snapshot runs until released
-    with _gateway(first) as gw:
-        writer, snapshotter = Client(gw), Client(gw)
-        try:
+    with gateway_on(first) as gw:
+        with Client(gw) as writer, Client(gw) as snapshotter:
             _warm(writer, gw)
             snapshotter.sock.sendall(
                 rq.new_vdi("v", 1 << 30, base_vid=VID, snapshot=True).with_id(9).encode())
@@ -193,22 +168,16 @@ def test_a_snapshot_pauses_the_lane_until_the_guard_is_done(
             for _ in range(3):  # back in the lane once the guard is done
                 assert writer.call(rq.read_obj(OID, 0, 512)).ok
             _until(lambda: _wire(gw)["lane_pairs"] == 1)
-        finally:
-            writer.close()
-            snapshotter.close()
     assert during == 1 and first.writes == [(Opcode.WRITE_OBJ, b"w" * 512)]
 
 
 def test_a_quiet_client_comes_back_from_the_lane(nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first) as gw:
-        client = Client(gw)
-        try:
+    with gateway_on(first) as gw:
+        with Client(gw) as client:
             _warm(client, gw)
             _until(lambda: _wire(gw)["lane_returns_idle"] == 1)  # PAIR_IDLE later
             assert client.call(rq.read_obj(OID, 0, 64)).ok
-        finally:
-            client.close()
         _until(lambda: _wire(gw)["connections"] == 0)
         assert _wire(gw)["lane_returns_closed"] + _wire(gw)["lane_returns_idle"] >= 1
 
@@ -216,12 +185,9 @@ def test_a_quiet_client_comes_back_from_the_lane(nodes: tuple[FakeNode, FakeNode
 def test_without_the_lane_everything_is_relayed_on_the_loop(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first, lane=False) as gw:
-        client = Client(gw)
-        try:
+    with gateway_on(first, lane=False) as gw:
+        with Client(gw) as client:
             for _ in range(10):
                 assert client.call(rq.read_obj(OID, 0, 64)).ok
-        finally:
-            client.close()
         wire = _wire(gw)
     assert wire["fast_requests"] == 10 and "lane_requests" not in wire

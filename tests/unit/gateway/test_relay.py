@@ -7,11 +7,9 @@ waiting for an upstream when all are in use; the guard's own READONLY."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from sheepdog_backend.client import RetryPolicy
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.gateway import Gateway
 from sheepdog_backend.protocol.constants import Opcode, Result
@@ -19,23 +17,10 @@ from sheepdog_backend.protocol.framing import ResponseReader
 from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.oid import vid_to_data_oid
 from sheepdog_backend.server.wire import RawConnection
-from tests.realsheep import free_port
 from tests.unit.engine.fakenode import FakeNode, read_answers
+from tests.unit.gateway.scripted import gateway_on
 
 OID = vid_to_data_oid(0x42, 3)
-
-
-@pytest.fixture
-def nodes() -> Iterator[tuple[FakeNode, FakeNode]]:
-    with FakeNode(fill=b"\x01") as first, FakeNode(fill=b"\x02") as second:
-        yield first, second
-
-
-def _gateway(*nodes: FakeNode, **kw: object) -> Gateway:
-    retry = RetryPolicy(attempts=5, base_backoff=0.01, max_backoff=0.05, deadline=5.0,
-                        sleep=lambda _s: None)
-    return Gateway([n.address for n in nodes], port=free_port(), discover=False,
-                   retry=retry, **kw)  # type: ignore[arg-type]
 
 
 def _call(gw: Gateway, request: Request) -> Response:
@@ -45,7 +30,7 @@ def _call(gw: Gateway, request: Request) -> Response:
 
 def test_reads_and_writes_are_relayed_on_the_loop(nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first) as gw:
+    with gateway_on(first) as gw:
         read = _call(gw, rq.read_obj(OID, 0, 4096).with_id(77))
         write = _call(gw, rq.write_obj(OID, 0, b"\xab" * 512))
         wire = gw.stats()["wire"]
@@ -59,12 +44,14 @@ def test_a_refused_or_cut_request_is_answered_by_another_node(
         nodes: tuple[FakeNode, FakeNode], refusal: int | str) -> None:
     first, second = nodes
     first.then(Opcode.READ_OBJ, refusal)
-    with _gateway(first, second) as gw:
+    with gateway_on(first, second) as gw:
         answer = _call(gw, rq.read_obj(OID, 0, 64))
         wire = gw.stats()["wire"]
+    # Either node may answer the retry: the failing node is marked failed, but
+    # the replay's probe (STAT_RECOVERY, opened by the failure) may find it well
+    # again first (1 run in 3-6 under load). What the client relies on: a whole
+    # answer, through the failover path.
     assert answer.ok and answer.payload in (b"\x01" * 64, b"\x02" * 64)
-    if refusal != Result.NODE_IN_RECOVERY:  # the failing node is left for the other
-        assert answer.payload == b"\x02" * 64 and second.requests[Opcode.READ_OBJ] == 1
     assert wire["fast_requests"] == 1 and wire["slow_requests"] == 1
 
 
@@ -72,15 +59,17 @@ def test_a_node_that_never_answers_times_out_into_failover(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, second = nodes
     first.then(Opcode.WRITE_OBJ, "hold")
-    with _gateway(first, second, request_timeout=1.0) as gw:
+    with gateway_on(first, second, request_timeout=1.0) as gw:
         answer = _call(gw, rq.write_obj(OID, 0, b"late"))
-    assert answer.ok and second.writes == [(Opcode.WRITE_OBJ, b"late")]
+    # answered, and written once (by the second node, or by the first once the
+    # replay's probe found it well again: see the test above)
+    assert answer.ok and first.writes + second.writes == [(Opcode.WRITE_OBJ, b"late")]
 
 
 def test_a_real_answer_is_passed_on_as_it_is(nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
     first.then(Opcode.WRITE_OBJ, Result.READONLY)
-    with _gateway(first) as gw:
+    with gateway_on(first) as gw:
         answer = _call(gw, rq.write_obj(OID, 0, b"x"))
         wire = gw.stats()["wire"]
     assert answer.result == Result.READONLY and wire["slow_requests"] == 0
@@ -90,7 +79,7 @@ def test_a_client_reusing_an_id_in_flight_still_gets_both_answers(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
     first.hold_lengths.add(8)
-    with _gateway(first) as gw, socket.create_connection(("127.0.0.1", gw.port or 0),
+    with gateway_on(first) as gw, socket.create_connection(("127.0.0.1", gw.port or 0),
                                                         timeout=10) as sock:
         sock.sendall(rq.read_obj(OID, 0, 8).with_id(5).encode())
         sock.sendall(rq.read_obj(OID, 0, 16).with_id(5).encode())
@@ -113,7 +102,7 @@ def test_requests_wait_in_order_for_an_upstream_when_all_are_in_use(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
     first.then(Opcode.READ_OBJ, "hold")
-    with _gateway(first, max_upstreams=1) as gw, \
+    with gateway_on(first, max_upstreams=1) as gw, \
             RawConnection("127.0.0.1", gw.port or 0) as holder, \
             RawConnection("127.0.0.1", gw.port or 0) as waiter:
         holder.send(rq.read_obj(OID, 0, 1).with_id(1))
@@ -132,7 +121,7 @@ def test_requests_wait_in_order_for_an_upstream_when_all_are_in_use(
 def test_data_writes_of_a_vdi_just_snapshotted_get_readonly_from_the_guard(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first) as gw:
+    with gateway_on(first) as gw:
         gw.guard._frozen[0x42] = 0x43  # what a snapshot of vid 0x42 through it records
         gw.guard._frozen_at[0x42] = gw.guard._clock()
         answer = _call(gw, rq.write_obj(OID, 0, b"x"))
@@ -143,7 +132,7 @@ def test_data_writes_of_a_vdi_just_snapshotted_get_readonly_from_the_guard(
 def test_a_large_read_is_passed_on_as_it_arrives_and_frames_never_interleave(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
-    with _gateway(first) as gw, socket.create_connection(("127.0.0.1", gw.port or 0),
+    with gateway_on(first) as gw, socket.create_connection(("127.0.0.1", gw.port or 0),
                                                         timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # a slow reader
         sock.sendall(rq.read_obj(OID, 0, 4 << 20).with_id(1).encode()
@@ -161,7 +150,7 @@ def test_a_node_failing_while_its_answer_streams_closes_that_client_only(
         nodes: tuple[FakeNode, FakeNode]) -> None:
     first, _second = nodes
     first.then(Opcode.READ_OBJ, "cut")
-    with _gateway(first) as gw:
+    with gateway_on(first) as gw:
         with socket.create_connection(("127.0.0.1", gw.port or 0), timeout=10) as sock:
             sock.sendall(rq.read_obj(OID, 0, 2 << 20).with_id(1).encode())
             got = b""
