@@ -32,8 +32,8 @@
  * The lane never closes a file descriptor: Python owns them.
  *
  * Where: this file is the Python type; lane_c/relay.c one pair's request and
- * answer; lane_c/thread.c the thread's loop, the sweep, the hand-backs and
- * the counters; lane_c/lane.h the layouts they share.
+ * answer; lane_c/handback.c the hand-backs and the counters; lane_c/thread.c
+ * the thread's loop and the sweep; lane_c/lane.h the layouts they share.
  *
  * Shared with Python threads, under ``mu``: the adopt queue, the hand-back
  * list, the per-VDI counters and ``epoch``.  ``paused`` and ``inflight_writes``

@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
 from typing import Protocol
 
 from sheepdog_backend.engine.conn import Downstream, Frame
 from sheepdog_backend.engine.loop import IN, EventLoop
 from sheepdog_backend.gateway import _lane
 from sheepdog_backend.gateway.pairing import PAIR_IDLE
+from sheepdog_backend.gateway.replay import RecoveryReplay
+from sheepdog_backend.gateway.snapshots import SnapshotGuard
 from sheepdog_backend.gateway.stats import IoStats
 from sheepdog_backend.gateway.upstream import Pending, Upstream
+from sheepdog_backend.gateway.views import LuViews
 from sheepdog_backend.protocol.constants import Opcode
 from sheepdog_backend.protocol.peek import RESPONSE_HEAD, object_target
 
@@ -66,18 +68,16 @@ class Relaying(Protocol):
         """``conn``'s pair is back from the lane with nothing in flight."""
         ...
 
-    def admit_write(self) -> bool:
-        """A write the lane relayed comes back with its answer: keep it for
-        the replay (True: settle it)."""
-        ...
-
 
 class LaneLink:
-    def __init__(self, relay: Relaying, io: IoStats, *, max_payload: int, budget: int,
-                 request_timeout: float, holds: Callable[[], bool]) -> None:
+    def __init__(self, relay: Relaying, io: IoStats, replay: RecoveryReplay,
+                 guard: SnapshotGuard, views: LuViews, *, max_payload: int, budget: int,
+                 request_timeout: float) -> None:
         self.relay = relay
         self.io = io
-        self.holds = holds  # whether something needs to see every write now
+        self.replay = replay
+        self.guard = guard
+        self.views = views
         self.lane = _lane.Lane(max_payload, budget, PAIR_IDLE, request_timeout, STALL)
         self._lent: dict[int, tuple[Downstream, Upstream]] = {}
         self._tokens = itertools.count(1)
@@ -85,9 +85,19 @@ class LaneLink:
         self.relayed = 0  # requests the lane relayed (moved in by ``tick``)
         self.returns = 0
 
-    def attach(self, loop: EventLoop) -> None:
+    def attach(self, loop: EventLoop, tick: float) -> None:
+        """On ``loop``: the hand-backs, a ``tick`` every so often, and the
+        replay's and the guard's calls that pause the lane."""
         self._loop = loop
         loop.add(self.lane.fileno(), IN, self)
+        loop.every(tick, self.tick)
+        self.replay.on_open = self.pause  # the replay must see every write
+        self.replay.outside_writes = self.inflight_writes
+        self.guard.on_snapshot = self.pause
+
+    def holds(self) -> bool:
+        """Whether something must see every request now (the lane stays paused)."""
+        return bool(self.views.shared) or self.replay.window_open or self.guard.busy()
 
     # -- lending -----------------------------------------------------------------
 
@@ -163,7 +173,8 @@ class LaneLink:
     def _judge(self, conn: Downstream, up: Upstream, request: bytes, answer: bytes) -> None:
         """An answer the lane did not pass on: the relay's judgment, as on the loop."""
         frame = conn.admit_again(request)
-        kept = frame.opcode == _WRITE and self.relay.admit_write()
+        # a write answered while paused: the replay keeps it (settled by answer)
+        kept = frame.opcode == _WRITE and bool(self.replay.budget) and self.replay.admit_nowait()
         pending = self._pending(conn, up, frame, kept)
         del up.waiting[frame.id]  # answered: as the upstream's framing does
         _, _, _, epoch, _, _, result = RESPONSE_HEAD.unpack_from(answer)
@@ -194,6 +205,9 @@ class LaneLink:
             self.relayed += reads + writes
 
     def counts(self) -> dict[str, int]:
+        """The lane's counters for the gateway's stats (its per-VDI counters
+        are moved into IoStats first)."""
+        self.drain_counters()
         counts = self.lane.counts()
         handed, pairs, relayed = counts["handed_back"], counts["pairs"], counts["relayed"]
         assert isinstance(handed, dict) and isinstance(pairs, int) and isinstance(relayed, int)
@@ -206,5 +220,7 @@ class LaneLink:
         are closed by their owners."""
         if self._loop is not None:
             self._loop.remove(self.lane.fileno())
+        self.replay.on_open = self.guard.on_snapshot = None
+        self.replay.outside_writes = lambda: 0
         self.lane.close()
         self._lent.clear()

@@ -28,6 +28,10 @@ answered inode slot write is answered from the pool once it is re-applied
 the LU of a VDI two hosts export is checked there first (views.py); the
 lookups and locks of VDIs tell views.py which VDI a connection's LU reads.
 
+Once a pair is quiet after a data read or write, the compiled lane (lane.py)
+relays its steady-state I/O in a thread of its own and hands back to
+``answer`` (and the rest of this module) what needs judgment.
+
 The node the fast path uses, and whether through its unix socket, is
 nodes.py's: the healthiest of the client's Cluster once its identity was
 checked; a node that fails is marked in the Cluster and the next healthiest
@@ -47,7 +51,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from sheepdog_backend.client import requests as rq
 from sheepdog_backend.client.cluster import Cluster
 from sheepdog_backend.client.transport import Address
 from sheepdog_backend.engine.conn import Downstream, Frame
@@ -74,8 +77,7 @@ from sheepdog_backend.protocol.header import (
     VdiResponse,
     decode_response_header,
 )
-from sheepdog_backend.protocol.inode import HOSTS_VALUE, OFFSET_EXPORT_HOSTS
-from sheepdog_backend.protocol.oid import is_data_obj, is_vdi_obj, oid_to_vid, vid_to_vdi_oid
+from sheepdog_backend.protocol.oid import is_data_obj, is_vdi_obj, oid_to_vid
 from sheepdog_backend.protocol.peek import object_target, result_header
 
 LOG = logging.getLogger(__name__)
@@ -141,13 +143,12 @@ class Relay:
         self.fast = 0  # requests relayed on the loop
         self.slow_count = 0  # requests that took the blocking path
         self.streamed = 0  # answers passed on as they arrived
-        self._polling = False  # a poll of the views' sharing runs on a worker
         # lane.py: the compiled lane relays quiet pairs' data I/O (not while a
         # trace is kept: the lane records no single request)
         self.lane: LaneLink | None = None
         if lane_budget and trace is None:
-            self.lane = LaneLink(self, io, max_payload=max_payload, budget=lane_budget,
-                                 request_timeout=request_timeout, holds=self._holds)
+            self.lane = LaneLink(self, io, replay, guard, views, max_payload=max_payload,
+                                 budget=lane_budget, request_timeout=request_timeout)
 
     # -- wiring (the gateway's start and stop) --------------------------------------
 
@@ -157,24 +158,13 @@ class Relay:
         self.nodes.attach(loop, workers)
         loop.every(TICK, self._sweep)
         loop.every(POLL, self._poll)
-        lane = self.lane
-        if lane is not None:
-            lane.attach(loop)
-            loop.every(TICK, lane.tick)
-            self.replay.on_open = lane.pause  # the replay must see every write
-            self.replay.outside_writes = lane.inflight_writes
-            self.guard.on_snapshot = lane.pause
-
-    def _holds(self) -> bool:
-        """Whether something must see every request now (the lane stays paused)."""
-        return bool(self.views.shared) or self.replay.window_open or self.guard.busy()
+        if self.lane is not None:
+            self.lane.attach(loop, TICK)
 
     def stop_lane(self) -> None:
         """Stop the lane's thread (loop thread; before the connections close)."""
         lane, self.lane = self.lane, None
         if lane is not None:
-            self.replay.on_open = self.guard.on_snapshot = None
-            self.replay.outside_writes = lambda: 0
             lane.close()
 
     def choose_node(self) -> None:
@@ -189,13 +179,9 @@ class Relay:
 
     def stats(self) -> dict[str, int]:
         lane = self.lane
-        counts: dict[str, int] = {}
-        relayed = 0
-        if lane is not None:
-            lane.drain_counters()
-            counts = lane.counts()
-            relayed = lane.relayed
-        return {"fast_requests": self.fast + relayed, "slow_requests": self.slow_count,
+        counts = lane.counts() if lane is not None else {}  # the lane's requests moved in
+        return {"fast_requests": self.fast + (lane.relayed if lane is not None else 0),
+                "slow_requests": self.slow_count,
                 "streamed_answers": self.streamed,
                 "socket_upstreams": sum(1 for up in self.pairs if up.path),
                 **self.pairs.stats(), **counts}
@@ -367,10 +353,6 @@ class Relay:
         else:
             self.pairs.quiet(conn)
 
-    def admit_write(self) -> bool:
-        """A write the lane relayed, answered while it was paused: kept by the replay."""
-        return bool(self.replay.budget) and self.replay.admit_nowait()
-
     def answer(self, up: Upstream, pending: Pending, header: memoryview, payload: memoryview,
                result: int, epoch: int, owned: bool) -> None:
         conn, frame = pending.conn, pending.frame
@@ -491,23 +473,8 @@ class Relay:
             self._dequeue()
 
     def _poll(self) -> None:
-        """Whether the VDIs of the LUs seen are shared now (one small read
-        each, on a worker; at most one poll at a time)."""
-        watched = self.views.watched()
-        if not watched or self._polling or self.workers is None:
-            return
-        self._polling = True
-
-        def job() -> None:
-            try:
-                for vid in watched:
-                    answer = self.forwarder.forward(rq.read_obj(  # not the guests' I/O
-                        vid_to_vdi_oid(vid), OFFSET_EXPORT_HOSTS, HOSTS_VALUE.size))
-                    if answer.ok and len(answer.payload) == HOSTS_VALUE.size:
-                        self.views.polled(vid, HOSTS_VALUE.unpack(answer.payload)[0])
-            finally:
-                self._polling = False
-        self.workers.run(job)
+        if self.workers is not None:  # whether the LUs' VDIs are shared now (views.py)
+            self.views.poll(self.forwarder.forward, self.workers.run)
 
     def _sweep(self) -> None:
         now = time.monotonic()

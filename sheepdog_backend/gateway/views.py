@@ -43,12 +43,17 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from sheepdog_backend.client import requests as rq
 from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET
+from sheepdog_backend.protocol.header import Request, Response
 from sheepdog_backend.protocol.inode import (
+    HOSTS_VALUE,
+    OFFSET_EXPORT_HOSTS,
     OFFSET_FRESHNESS,
     OFFSET_STAMP,
     stamp_fields,
 )
+from sheepdog_backend.protocol.oid import vid_to_vdi_oid
 
 DEFAULT_FORGET = 600.0  # a VDI no LU touched for this long is forgotten
 _STAMP_AT = OFFSET_STAMP - OFFSET_FRESHNESS  # in a freshness read
@@ -86,6 +91,7 @@ class LuViews:
         self._clock = clock
         self.shared = 0  # how many views have their reads checked (read without the lock)
         self.reloads = 0  # reads answered INODE_INVALIDATED
+        self._polling = False  # a poll runs on a worker (set and read on the loop)
 
     # -- what the LUs show ---------------------------------------------------------
 
@@ -183,6 +189,27 @@ class LuViews:
                 for conn in [c for c, v in self._conns.items() if v == vid]:
                     del self._conns[conn]
             return list(self._views)
+
+    def poll(self, forward: Callable[[Request], Response],
+             run: Callable[[Callable[[], None]], None]) -> None:
+        """Whether the watched VDIs are shared now: one small read of each
+        inode's export hosts by ``forward``, in a job for ``run`` (a worker;
+        not the guests' I/O); at most one poll at a time."""
+        watched = self.watched()
+        if not watched or self._polling:
+            return
+        self._polling = True
+
+        def job() -> None:
+            try:
+                for vid in watched:
+                    answer = forward(rq.read_obj(vid_to_vdi_oid(vid), OFFSET_EXPORT_HOSTS,
+                                                 HOSTS_VALUE.size))
+                    if answer.ok and len(answer.payload) == HOSTS_VALUE.size:
+                        self.polled(vid, HOSTS_VALUE.unpack(answer.payload)[0])
+            finally:
+                self._polling = False
+        run(job)
 
     def polled(self, vid: int, hosts: int) -> None:
         with self._lock:

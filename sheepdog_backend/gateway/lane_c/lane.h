@@ -136,7 +136,7 @@ static inline uint64_t le64(const unsigned char *p) {
 #define WATCH (EPOLLIN | EPOLLET | EPOLLRDHUP)
 #define HANGUP (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
 
-/* thread.c: counters, hand-backs, the thread */
+/* handback.c: counters, the output watch, hand-backs */
 void lane_count(Lane *L, struct pair *p, double seconds);
 void lane_want_out(Lane *L, struct pair *p, int side, int on);
 void lane_release(Lane *L, struct pair *p);
@@ -146,6 +146,8 @@ void lane_hand_back(Lane *L, struct pair *p, int reason, const unsigned char *re
 void lane_hand_back_request(Lane *L, struct pair *p, int reason);
 void lane_bury(Lane *L);
 void lane_fail_up(Lane *L, struct pair *p, const char *msg);
+
+/* thread.c: the thread */
 void lane_take_adopts(Lane *L);
 void lane_sweep(Lane *L, double now);
 void *lane_run(void *arg);
