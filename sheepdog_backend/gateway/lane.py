@@ -21,13 +21,14 @@ path, exactly as if the loop had received it:
 * an answer the client stopped reading is queued on its connection (the
   engine's sweep ends a client that reads nothing).
 
-What must see every write pauses the lane (``pause``: no new request; every
-pair comes back at its next boundary, and a write answered meanwhile comes
-back with its answer): a recovery window of the replay (replay.py's
+What must see every request pauses the lane (``pause``: no new request;
+every pair comes back at its next boundary, and a write answered meanwhile
+comes back with its answer): a recovery window of the replay (replay.py's
 ``on_open``, which also waits for the lane's writes in flight before a
-replay), a snapshot (snapshots.py's ``on_snapshot``), and VDIs exported by
-two hosts (views.py).  ``tick`` resumes the lane once none of them holds, and
-moves the lane's per-VDI counters into IoStats.
+replay), a snapshot (snapshots.py's ``on_snapshot``), and a VDI found
+exported by two hosts, whose reads are checked (views.py's ``on_shared``).
+``tick`` resumes the lane once none of them holds, and moves the lane's
+per-VDI counters into IoStats.
 
 Loop thread only, apart from ``pause`` (any thread: the lane's flag is an
 atomic) and ``counts``; the lane's own state is guarded in C (_lane.c).
@@ -87,13 +88,14 @@ class LaneLink:
 
     def attach(self, loop: EventLoop, tick: float) -> None:
         """On ``loop``: the hand-backs, a ``tick`` every so often, and the
-        replay's and the guard's calls that pause the lane."""
+        replay's, the guard's and the views' calls that pause the lane."""
         self._loop = loop
         loop.add(self.lane.fileno(), IN, self)
         loop.every(tick, self.tick)
         self.replay.on_open = self.pause  # the replay must see every write
         self.replay.outside_writes = self.inflight_writes
         self.guard.on_snapshot = self.pause
+        self.views.on_shared = self.pause  # a shared VDI's reads are checked
 
     def holds(self) -> bool:
         """Whether something must see every request now (the lane stays paused)."""
@@ -220,7 +222,7 @@ class LaneLink:
         are closed by their owners."""
         if self._loop is not None:
             self._loop.remove(self.lane.fileno())
-        self.replay.on_open = self.guard.on_snapshot = None
+        self.replay.on_open = self.guard.on_snapshot = self.views.on_shared = None
         self.replay.outside_writes = lambda: 0
         self.lane.close()
         self._lent.clear()

@@ -92,6 +92,7 @@ class LuViews:
         self.shared = 0  # how many views have their reads checked (read without the lock)
         self.reloads = 0  # reads answered INODE_INVALIDATED
         self._polling = False  # a poll runs on a worker (set and read on the loop)
+        self.on_shared: Callable[[], None] | None = None  # told as a view's reads get checked
 
     # -- what the LUs show ---------------------------------------------------------
 
@@ -142,6 +143,8 @@ class LuViews:
         view.shared = shared
         if view.checked != before:
             self.shared += 1 if view.checked else -1
+            if view.checked and self.on_shared is not None:
+                self.on_shared()
 
     # -- reads -------------------------------------------------------------------------
 

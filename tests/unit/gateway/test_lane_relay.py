@@ -18,9 +18,9 @@ import pytest
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.gateway import Gateway
-from sheepdog_backend.protocol.constants import Opcode, Result
+from sheepdog_backend.protocol.constants import SD_INODE_INDEX_OFFSET, Opcode, Result
 from sheepdog_backend.protocol.header import Request, Response
-from sheepdog_backend.protocol.oid import vid_to_data_oid
+from sheepdog_backend.protocol.oid import vid_to_data_oid, vid_to_vdi_oid
 from tests.unit.engine.fakenode import FakeNode, read_answers
 from tests.unit.gateway.scripted import gateway_on
 
@@ -169,6 +169,17 @@ def test_a_snapshot_pauses_the_lane_until_the_guard_is_done(
                 assert writer.call(rq.read_obj(OID, 0, 512)).ok
             _until(lambda: _wire(gw)["lane_pairs"] == 1)
     assert during == 1 and first.writes == [(Opcode.WRITE_OBJ, b"w" * 512)]
+
+
+def test_a_volume_exported_by_two_hosts_pauses_the_lane() -> None:
+    with FakeNode(fill=b"\x00") as node, gateway_on(node) as gw, Client(gw) as client:
+        assert client.call(rq.read_obj(vid_to_vdi_oid(VID), 0, SD_INODE_INDEX_OFFSET)).ok
+        _warm(client, gw)  # the LU's data reads, in the lane
+        node.fill = b"\x01"  # its export hosts read 0x01010101 now: a second host
+        _until(lambda: gw.stats()["shared_vdis"] == 1)  # the views' poll (every second)
+        # its reads must be checked from now on: the lane pauses, the pair comes back
+        _until(lambda: _wire(gw)["lane_paused"] == 1, seconds=1.0)
+        _until(lambda: _wire(gw)["lane_pairs"] == 0, seconds=1.0)
 
 
 def test_a_quiet_client_comes_back_from_the_lane(nodes: tuple[FakeNode, FakeNode]) -> None:
