@@ -48,6 +48,13 @@ _unpack_head = REQUEST_HEAD.unpack_from
 _now = time.monotonic
 
 
+def request_cost(flags: int, length: int) -> tuple[int, int]:
+    """(payload bytes, cost) of a request: what it may hold is its payload,
+    plus its reply's unless it is a plain write."""
+    plen = length if flags & WRITE else 0
+    return plen, plen if plen and not (flags & PIGGYBACK) else plen + length
+
+
 class Frame:
     """A complete request as received: its header bytes and payload."""
 
@@ -199,13 +206,11 @@ class Downstream:
         host = self.host
         while end - pos >= HEADER:
             _, opcode, flags, _, rid, length = _unpack_head(data, pos)
-            plen = length if flags & WRITE else 0
+            plen, cost = request_cost(flags, length)
             if plen > host.max_payload:
                 self._end(f"opcode {opcode:#x} announces {plen} payload bytes; the limit is "
                           f"{host.max_payload}")
                 return
-            # what it may hold: its payload, plus the reply's unless a plain write
-            cost = plen if plen and not (flags & PIGGYBACK) else plen + length
             if not self._admit(cost):
                 self.partial = bytes(data[pos:end])
                 return
@@ -433,8 +438,7 @@ class Downstream:
         """A whole request relayed elsewhere, taken up again here: admitted
         whatever the budget says (its memory is held already)."""
         _, opcode, flags, _, rid, length = _unpack_head(data, 0)
-        plen = length if flags & WRITE else 0
-        cost = plen if plen and not (flags & PIGGYBACK) else plen + length
+        plen, cost = request_cost(flags, length)
         self.host.budget.take(cost)
         self.inflight += 1
         self.inflight_bytes += cost

@@ -84,7 +84,6 @@ class LaneLink:
         self._tokens = itertools.count(1)
         self._loop: EventLoop | None = None
         self.relayed = 0  # requests the lane relayed (moved in by ``tick``)
-        self.returns = 0
 
     def attach(self, loop: EventLoop, tick: float) -> None:
         """On ``loop``: the hand-backs, a ``tick`` every so often, and the
@@ -135,7 +134,6 @@ class LaneLink:
 
     def on_event(self, mask: int) -> None:
         for token, reason, request, answer, rest, broken, message in self.lane.handbacks():
-            self.returns += 1
             lent = self._lent.pop(token, None)
             if lent is None:  # cannot happen: every token handed back was lent
                 LOG.error("gateway: the lane handed back an unknown pair %d", token)
@@ -165,20 +163,18 @@ class LaneLink:
     def on_error(self, exc: BaseException) -> None:
         LOG.error("gateway: the lane's hand-back failed: %s", exc)
 
-    def _pending(self, conn: Downstream, up: Upstream, frame: Frame, kept: bool) -> Pending:
+    def _pending(self, conn: Downstream, frame: Frame, kept: bool) -> Pending:
+        """A request the lane relayed, in flight again for the relay."""
         oid, _cow, offset = object_target(frame.header)
-        pending = Pending(conn, frame, None, kept, self.relay.loop.now, oid, offset)
         conn.peer_inflight += 1
-        up.waiting[frame.id] = pending
-        return pending
+        return Pending(conn, frame, None, kept, self.relay.loop.now, oid, offset)
 
     def _judge(self, conn: Downstream, up: Upstream, request: bytes, answer: bytes) -> None:
         """An answer the lane did not pass on: the relay's judgment, as on the loop."""
         frame = conn.admit_again(request)
         # a write answered while paused: the replay keeps it (settled by answer)
         kept = frame.opcode == _WRITE and bool(self.replay.budget) and self.replay.admit_nowait()
-        pending = self._pending(conn, up, frame, kept)
-        del up.waiting[frame.id]  # answered: as the upstream's framing does
+        pending = self._pending(conn, frame, kept)
         _, _, _, epoch, _, _, result = RESPONSE_HEAD.unpack_from(answer)
         view = memoryview(answer)
         self.relay.answer(up, pending, view[:48], view[48:], result, epoch, False)
@@ -188,8 +184,9 @@ class LaneLink:
         if request:
             if broken:  # part of its answer reached the client: its connection goes
                 conn.close()
-            else:
-                self._pending(conn, up, conn.admit_again(request), False)
+            else:  # waiting on ``up``: its failure sends it to the failover path
+                frame = conn.admit_again(request)
+                up.waiting[frame.id] = self._pending(conn, frame, False)
         up.fail(message)
 
     # -- the loop's tick ---------------------------------------------------------------
