@@ -36,7 +36,7 @@
  * the thread's loop and the sweep; lane_c/lane.h the layouts they share.
  *
  * Shared with Python threads, under ``mu``: the adopt queue, the hand-back
- * list, the per-VDI counters and ``epoch``.  ``paused`` and ``inflight_writes``
+ * list and the per-VDI counters.  ``paused``, ``epoch`` and ``inflight_writes``
  * are atomics.  Everything else (the pairs, their buffers, the budget) belongs
  * to the lane's thread.  Memory: a request's cost (its payload, or its
  * answer's length for a read) is taken from the lane's budget before it is
@@ -195,10 +195,7 @@ static PyObject *Lane_set_epoch(Lane *L, PyObject *args) {
     unsigned int epoch;
     if (!PyArg_ParseTuple(args, "I", &epoch))
         return NULL;
-    pthread_mutex_lock(&L->mu);
-    if (epoch > L->epoch)
-        L->epoch = epoch;
-    pthread_mutex_unlock(&L->mu);
+    raise_epoch(L, epoch);
     Py_RETURN_NONE;
 }
 

@@ -98,7 +98,7 @@ typedef struct {
     atomic_int paused;
     atomic_int recall; /* a pause asked for: hand idle pairs back */
     atomic_llong inflight_writes;
-    uint32_t epoch;
+    atomic_uint epoch; /* the highest the gateway has seen (raise_epoch) */
     struct vstat *stats;
     size_t stats_cap, stats_used;
     /* lane thread only */
@@ -135,6 +135,13 @@ static inline uint64_t le64(const unsigned char *p) {
  * comes later raises an edge of its own). */
 #define WATCH (EPOLLIN | EPOLLET | EPOLLRDHUP)
 #define HANGUP (EPOLLRDHUP | EPOLLHUP | EPOLLERR)
+
+/* The highest epoch seen: at least ``epoch`` from now on (any thread). */
+static inline void raise_epoch(Lane *L, unsigned epoch) {
+    unsigned known = atomic_load(&L->epoch);
+    while (epoch > known && !atomic_compare_exchange_weak(&L->epoch, &known, epoch))
+        ;
+}
 
 /* handback.c: counters, the output watch, hand-backs */
 void lane_count(Lane *L, struct pair *p, double seconds);

@@ -227,10 +227,8 @@ static void answer_header(Lane *L, struct pair *p) {
         return;
     }
     p->ans_len = length;
-    pthread_mutex_lock(&L->mu);
-    uint32_t known = L->epoch;
-    pthread_mutex_unlock(&L->mu);
-    p->judge = result != 0 || epoch > known || (p->op == OP_WRITE && atomic_load(&L->paused));
+    p->judge = result != 0 || epoch > atomic_load(&L->epoch) ||
+               (p->op == OP_WRITE && atomic_load(&L->paused));
     if (p->judge) {
         free(p->ans);
         p->ans = malloc(HDR + length);
@@ -244,12 +242,7 @@ static void answer_header(Lane *L, struct pair *p) {
 
 static void answer_whole(Lane *L, struct pair *p) {
     if (p->judge) {
-        if (le32(p->ahdr + 4) > L->epoch) {
-            pthread_mutex_lock(&L->mu);
-            if (le32(p->ahdr + 4) > L->epoch)
-                L->epoch = le32(p->ahdr + 4); /* Python hears of it once, from this answer */
-            pthread_mutex_unlock(&L->mu);
-        }
+        raise_epoch(L, le32(p->ahdr + 4)); /* Python hears of it once, from this answer */
         lane_hand_back(L, p, R_ANSWER, p->req, p->req_len, p->ans, HDR + p->ans_len, NULL, 0, 0,
                   NULL);
         return;
