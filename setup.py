@@ -10,6 +10,7 @@ setuptools.setup(
             sources=["sheepdog_backend/gateway/_lane.c",
                      "sheepdog_backend/gateway/lane_c/handback.c",
                      "sheepdog_backend/gateway/lane_c/relay.c",
+                     "sheepdog_backend/gateway/lane_c/splice.c",
                      "sheepdog_backend/gateway/lane_c/thread.c"],
             depends=["sheepdog_backend/gateway/lane_c/lane.h"],
             extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror",

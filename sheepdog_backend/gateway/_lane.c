@@ -10,7 +10,9 @@
  * its answer): it reads a request (header, then its payload straight into a
  * buffer of its own size), sends it to the node, and passes the answer on to
  * the client as it arrives.  An object read or write so costs two receives
- * and two sends and no Python.
+ * and two sends and no Python.  An answer of STREAM_FROM bytes or more moves
+ * from the node to the client through a pipe by splice(2), its bytes never
+ * copied into the lane's memory (lane_c/splice.c).
  *
  * Anything that needs judgment goes back to Python (a "hand-back": the pair
  * leaves the lane's epoll, a record joins the hand-back list and an eventfd
@@ -32,7 +34,8 @@
  * The lane never closes a file descriptor: Python owns them.
  *
  * Where: this file is the Python type; lane_c/relay.c one pair's request and
- * answer; lane_c/handback.c the hand-backs and the counters; lane_c/thread.c
+ * answer; lane_c/splice.c a large answer through a pipe; lane_c/handback.c
+ * the hand-backs, the counters and the pool of pipes; lane_c/thread.c
  * the thread's loop and the sweep; lane_c/lane.h the layouts they share.
  *
  * Shared with Python threads, under ``mu``: the adopt queue, the hand-back
@@ -54,15 +57,17 @@ static void wake_lane(Lane *L) {
 }
 
 static int Lane_init(Lane *L, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"max_payload", "budget", "idle", "request_timeout", "stall", NULL};
+    static char *kwlist[] = {"max_payload", "budget", "idle", "request_timeout", "stall",
+                             "splice", NULL};
     Py_ssize_t max_payload, budget;
     double idle, request_timeout, stall;
+    int splice = 1;
     if (L->running) {
         PyErr_SetString(PyExc_RuntimeError, "the lane is already running");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nnddd", kwlist, &max_payload, &budget, &idle,
-                                     &request_timeout, &stall))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nnddd|p", kwlist, &max_payload, &budget,
+                                     &idle, &request_timeout, &stall, &splice))
         return -1;
     if (max_payload <= 0 || budget < 0 || idle <= 0 || request_timeout <= 0 || stall <= 0) {
         PyErr_SetString(PyExc_ValueError,
@@ -75,6 +80,7 @@ static int Lane_init(Lane *L, PyObject *args, PyObject *kwds) {
     L->idle = idle;
     L->request_timeout = request_timeout;
     L->stall = stall;
+    L->splice = splice;
     L->head.next = L->head.prev = &L->head;
     L->epfd = epoll_create1(EPOLL_CLOEXEC);
     L->cmd_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -121,6 +127,7 @@ static PyObject *Lane_close(Lane *L, PyObject *Py_UNUSED(ignored)) {
         L->head.next = L->head.prev = &L->head;
         L->npairs = 0;
         lane_bury(L);
+        lane_pipes_close(L);
     }
     Py_RETURN_NONE;
 }
@@ -292,10 +299,11 @@ static PyObject *Lane_counts(Lane *L, PyObject *Py_UNUSED(ignored)) {
     unsigned long long relayed = L->relayed, handed[6];
     memcpy(handed, L->handed, sizeof(handed));
     pthread_mutex_unlock(&L->mu);
-    PyObject *d = Py_BuildValue("{s:L,s:K,s:n,s:L}", "pairs", (long long)atomic_load(&L->npairs),
-                                "relayed", relayed, "budget_used",
-                                (Py_ssize_t)atomic_load(&L->used), "inflight_writes",
-                                (long long)atomic_load(&L->inflight_writes));
+    PyObject *d = Py_BuildValue("{s:L,s:K,s:n,s:L,s:K}", "pairs",
+                                (long long)atomic_load(&L->npairs), "relayed", relayed,
+                                "budget_used", (Py_ssize_t)atomic_load(&L->used),
+                                "inflight_writes", (long long)atomic_load(&L->inflight_writes),
+                                "spliced", (unsigned long long)atomic_load(&L->spliced));
     if (d == NULL)
         return NULL;
     PyObject *h = PyDict_New();

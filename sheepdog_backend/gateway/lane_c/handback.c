@@ -1,8 +1,10 @@
-/* What the relay and the thread share: the per-VDI counters, the output
- * watch, and the hand-backs to Python (see _lane.c).  Calls nothing of
- * relay.c or thread.c. */
+/* What the relay, the splice and the thread share: the per-VDI counters,
+ * the output watch, the pool of pipes and the hand-backs to Python (see
+ * _lane.c).  Calls nothing of relay.c, splice.c or thread.c. */
 
 #include "lane.h"
+
+#include <fcntl.h>
 
 /* -- per-VDI counters (under mu) ------------------------------------------- */
 
@@ -64,6 +66,61 @@ void lane_want_out(Lane *L, struct pair *p, int side, int on) {
     *cur = mask;
 }
 
+/* -- the pipes of spliced answers (see splice.c) --------------------------- */
+
+static void close_pipe(int r, int w) {
+    close(r);
+    close(w);
+}
+
+/* A pipe for the pair (0), or -1 when none can be had (the answer then goes
+ * the copying way). */
+int lane_pipe_get(Lane *L, struct pair *p) {
+    int fds[2];
+    size_t cap = 64 * 1024; /* a pipe's size unless it can be made larger */
+    if (L->pipes_free) {
+        L->pipes_free--;
+        fds[0] = L->pipes[L->pipes_free].r;
+        fds[1] = L->pipes[L->pipes_free].w;
+        cap = L->pipes[L->pipes_free].cap;
+    } else {
+        if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+            return -1;
+        int got = fcntl(fds[1], F_SETPIPE_SZ, PIPE_WANT);
+        if (got > 0)
+            cap = (size_t)got;
+    }
+    p->pipe_r = fds[0];
+    p->pipe_w = fds[1];
+    p->pipe_cap = cap;
+    p->piped = 0;
+    p->spliced = 1;
+    return 0;
+}
+
+/* The pair's pipe back to the pool (empty) or closed (bytes left in it). */
+void lane_pipe_put(Lane *L, struct pair *p) {
+    if (!p->spliced)
+        return;
+    p->spliced = 0;
+    if (!p->piped && L->pipes_free < PIPE_POOL) {
+        L->pipes[L->pipes_free].r = p->pipe_r;
+        L->pipes[L->pipes_free].w = p->pipe_w;
+        L->pipes[L->pipes_free].cap = p->pipe_cap;
+        L->pipes_free++;
+        return;
+    }
+    close_pipe(p->pipe_r, p->pipe_w);
+    p->piped = 0;
+}
+
+void lane_pipes_close(Lane *L) {
+    while (L->pipes_free) {
+        L->pipes_free--;
+        close_pipe(L->pipes[L->pipes_free].r, L->pipes[L->pipes_free].w);
+    }
+}
+
 /* -- hand-backs ------------------------------------------------------------- */
 
 void lane_release(Lane *L, struct pair *p) {
@@ -90,6 +147,7 @@ void lane_hand_back(Lane *L, struct pair *p, int reason, const unsigned char *re
     epoll_ctl(L->epfd, EPOLL_CTL_DEL, p->down, NULL);
     epoll_ctl(L->epfd, EPOLL_CTL_DEL, p->up, NULL);
     lane_release(L, p);
+    lane_pipe_put(L, p);
     if (rest == NULL) {
         rest = p->extra;
         rest_len = p->extra_len;
@@ -152,6 +210,7 @@ void lane_bury(Lane *L) {
     while (L->graveyard != NULL) {
         struct pair *p = L->graveyard;
         L->graveyard = p->next;
+        lane_pipe_put(L, p); /* held at close: no hand-back took it */
         free(p->req);
         free(p->ans);
         free(p->out);

@@ -23,6 +23,8 @@
 #define SCRATCH (256 * 1024)
 #define STREAM_FROM (128 * 1024) /* smaller answers reach the client whole or not at all */
 #define KEEP (64 * 1024)         /* a pair keeps buffers up to this size between requests */
+#define PIPE_WANT (1024 * 1024)  /* a spliced answer's pipe: F_SETPIPE_SZ asks for this */
+#define PIPE_POOL 16             /* empty pipes the lane keeps for the next answers */
 #define OP_READ 0x02
 #define OP_WRITE 0x03
 #define FLAG_WRITE 0x01
@@ -61,6 +63,9 @@ struct pair {
     unsigned char *extra; /* bytes that came after the request */
     size_t extra_len;
     double last, started, progress;
+    /* a spliced answer (splice.c): its pipe and the bytes in it */
+    int spliced, pipe_r, pipe_w;
+    size_t pipe_cap, piped;
 };
 
 struct handback {
@@ -107,8 +112,15 @@ typedef struct {
     atomic_llong npairs;
     atomic_size_t used;
     unsigned char *scratch;
+    int splice; /* large answers go through pipes (splice.c) */
+    struct {
+        int r, w;
+        size_t cap;
+    } pipes[PIPE_POOL];
+    int pipes_free;
     size_t max_payload, budget;
     double idle, request_timeout, stall;
+    atomic_ullong spliced; /* answers that went through a pipe */
     /* counters (read under mu) */
     unsigned long long relayed, handed[6];
 } Lane;
@@ -143,7 +155,38 @@ static inline void raise_epoch(Lane *L, unsigned epoch) {
         ;
 }
 
-/* handback.c: counters, the output watch, hand-backs */
+static inline int lane_grow(unsigned char **buf, size_t *cap, size_t want) {
+    if (*cap >= want)
+        return 0;
+    unsigned char *b = realloc(*buf, want);
+    if (b == NULL)
+        return -1;
+    *buf = b;
+    *cap = want;
+    return 0;
+}
+
+/* Send what the kernel takes of buf[*sent:len]: 0 all sent, 1 it would
+ * block, -1 it failed (errno says why). */
+static inline int lane_send_some(int fd, const unsigned char *buf, size_t len, size_t *sent,
+                                 double *at) {
+    while (*sent < len) {
+        ssize_t n = send(fd, buf + *sent, len - *sent, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN ? 1 : -1;
+        }
+        *sent += (size_t)n;
+        *at = now_s();
+    }
+    return 0;
+}
+
+/* handback.c: counters, the output watch, pipes, hand-backs */
+int lane_pipe_get(Lane *L, struct pair *p);
+void lane_pipe_put(Lane *L, struct pair *p);
+void lane_pipes_close(Lane *L);
 void lane_count(Lane *L, struct pair *p, double seconds);
 void lane_want_out(Lane *L, struct pair *p, int side, int on);
 void lane_release(Lane *L, struct pair *p);
@@ -159,8 +202,12 @@ void lane_take_adopts(Lane *L);
 void lane_sweep(Lane *L, double now);
 void *lane_run(void *arg);
 
+/* splice.c: a large answer through a pipe */
+int lane_splice_start(Lane *L, struct pair *p);
+int lane_splice_pump(Lane *L, struct pair *p);
+int lane_unsplice(Lane *L, struct pair *p);
+
 /* relay.c: one pair's request and answer */
-int lane_grow(unsigned char **buf, size_t *cap, size_t want);
 int lane_down_in(Lane *L, struct pair *p, int drain);
 int lane_up_in(Lane *L, struct pair *p, int drain);
 void lane_send_request(Lane *L, struct pair *p);

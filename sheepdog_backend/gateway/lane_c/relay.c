@@ -5,17 +5,6 @@
 
 /* -- the request ------------------------------------------------------------ */
 
-int lane_grow(unsigned char **buf, size_t *cap, size_t want) {
-    if (*cap >= want)
-        return 0;
-    unsigned char *b = realloc(*buf, want);
-    if (b == NULL)
-        return -1;
-    *buf = b;
-    *cap = want;
-    return 0;
-}
-
 /* The header (p->req) is whole: take the request on (0), or -1 when the
  * lane does not relay it (the caller hands the bytes back). */
 static int header_read(Lane *L, struct pair *p) {
@@ -137,24 +126,8 @@ static void take_request(Lane *L, struct pair *p, size_t have) {
         request_whole(L, p);
 }
 
-/* Send what the kernel takes of buf[*sent:len]: 0 all sent, 1 it would
- * block, -1 it failed (errno says why). */
-static int send_some(int fd, const unsigned char *buf, size_t len, size_t *sent, double *at) {
-    while (*sent < len) {
-        ssize_t n = send(fd, buf + *sent, len - *sent, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno == EAGAIN ? 1 : -1;
-        }
-        *sent += (size_t)n;
-        *at = now_s();
-    }
-    return 0;
-}
-
 void lane_send_request(Lane *L, struct pair *p) {
-    int r = send_some(p->up, p->req, p->req_len, &p->req_sent, &p->progress);
+    int r = lane_send_some(p->up, p->req, p->req_len, &p->req_sent, &p->progress);
     if (r > 0) {
         lane_want_out(L, p, 1, 1);
         return;
@@ -278,7 +251,15 @@ int lane_up_in(Lane *L, struct pair *p, int drain) {
         lane_fail_up(L, p, n == 0 ? "the node closed the connection" : "an unexpected answer");
         return 0;
     }
-    size_t asked = p->ahdr_got < HDR ? SCRATCH : p->ans_len - p->ans_got;
+    if (p->spliced) {
+        if (lane_splice_pump(L, p))
+            lane_finish(L, p);
+        return 0;
+    }
+    /* a large read's header alone: its payload may go through a pipe */
+    int large = L->splice && p->op == OP_READ && le32(p->req + 12) >= STREAM_FROM;
+    size_t asked = p->ahdr_got < HDR ? (large ? HDR - p->ahdr_got : SCRATCH)
+                                     : p->ans_len - p->ans_got;
     if (asked > SCRATCH)
         asked = SCRATCH;
     if (!asked)
@@ -330,6 +311,13 @@ static void answer_bytes(Lane *L, struct pair *p, size_t n) {
         answer_header(L, p);
         if (p->dead)
             return;
+        if (!p->judge && p->ans_len >= STREAM_FROM && !left) {
+            int spliced = lane_splice_start(L, p);
+            if (spliced > 0)
+                lane_finish(L, p);
+            if (spliced >= 0)
+                return;
+        }
         if (!p->judge && p->ans_len < STREAM_FROM) {
             if (left >= p->ans_len) { /* the whole answer is here: on at once */
                 if (left > p->ans_len)
@@ -370,7 +358,7 @@ static void answer_bytes(Lane *L, struct pair *p, size_t n) {
 }
 
 void lane_down_out(Lane *L, struct pair *p) {
-    int r = send_some(p->down, p->out, p->out_len, &p->out_sent, &p->progress);
+    int r = lane_send_some(p->down, p->out, p->out_len, &p->out_sent, &p->progress);
     if (r > 0)
         return;
     if (r < 0)

@@ -53,14 +53,28 @@ void lane_sweep(Lane *L, double now) {
             break;
         case S_SEND:
         case S_ANS:
-            if (now - p->started > L->request_timeout) {
+            if (p->spliced) {
+                /* the node is answering: no byte moved for ``stall`` seconds
+                 * (a client that takes nothing with the pipe full, or a node
+                 * gone quiet) puts the rest on the copying path, where each
+                 * is timed as on it */
+                if (now - p->progress > L->stall) {
+                    if (lane_unsplice(L, p) < 0)
+                        p->down_dead = 1;
+                    while (!p->dead && lane_up_in(L, p, 0))
+                        ;
+                }
+            } else if (now - p->started > L->request_timeout) {
                 char msg[96];
                 snprintf(msg, sizeof(msg), "no answer within %g s", L->request_timeout);
                 lane_fail_up(L, p, msg);
             }
             break;
         case S_OUT:
-            if (now - p->progress > L->stall) {
+            if (now - p->progress > L->stall && p->spliced && lane_unsplice(L, p) < 0) {
+                p->down_dead = 1; /* the pipe's bytes are lost: the client's frame too */
+                lane_hand_back(L, p, R_CLOSED, NULL, 0, NULL, 0, NULL, 0, 0, NULL);
+            } else if (now - p->progress > L->stall) {
                 unsigned char *tail = p->out + p->out_sent;
                 size_t n = p->out_len - p->out_sent;
                 /* the request's cost goes with it: Python charges it again */
@@ -104,8 +118,12 @@ void *lane_run(void *arg) {
                         ;
                 continue;
             }
-            if (ev & EPOLLOUT && p->out_len > p->out_sent)
+            if (ev & EPOLLOUT && p->spliced) {
+                if (lane_splice_pump(L, p))
+                    lane_finish(L, p);
+            } else if (ev & EPOLLOUT && p->out_len > p->out_sent) {
                 lane_down_out(L, p);
+            }
             if (p->dead || !(ev & in))
                 continue;
             if (p->state == S_REQ) {
@@ -115,8 +133,12 @@ void *lane_run(void *arg) {
                 p->down_dead = 1;
                 epoll_ctl(L->epfd, EPOLL_CTL_DEL, p->down, NULL);
                 p->down_mask = 0;
-                if (p->state == S_OUT)
+                if (p->spliced) { /* the rest of the answer is received and dropped */
+                    if (lane_splice_pump(L, p))
+                        lane_finish(L, p);
+                } else if (p->state == S_OUT) {
                     lane_finish(L, p);
+                }
             } else {
                 p->maybe_more = 1; /* sent on before its answer: read after it */
             }

@@ -8,6 +8,7 @@ it polls until the condition holds, with a deadline of a few seconds.
 
 from __future__ import annotations
 
+import os
 import random
 import select
 import socket
@@ -73,8 +74,9 @@ class Rig:
     sockets: list[socket.socket] = field(default_factory=list)
 
     def lane(self, *, max_payload: int = MAX_PAYLOAD, budget: int = BUDGET, idle: float = 30.0,
-             request_timeout: float = DEADLINE, stall: float = DEADLINE) -> _lane.Lane:
-        lane = _lane.Lane(max_payload, budget, idle, request_timeout, stall)
+             request_timeout: float = DEADLINE, stall: float = DEADLINE,
+             splice: bool = True) -> _lane.Lane:
+        lane = _lane.Lane(max_payload, budget, idle, request_timeout, stall, splice=splice)
         self.lanes.append(lane)
         return lane
 
@@ -239,6 +241,12 @@ def relayed(lane: _lane.Lane) -> int:
     return value
 
 
+def spliced(lane: _lane.Lane) -> int:
+    value = lane.counts()["spliced"]
+    assert isinstance(value, int)
+    return value
+
+
 def handed_back(lane: _lane.Lane) -> dict[str, int]:
     value = lane.counts()["handed_back"]
     assert isinstance(value, dict)
@@ -246,6 +254,9 @@ def handed_back(lane: _lane.Lane) -> dict[str, int]:
 
 
 # -- relaying ---------------------------------------------------------------------------
+
+# large answers (128 KiB and up) go through a pipe (splice), or are copied
+BOTH_PATHS = pytest.mark.parametrize("splice", [True, False], ids=["spliced", "copied"])
 
 
 def test_a_write_and_a_read_are_relayed_byte_exact_and_counted(rig: Rig) -> None:
@@ -282,8 +293,9 @@ def test_a_write_and_a_read_are_relayed_byte_exact_and_counted(rig: Rig) -> None
     assert lane.handbacks() == []
 
 
-def test_a_large_read_answer_sent_in_pieces_arrives_whole(rig: Rig) -> None:
-    lane = rig.lane()
+@BOTH_PATHS
+def test_a_large_read_answer_sent_in_pieces_arrives_whole(rig: Rig, splice: bool) -> None:
+    lane = rig.lane(splice=splice)
     pair = rig.adopted(lane)
     read = read_request(MIB)
     reply = read_answer(read, payload(MIB, 2))
@@ -312,6 +324,7 @@ def test_a_large_read_answer_sent_in_pieces_arrives_whole(rig: Rig) -> None:
     assert bytes(got) == reply
     assert message.payload == reply[HEADER_SIZE:]
     wait_until(lambda: relayed(lane) == 1, "the read counted")
+    assert spliced(lane) == int(splice)
     assert lane.take_stats()[0][1:5] == (1, 0, MIB, 0)
     assert lane.handbacks() == []
 
@@ -333,6 +346,119 @@ def test_a_large_write_arriving_in_pieces_is_relayed_whole(rig: Rig) -> None:
     wait_until(lambda: relayed(lane) == 1, "the write counted")
     assert lane.take_stats()[0][1:5] == (0, 1, 0, MIB)
     assert lane.handbacks() == []
+
+
+# -- large answers through a pipe ------------------------------------------------------
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def read_slowly(sock: socket.socket, n: int, piece: int) -> bytes:
+    """``n`` bytes, taken ``piece`` at a time with a pause between."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(piece, n - len(buf)))
+        assert chunk, f"EOF after {len(buf)} of {n} bytes"
+        buf += chunk
+        time.sleep(0.0002)
+    return bytes(buf)
+
+
+def test_large_answers_one_after_another_arrive_whole_and_reuse_their_pipes(rig: Rig) -> None:
+    lane = rig.lane()
+    pairs = [rig.adopted(lane, token=t, small_client_buffers=True) for t in (1, 2)]
+    sizes = [128 * KIB, MIB, 3 * MIB + 5, 200 * KIB, MIB]
+
+    def one_read(pair: Pair, size: int, seed: int) -> None:
+        read = read_request(size, request_id=seed)
+        reply = read_answer(read, payload(size, seed))
+        pair.client.sendall(read.encode())
+        assert node_receives(pair) == read.encode()
+        sender = threading.Thread(target=pair.node.sendall, args=(reply,))
+        sender.start()
+        try:  # a client slower than the node: the pipe is its buffer
+            assert read_slowly(pair.client, len(reply), 48 * KIB) == reply
+        finally:
+            sender.join(DEADLINE)
+        assert not sender.is_alive()
+
+    def both_pairs_read(round_: int) -> None:
+        threads = [threading.Thread(target=lambda p=pair, i=i: [
+            one_read(p, size, 1000 * round_ + 10 * i + k) for k, size in enumerate(sizes)])
+            for i, pair in enumerate(pairs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(4 * DEADLINE)
+            assert not t.is_alive()
+
+    both_pairs_read(0)  # the pipes are made
+    before = open_descriptors()
+    for round_ in (1, 2):
+        both_pairs_read(round_)
+    wait_until(lambda: relayed(lane) == 3 * len(pairs) * len(sizes), "every read counted")
+    assert open_descriptors() == before  # pipes go back to the pool, none leak
+    assert spliced(lane) == relayed(lane)  # every answer here is large enough
+    assert lane.handbacks() == []
+    assert lane.counts()["budget_used"] == 0
+
+
+@BOTH_PATHS
+def test_a_large_answer_for_a_client_that_hung_up_is_taken_whole(rig: Rig, splice: bool
+                                                                 ) -> None:
+    lane = rig.lane(splice=splice)
+    pair = rig.adopted(lane, token=23)
+    read = read_request(2 * MIB)
+    pair.client.sendall(read.encode())
+    assert node_receives(pair) == read.encode()
+    pair.client.close()
+    pair.node.sendall(read_answer(read, payload(2 * MIB, 23)))  # returns once taken
+    back = handback(lane)
+    assert (back.token, back.reason) == (23, _lane.CLOSED)
+    assert not back.request and not back.broken
+    assert spliced(lane) == int(splice)
+    with pytest.raises(BlockingIOError):  # the node's connection is at a frame boundary
+        pair.up.recv(1, socket.MSG_PEEK)
+    assert lane.counts()["budget_used"] == 0
+
+
+def test_a_large_read_answered_with_an_error_or_a_new_epoch_comes_back_whole(rig: Rig) -> None:
+    lane = rig.lane()
+    pair = rig.adopted(lane, token=24)
+    read = read_request(MIB, request_id=1)
+    pair.client.sendall(read.encode())
+    assert node_receives(pair) == read.encode()
+    reply = answer(read, Result.NO_OBJ)
+    pair.node.sendall(reply)
+    back = handback(lane)
+    assert (back.reason, back.request, back.answer) == (_lane.ANSWER, read.encode(), reply)
+
+    pair = rig.adopted(lane, token=25)
+    read = read_request(MIB, request_id=2)
+    pair.client.sendall(read.encode())
+    assert node_receives(pair) == read.encode()
+    reply = read_answer(read, payload(MIB, 25), epoch=9)
+    pair.node.sendall(reply)
+    back = handback(lane)
+    assert (back.reason, back.request, back.answer) == (_lane.ANSWER, read.encode(), reply)
+    assert_silent(pair.client)
+    assert spliced(lane) == 0  # judged answers are collected whole
+
+
+def test_a_large_read_with_a_short_answer_reaches_the_client_whole(rig: Rig) -> None:
+    lane = rig.lane()
+    pair = rig.adopted(lane)
+    read = read_request(MIB)
+    reply = read_answer(read, payload(64 * KIB, 26))  # under the pipe's threshold
+    pair.client.sendall(read.encode())
+    assert node_receives(pair) == read.encode()
+    pair.node.sendall(reply)
+    assert client_receives(pair) == reply
+    wait_until(lambda: relayed(lane) == 1, "the read counted")
+    assert lane.handbacks() == []
+    assert spliced(lane) == 0
 
 
 def test_a_request_sent_one_byte_at_a_time_is_relayed_whole(rig: Rig) -> None:
@@ -558,8 +684,9 @@ def test_a_node_closing_under_a_request_hands_the_request_back(rig: Rig) -> None
     assert lane.inflight_writes() == 0 and lane.counts()["budget_used"] == 0
 
 
-def test_a_node_closing_in_the_middle_of_an_answer_is_a_broken_answer(rig: Rig) -> None:
-    lane = rig.lane()
+@BOTH_PATHS
+def test_a_node_closing_in_the_middle_of_an_answer_is_a_broken_answer(rig: Rig, splice: bool) -> None:
+    lane = rig.lane(splice=splice)
     pair = rig.adopted(lane, token=4)
     read = read_request(MIB)
     reply = read_answer(read, payload(MIB, 4))
@@ -573,6 +700,7 @@ def test_a_node_closing_in_the_middle_of_an_answer_is_a_broken_answer(rig: Rig) 
     assert back.broken
     got = available(pair.client)
     assert got and reply.startswith(got)  # a prefix of the answer went on, nothing else
+    assert spliced(lane) == int(splice)
 
 
 def test_a_small_answer_cut_short_reaches_the_client_not_at_all(rig: Rig) -> None:
@@ -783,8 +911,9 @@ def test_recall_gives_back_the_quiet_pairs_only(rig: Rig) -> None:
 # -- STALLED ---------------------------------------------------------------------------
 
 
-def test_a_client_that_stops_reading_an_answer_is_stalled(rig: Rig) -> None:
-    lane = rig.lane(stall=0.3)
+@BOTH_PATHS
+def test_a_client_that_stops_reading_an_answer_is_stalled(rig: Rig, splice: bool) -> None:
+    lane = rig.lane(splice=splice, stall=0.3)
     pair = rig.adopted(lane, token=19, small_client_buffers=True)
     read = read_request(4 * MIB)
     reply = read_answer(read, payload(4 * MIB, 9))
@@ -799,6 +928,7 @@ def test_a_client_that_stops_reading_an_answer_is_stalled(rig: Rig) -> None:
     got = available(pair.client)
     assert len(got) + len(tail) == len(reply)
     assert got + tail == reply  # the tail is the answer's end
+    assert spliced(lane) == int(splice)
     assert lane.counts()["budget_used"] == 0
     assert_silent(pair.node)
 
