@@ -12,8 +12,9 @@ provide it.
 ``-c local:`` directory, each on its own free port (4-digit ports by default,
 since tgt's Sheepdog store keeps only four digits of a port), waits until each
 accepts, formats the cluster with ``dog cluster format`` and stops every node
-by the pid it wrote, whatever happens (``stop()`` is idempotent; the context
-manager and the fixtures call it in ``finally``).  A multi-node cluster gives
+by the pid it wrote, whatever happens (``stop()``, SIGTERM, is idempotent;
+leaving the context manager, as the fixtures do, is ``discard()``: every node
+killed at once, the cluster thrown away).  A multi-node cluster gives
 each node its own zone (``-z``), as a real deployment would.  ``add_node()``
 starts one more node (a node joining), ``nodes[i].kill()`` one dying,
 ``power_cut()`` all of them at the same instant; ``wait_ready()`` waits until
@@ -163,6 +164,11 @@ class SheepNode:
                                + self.log_text()) from None
 
     def alive(self) -> bool:
+        """Whether the pid exists.  An exited sheep stays a zombie until the
+        init process reaps it (it daemonized: not our child), about a second
+        here, and a sheep started meanwhile on the same ``-c local:`` file
+        still sees it as a member: waiting for the reaping is needed before a
+        restart, not before throwing a cluster away (``discard``)."""
         if self.pid is None:
             return False
         try:
@@ -323,6 +329,19 @@ class SheepCluster:
     def __enter__(self) -> SheepCluster:
         return self.start()
 
+    def discard(self) -> None:
+        """SIGKILL every node and forget them, without waiting for init to
+        reap them: the cluster is thrown away with its folder (waiting cost
+        1-2 s per cluster)."""
+        for node in self.nodes:
+            if node.pid is None:
+                continue
+            try:
+                os.kill(node.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            node.pid = None
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.stop()
+        self.discard()
