@@ -26,10 +26,14 @@ the request does:
   that exists right after a node died (its copies move to new nodes), and tgt
   turns NO_OBJ into a SCSI medium error the guest sees.  "May be recovering"
   means: within ``recovery_window`` seconds of a node failing under a request
-  of ours, or of a response carrying a higher cluster epoch than seen before.
-  Out of that window NO_OBJ is a real answer and is returned at once (dog and
-  tgt read inodes that may be gone); inside it the retry deadline still ends
-  the wait with the cluster's NO_OBJ.
+  of ours, or of a response carrying a higher cluster epoch than seen before,
+  and, when ``recovering`` is told (the replay's window, replay.py), until
+  every node reports the recovery from it done.  Out of that NO_OBJ is a real
+  answer and is returned at once (dog and tgt read inodes that may be gone,
+  and a create's existence read, coherence.py, asks about objects not made
+  yet: retried, each stalled a guest's write for the whole retry deadline
+  after a node failure); inside it the retry deadline still ends the wait
+  with the cluster's NO_OBJ.
 
 Each change (a node failed under a request, or the epoch rose) is told to
 ``on_change`` with the highest epoch seen before it: the gateway's
@@ -109,6 +113,9 @@ class Forwarder:
         self.recovery_retries = 0  # NO_OBJ answers retried as recovery
         # Told of each change with the highest epoch seen before it (replay.py).
         self.on_change: Callable[[int | None], None] | None = None
+        # Whether the cluster still recovers from the last change (None: not
+        # known, the window alone decides).
+        self.recovering: Callable[[], bool] | None = None
 
     def note_change(self) -> None:
         with self._lock:
@@ -142,9 +149,11 @@ class Forwarder:
             self.recovery_retries += 1
 
     def may_be_recovering(self) -> bool:
-        """Whether a node failed, or the epoch rose, within the window."""
+        """Whether a node failed, or the epoch rose, within the window, and
+        the cluster has not said it recovered from that since."""
         with self._lock:
-            return self._clock() - self._changed <= self.recovery_window
+            within = self._clock() - self._changed <= self.recovery_window
+        return within and (self.recovering is None or self.recovering())
 
     def _call(self, conn: Connection, request: Request, safe: bool) -> Response:
         response = conn.call(request)

@@ -148,6 +148,8 @@ class Gateway:
                                      lambda: probe_cluster(self.client.cluster),
                                      budget=replay_budget, settle_timeout=settle_timeout)
         self.forwarder.on_change = self.replay.open
+        if self.replay.budget:  # its window ends when every node recovered
+            self.forwarder.recovering = lambda: self.replay.window_open
         self.coherence = CoherentCreates(self.forwarder.forward, wait_timeout=gate_timeout)
         self.views = LuViews()
         self._watcher = ReplayWatcher(self.replay)

@@ -114,6 +114,29 @@ def test_no_obj_long_after_a_node_failure_and_of_exist_is_the_answer() -> None:
     assert cluster.calls == 4
 
 
+def test_no_obj_once_the_cluster_recovered_from_a_failure_is_the_answer_at_once() -> None:
+    # Fails on the code before: within the window the NO_OBJ of a create's
+    # existence read (coherence.py) was retried until the retry deadline,
+    # after the cluster had recovered too (a real sheep: recovered in 3 s,
+    # each object created in the next minute stalled the guest 30 s).
+    clock = Clock()
+    probe = rq.read_obj(vid_to_data_oid(0x4E3A5A, 9), 0, 1)
+    cluster = ScriptedCluster(closed, answer(Result.SUCCESS), answer(Result.NO_OBJ),
+                              answer(Result.SUCCESS), answer(Result.NO_OBJ))
+    fwd = forwarder(cluster, clock)
+    still = [True]
+    fwd.recovering = lambda: still[0]
+    assert fwd.forward(WRITE).ok  # a node died under it: the replay's window opens
+    assert fwd.forward(probe).ok  # recovering: NO_OBJ retried
+    assert fwd.recovery_retries == 1
+    still[0] = False  # every node reported the recovery done
+    started = clock.now
+    assert not fwd.may_be_recovering()
+    assert fwd.forward(probe).result == Result.NO_OBJ
+    assert clock.now == started  # answered without a retry's wait
+    assert cluster.calls == 5 and fwd.recovery_retries == 1
+
+
 def test_no_obj_that_outlasts_the_retry_deadline_is_answered_no_obj() -> None:
     clock = Clock()
     cluster = ScriptedCluster(closed, *[answer(Result.NO_OBJ)] * 20)
