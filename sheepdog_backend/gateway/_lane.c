@@ -382,7 +382,9 @@ PyMODINIT_FUNC PyInit__lane(void) {
         PyModule_AddIntConstant(m, "ANSWER", R_ANSWER) < 0 ||
         PyModule_AddIntConstant(m, "UPSTREAM", R_UPSTREAM) < 0 ||
         PyModule_AddIntConstant(m, "CLOSED", R_CLOSED) < 0 ||
-        PyModule_AddIntConstant(m, "STALLED", R_STALLED) < 0) {
+        PyModule_AddIntConstant(m, "STALLED", R_STALLED) < 0 ||
+        PyModule_AddIntConstant(m, "STREAM_FROM", STREAM_FROM) < 0 ||
+        PyModule_AddIntConstant(m, "PIPE_POOL", PIPE_POOL) < 0) {
         Py_DECREF(&LaneType);
         Py_DECREF(m);
         return NULL;

@@ -6,6 +6,8 @@ ANSWER: int
 UPSTREAM: int
 CLOSED: int
 STALLED: int
+STREAM_FROM: int  # answers of this many bytes or more go through a pipe
+PIPE_POOL: int  # empty pipes kept for the next answers
 
 class Lane:
     def __init__(self, max_payload: int, budget: int, idle: float, request_timeout: float,

@@ -51,6 +51,7 @@ from sheepdog_backend.engine.workers import Workers
 from sheepdog_backend.exception import InvalidInput, SheepdogError
 from sheepdog_backend.gateway.coherence import CoherentCreates
 from sheepdog_backend.gateway.forward import Forwarder
+from sheepdog_backend.gateway.lane import pipe_fds
 from sheepdog_backend.gateway.nodesock import parse_node_sockets
 from sheepdog_backend.gateway.relay import DEFAULT_MAX_UPSTREAMS, Relay
 from sheepdog_backend.gateway.replay import (
@@ -277,7 +278,8 @@ class Gateway:
                         max_connections=self.max_connections,
                         memory_budget=self.memory_budget - self.lane_budget,
                         max_payload=self.max_payload,
-                        extra_fds=self.max_upstreams + self.workers, name="gateway")
+                        extra_fds=self.max_upstreams + self.workers
+                        + pipe_fds(self.lane_budget), name="gateway")
         workers = Workers(engine, self.workers, name="gateway",
                           epoch=lambda: self.forwarder.epoch)
         relay.attach(engine.loop, workers)

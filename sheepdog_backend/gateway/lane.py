@@ -57,6 +57,13 @@ STALL = 5.0  # seconds an answer may wait for its client in the lane before it c
 _WRITE = int(Opcode.WRITE_OBJ)
 
 
+def pipe_fds(budget: int) -> int:
+    """Descriptors the lane's pipes may hold at once with ``budget``: a pipe
+    per answer of STREAM_FROM bytes or more in flight (each is charged its
+    length), and the pool's."""
+    return 2 * (budget // _lane.STREAM_FROM + _lane.PIPE_POOL) if budget > 0 else 0
+
+
 class Relaying(Protocol):
     """What the lane's Python side needs of the relay."""
 

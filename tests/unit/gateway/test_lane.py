@@ -22,6 +22,7 @@ import pytest
 
 from sheepdog_backend.client import requests as rq
 from sheepdog_backend.gateway import _lane
+from sheepdog_backend.gateway.lane import pipe_fds
 from sheepdog_backend.protocol.constants import HEADER_SIZE, Opcode, Result
 from sheepdog_backend.protocol.framing import ResponseReader
 from sheepdog_backend.protocol.header import (
@@ -405,6 +406,27 @@ def test_large_answers_one_after_another_arrive_whole_and_reuse_their_pipes(rig:
     assert lane.counts()["budget_used"] == 0
 
 
+def test_pipes_in_use_stay_within_what_the_budget_allows(rig: Rig) -> None:
+    # the gateway reserves descriptors for the lane's pipes (lane.pipe_fds):
+    # one pipe per large answer the budget lets in flight, plus the pool
+    budget = 2 * MIB
+    lane = rig.lane(budget=budget)
+    before = open_descriptors()
+    pairs = [rig.adopted(lane, token=t) for t in (1, 2, 3)]
+    made = open_descriptors()
+    reads = [read_request(MIB, request_id=t) for t in (1, 2, 3)]
+    for pair, read in zip(pairs[:2], reads, strict=False):
+        pair.client.sendall(read.encode())
+        assert node_receives(pair) == read.encode()
+    pairs[2].client.sendall(reads[2].encode())  # over the budget: back to Python
+    assert handback(lane).reason == _lane.REQUEST
+    for pair, read in zip(pairs[:2], reads, strict=False):  # two answers under way
+        pair.node.sendall(read_answer(read, payload(MIB, 40))[:HEADER_SIZE + 64 * KIB])
+    wait_until(lambda: open_descriptors() == made + 2 * 2, "a pipe per answer under way")
+    assert budget // _lane.STREAM_FROM >= 2
+    assert open_descriptors() - before <= 3 * 4 + pipe_fds(budget)  # sockets + pipes
+
+
 @BOTH_PATHS
 def test_a_large_answer_for_a_client_that_hung_up_is_taken_whole(rig: Rig, splice: bool
                                                                  ) -> None:
@@ -685,7 +707,8 @@ def test_a_node_closing_under_a_request_hands_the_request_back(rig: Rig) -> None
 
 
 @BOTH_PATHS
-def test_a_node_closing_in_the_middle_of_an_answer_is_a_broken_answer(rig: Rig, splice: bool) -> None:
+def test_a_node_closing_in_the_middle_of_an_answer_is_a_broken_answer(rig: Rig,
+                                                                      splice: bool) -> None:
     lane = rig.lane(splice=splice)
     pair = rig.adopted(lane, token=4)
     read = read_request(MIB)
