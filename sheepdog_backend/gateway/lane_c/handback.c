@@ -73,11 +73,13 @@ static void close_pipe(int r, int w) {
     close(w);
 }
 
-/* A pipe for the pair (0), or -1 when none can be had (the answer then goes
- * the copying way). */
+/* A pipe for the pair's answer (0), or -1 when splicing is off or no pipe
+ * can be had (the answer then goes the copying way). */
 int lane_pipe_get(Lane *L, struct pair *p) {
     int fds[2];
     size_t cap = 64 * 1024; /* a pipe's size unless it can be made larger */
+    if (!L->splice)
+        return -1;
     if (L->pipes_free) {
         L->pipes_free--;
         fds[0] = L->pipes[L->pipes_free].r;
@@ -95,6 +97,7 @@ int lane_pipe_get(Lane *L, struct pair *p) {
     p->pipe_cap = cap;
     p->piped = 0;
     p->spliced = 1;
+    atomic_fetch_add(&L->spliced, 1);
     return 0;
 }
 

@@ -203,7 +203,6 @@ void lane_sweep(Lane *L, double now);
 void *lane_run(void *arg);
 
 /* splice.c: a large answer through a pipe */
-int lane_splice_start(Lane *L, struct pair *p);
 int lane_splice_pump(Lane *L, struct pair *p);
 int lane_unsplice(Lane *L, struct pair *p);
 
@@ -211,6 +210,7 @@ int lane_unsplice(Lane *L, struct pair *p);
 int lane_down_in(Lane *L, struct pair *p, int drain);
 int lane_up_in(Lane *L, struct pair *p, int drain);
 void lane_send_request(Lane *L, struct pair *p);
+void lane_move_spliced(Lane *L, struct pair *p);
 void lane_down_out(Lane *L, struct pair *p);
 void lane_finish(Lane *L, struct pair *p);
 

@@ -252,8 +252,7 @@ int lane_up_in(Lane *L, struct pair *p, int drain) {
         return 0;
     }
     if (p->spliced) {
-        if (lane_splice_pump(L, p))
-            lane_finish(L, p);
+        lane_move_spliced(L, p);
         return 0;
     }
     /* a large read's header alone: its payload may go through a pipe */
@@ -311,12 +310,11 @@ static void answer_bytes(Lane *L, struct pair *p, size_t n) {
         answer_header(L, p);
         if (p->dead)
             return;
-        if (!p->judge && p->ans_len >= STREAM_FROM && !left) {
-            int spliced = lane_splice_start(L, p);
-            if (spliced > 0)
-                lane_finish(L, p);
-            if (spliced >= 0)
-                return;
+        if (!p->judge && p->ans_len >= STREAM_FROM && !left && lane_pipe_get(L, p) == 0) {
+            pass_on(L, p, NULL, p->ahdr, HDR); /* the header; its payload by splice */
+            p->hdr_passed = 1;
+            lane_move_spliced(L, p);
+            return;
         }
         if (!p->judge && p->ans_len < STREAM_FROM) {
             if (left >= p->ans_len) { /* the whole answer is here: on at once */
@@ -366,6 +364,13 @@ void lane_down_out(Lane *L, struct pair *p) {
     p->out_len = p->out_sent = 0;
     lane_want_out(L, p, 0, 0);
     if (p->state == S_OUT)
+        lane_finish(L, p);
+}
+
+/* A spliced answer moves what it can (splice.c); the pair is done once it
+ * is out. */
+void lane_move_spliced(Lane *L, struct pair *p) {
+    if (lane_splice_pump(L, p))
         lane_finish(L, p);
 }
 

@@ -4,10 +4,11 @@
  *
  * How it works: a read asking for STREAM_FROM bytes or more has its answer's
  * header received alone; a plain answer (result 0, no higher epoch) of
- * STREAM_FROM bytes or more then takes a pipe from the lane's pool, its header
- * goes to the client (what the client does not take waits in ``out``, ahead
- * of the payload), and ``lane_splice_pump`` moves the payload while either
- * side can: pipe -> client first, then node -> pipe while the pipe has room.
+ * STREAM_FROM bytes or more then takes a pipe from the lane's pool
+ * (handback.c), relay.c passes its header on (what the client does not take
+ * waits in ``out``, ahead of the payload), and ``lane_splice_pump`` moves the
+ * payload while either side can: pipe -> client first, then node -> pipe
+ * while the pipe has room.
  * The pipe is the pair's buffer: a client slower than the node is fed from
  * it, the node is read again once the client took some.  A client that takes
  * nothing for ``stall`` seconds has the pipe's bytes copied into ``out`` and
@@ -21,8 +22,8 @@
  * waits for the client instead and reads the node again after it.
  *
  * Pipes belong to the lane's thread: a pair holds one from the answer's
- * header to its last byte, then it returns to the pool (POOL at most) if it
- * is empty, and is closed otherwise. */
+ * header to its last byte, then it returns to the pool (PIPE_POOL at most)
+ * if it is empty, and is closed otherwise. */
 
 #include "lane.h"
 
@@ -52,35 +53,6 @@ int lane_unsplice(Lane *L, struct pair *p) {
     int r = pipe_to_out(p);
     lane_pipe_put(L, p);
     return r;
-}
-
-/* The answer's header is in ``ahdr`` and nothing of its payload was read:
- * -1 when it goes the copying way, else its payload goes through a pipe (the
- * header went on) and this is lane_splice_pump's. */
-int lane_splice_start(Lane *L, struct pair *p) {
-    if (!L->splice || lane_pipe_get(L, p) < 0)
-        return -1;
-    if (p->out_len == p->out_sent && !p->down_dead) {
-        ssize_t w;
-        do {
-            w = send(p->down, p->ahdr, HDR, MSG_NOSIGNAL | MSG_MORE);
-        } while (w < 0 && errno == EINTR);
-        if (w < 0 && errno != EAGAIN)
-            p->down_dead = 1;
-        size_t sent = w < 0 ? 0 : (size_t)w;
-        p->out_len = p->out_sent = 0;
-        if (sent < HDR && !p->down_dead) {
-            if (lane_grow(&p->out, &p->out_cap, HDR - sent) < 0) {
-                p->down_dead = 1;
-            } else {
-                memcpy(p->out, p->ahdr + sent, HDR - sent);
-                p->out_len = HDR - sent;
-            }
-        }
-    }
-    p->hdr_passed = 1;
-    atomic_fetch_add(&L->spliced, 1);
-    return lane_splice_pump(L, p);
 }
 
 /* Move what can move now (see the top of this file): 1 when the answer is

@@ -71,10 +71,12 @@ void lane_sweep(Lane *L, double now) {
             }
             break;
         case S_OUT:
-            if (now - p->progress > L->stall && p->spliced && lane_unsplice(L, p) < 0) {
+            if (now - p->progress <= L->stall)
+                break;
+            if (p->spliced && lane_unsplice(L, p) < 0) {
                 p->down_dead = 1; /* the pipe's bytes are lost: the client's frame too */
                 lane_hand_back(L, p, R_CLOSED, NULL, 0, NULL, 0, NULL, 0, 0, NULL);
-            } else if (now - p->progress > L->stall) {
+            } else {
                 unsigned char *tail = p->out + p->out_sent;
                 size_t n = p->out_len - p->out_sent;
                 /* the request's cost goes with it: Python charges it again */
@@ -119,8 +121,7 @@ void *lane_run(void *arg) {
                 continue;
             }
             if (ev & EPOLLOUT && p->spliced) {
-                if (lane_splice_pump(L, p))
-                    lane_finish(L, p);
+                lane_move_spliced(L, p);
             } else if (ev & EPOLLOUT && p->out_len > p->out_sent) {
                 lane_down_out(L, p);
             }
@@ -134,8 +135,7 @@ void *lane_run(void *arg) {
                 epoll_ctl(L->epfd, EPOLL_CTL_DEL, p->down, NULL);
                 p->down_mask = 0;
                 if (p->spliced) { /* the rest of the answer is received and dropped */
-                    if (lane_splice_pump(L, p))
-                        lane_finish(L, p);
+                    lane_move_spliced(L, p);
                 } else if (p->state == S_OUT) {
                     lane_finish(L, p);
                 }
