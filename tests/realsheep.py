@@ -298,14 +298,18 @@ class SheepCluster:
         """SIGKILL every node at the same moment: no node sees another leave, so
         each keeps the last epoch with all of them (a restarted node then waits
         for the others to rejoin)."""
+        for node in self._sigkill_all():
+            node.kill()  # reaps; forgets the pid
+
+    def _sigkill_all(self) -> list[SheepNode]:
+        """SIGKILL every living node at the same moment; the nodes signalled."""
         living = [node for node in self.nodes if node.pid is not None and node.alive()]
         for node in living:
             try:
                 os.kill(node.pid, signal.SIGKILL)  # type: ignore[arg-type]
             except ProcessLookupError:
                 pass
-        for node in living:
-            node.kill()  # reaps; forgets the pid
+        return living
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every living node at once, wait for all together, SIGKILL
@@ -333,13 +337,8 @@ class SheepCluster:
         """SIGKILL every node and forget them, without waiting for init to
         reap them: the cluster is thrown away with its folder (waiting cost
         1-2 s per cluster)."""
+        self._sigkill_all()
         for node in self.nodes:
-            if node.pid is None:
-                continue
-            try:
-                os.kill(node.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             node.pid = None
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

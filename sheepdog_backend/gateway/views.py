@@ -91,7 +91,7 @@ class LuViews:
         self._clock = clock
         self.shared = 0  # how many views have their reads checked (read without the lock)
         self.reloads = 0  # reads answered INODE_INVALIDATED
-        self._polling = False  # a poll runs on a worker (set and read on the loop)
+        self._polling = False  # a poll runs on a worker (set on the loop, cleared by the job)
         self.on_shared: Callable[[], None] | None = None  # told as a view's reads get checked
 
     # -- what the LUs show ---------------------------------------------------------
