@@ -16,9 +16,14 @@ come before its read jobs; the caller preallocates the VDIs and fills them
 with data first, so writes go to allocated objects and reads read data.
 
 ``table`` formats the medians as issue 24's table, with ratios of pairs of
-paths; ``added_latency`` is, per depth-1 job, the median over rounds of
-(1/IOPS of one path - 1/IOPS of another) measured in the same round: the
-time a path adds to every 4 KiB request.
+paths.  A ratio is paired: each round's rate of one path over the other's in
+the same round (taken seconds apart), the median of those, and their lowest
+and highest in brackets.  This machine's pace drifts by +-20% over minutes,
+which a ratio of two medians taken from different rounds would carry;
+paired, the drift common to both paths cancels.  ``added_latency`` is, per
+depth-1 job, the median over rounds of (1/IOPS of one path - 1/IOPS of
+another) measured in the same round: the time a path adds to every 4 KiB
+request.
 """
 
 from __future__ import annotations
@@ -130,17 +135,26 @@ def added_latency(results: Results, slow: str, fast: str,
     return added
 
 
+def paired_ratios(results: Results, job: Job, a: str, b: str) -> list[float]:
+    """Each round's rate of path ``a`` over path ``b``'s in the same round."""
+    pairs = zip(results[(job.label, a)], results[(job.label, b)], strict=True)
+    return [x / y for x, y in pairs]
+
+
 def table(results: Results, paths: Sequence[Path], ratios: Sequence[tuple[str, str]],
           jobs: Sequence[Job] = JOBS) -> str:
     """Issue 24's table (markdown): the medians, then each ``a / b`` of
-    ``ratios`` whose paths were both measured."""
+    ``ratios`` whose paths were both measured: the median of the paired
+    ratios, their range in brackets when there are several rounds."""
     measured = {p.key for p in paths}
     shown = [(a, b) for a, b in ratios if a in measured and b in measured]
     heads = ["job", *(p.title for p in paths), *(f"{a} / {b}" for a, b in shown)]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for job in jobs:
-        medians = {p.key: statistics.median(results[(job.label, p.key)]) for p in paths}
-        cells = [f"{medians[p.key]:,.0f}" for p in paths]
-        cells += [f"{medians[a] / medians[b]:.2f}" for a, b in shown]
+        cells = [f"{statistics.median(results[(job.label, p.key)]):,.0f}" for p in paths]
+        for a, b in shown:
+            each = paired_ratios(results, job, a, b)
+            spread = f" ({min(each):.2f}-{max(each):.2f})" if len(each) > 1 else ""
+            cells.append(f"{statistics.median(each):.2f}{spread}")
         lines.append(f"| {job.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
