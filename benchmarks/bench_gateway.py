@@ -13,13 +13,16 @@ with unix sockets on both hops (tgt reaches the gateway on its ``--unix``
 socket through ``sheepdog_export_gateway_socket``, the gateway reaches the
 node on the node's own STORE_DIR/sock through ``--node-socket``), and, for a
 fair look at the last one, tgt straight to the node's unix socket (a LU made
-here, open to any initiator).  Each path has its own 256 MiB VDI,
+here, open to any initiator), and the yardstick of any relay: tgt through a
+plain relay (socat, _relay.py: parses nothing, judges nothing) to the node's
+unix socket, when socat is on PATH.  Each path has its own 256 MiB VDI,
 created preallocated and written whole with random data once before the
 jobs, so writes go to allocated objects and reads read data.  --rounds
 rounds, the order of the paths rotated each round; medians, the ratios
-(RATIOS), and the time each gateway path adds to every 4 KiB request (1/IOPS
-through the gateway minus 1/IOPS through tgt straight to the node, each
-depth-1 job, median over rounds).  The gateways are separate
+(RATIOS: each the median of the rounds' own ratios, so the machine's drift
+over minutes cancels), and the time each relaying path adds to every 4 KiB
+request (1/IOPS through it minus 1/IOPS through tgt straight to the node,
+each depth-1 job, median over rounds).  The gateways are separate
 `sheepdog-backend gateway` processes (_gateway_proc.py), as tgt meets them.
 
 Then the same N MiB of random data written to a fresh (unallocated) 1 GiB
@@ -50,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -61,6 +65,7 @@ from typing import TYPE_CHECKING
 import _creates  # type: ignore[import-not-found]
 import _gateway_proc  # type: ignore[import-not-found]  # benchmarks/ is not a package
 import _qemu_bench  # type: ignore[import-not-found]
+import _relay  # type: ignore[import-not-found]
 import _tgt  # type: ignore[import-not-found]
 
 from sheepdog_backend.client import SheepdogClient
@@ -76,8 +81,10 @@ MiB = 1 << 20
 # The table's ratios: issue 24's (the gateway, over TCP as before and over
 # unix sockets, against tgt straight to the node's port), and the unix-socket
 # gateway against tgt straight to the node's own socket.
+# The plain relay (socat, _relay.py) is the yardstick: what a relay process
+# between tgt and the node's socket costs before it does anything of ours.
 RATIOS = (("gateway", "tgt"), ("gw-unix", "tgt"), ("gw-unix", "tgt-unix"),
-          ("tgt-unix", "tgt"))
+          ("tgt-unix", "tgt"), ("socat", "tgt-unix"), ("gw-unix", "socat"))
 
 
 def snapshot_stall(drivers: dict[str, SheepdogDriver], gateway: Gateway, cluster: list[str],
@@ -127,12 +134,14 @@ def say(text: str) -> None:
 
 
 def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
-              stack: contextlib.ExitStack, unix_lu: Callable[[str], str] | None = None
+              stack: contextlib.ExitStack, unix_lu: Callable[[str], str] | None = None,
+              relay_lu: Callable[[str], str] | None = None
               ) -> tuple[list[_qemu_bench.Path], str]:
     """The jobs' paths, each on its own preallocated VDI filled with data
     (the iSCSI ones attached until ``stack`` closes; ``unix_lu(vdi)`` makes a
-    LU of ``vdi`` on the node's unix socket and returns its IQN), and why QEMU
-    5.2's column is missing ("" when it is there)."""
+    LU of ``vdi`` on the node's unix socket and returns its IQN, ``relay_lu``
+    the same through the plain relay), and why QEMU 5.2's column is missing
+    ("" when it is there)."""
     from tests.realsheep import find_program  # needs pytest: lazily
     qemu52 = find_program("qemu-img")
     client = drivers["direct"].client
@@ -154,11 +163,14 @@ def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
     else:
         why = ("no QEMU < 6.0 qemu-img (set SHEEPDOG_QEMU_IMG or SHEEPDOG_INTEROP_BIN, "
                "or put it on PATH)")
-    if unix_lu is not None:  # tgt straight to the node's unix socket
-        iqn = unix_lu(filled("tgt-unix"))
+    for key, title, make_lu in (
+            ("tgt-unix", "tgt -> sheep, unix socket", unix_lu),  # straight to the node's socket
+            ("socat", "tgt -> socat -> sheep, unix sockets", relay_lu)):
+        if make_lu is None:
+            continue
+        iqn = make_lu(filled(key))
         target = f"driver=iscsi,transport=tcp,portal={setup.tgtd.portal},target={iqn},lun=1"
-        paths.append(_qemu_bench.Path("tgt-unix", "tgt -> sheep, unix socket", _tgt.QEMU_IMG,
-                                      ("--image-opts", target)))
+        paths.append(_qemu_bench.Path(key, title, _tgt.QEMU_IMG, ("--image-opts", target)))
     for key, title in (("tgt", "QEMU 7.2 -> tgt -> sheep"),
                        ("gateway", "-> tgt -> gateway -> sheep"),
                        ("gw-unix", "-> tgt -> gateway -> sheep, unix sockets")):
@@ -177,17 +189,18 @@ def job_paths(setup: _tgt.Setup, drivers: dict[str, SheepdogDriver],
     return paths, why
 
 
-def print_jobs(results: _qemu_bench.Results, paths: list[_qemu_bench.Path], why: str,
+def print_jobs(results: _qemu_bench.Results, paths: list[_qemu_bench.Path], why: dict[str, str],
                rounds: int, scale: float) -> None:
     print(f"issue 24's jobs: qemu-img bench -t none on preallocated {JOB_VDI_MIB} MiB VDIs, "
           f"median of {rounds} rounds, path order rotated each round, requests x{scale:g} "
-          "(indicative: shared machine)")
-    if why:
-        print(f"(QEMU 5.2's own driver: not measured: {why})")
+          "(indicative: shared machine); a ratio is the median of each round's own ratio, "
+          "lowest-highest in brackets")
+    for column, reason in why.items():
+        print(f"({column}: not measured: {reason})")
     print(_qemu_bench.table(results, paths, RATIOS))
     keys = {p.key for p in paths}
     for slow, fast in RATIOS:
-        if slow in keys and fast in keys and slow != "tgt-unix":
+        if slow in keys and fast in keys and fast != "socat" and slow != "tgt-unix":
             added = _qemu_bench.added_latency(results, slow, fast)
             print(f"added latency per 4 KiB request, {slow} minus {fast} (1/IOPS, median of "
                   "the rounds): " + ", ".join(f"{label.split(',')[0]}: {us:.0f} us"
@@ -283,22 +296,31 @@ def main() -> int:
                  "sheepdog_export_gateway_socket": gw_socket}), backend_name="gw-unix")
             stack.callback(drivers["gw-unix"].close)
 
-            def unix_lu(vdi: str) -> str:
+            def unix_lu(vdi: str, sock: str = node_socket) -> str:
                 iqn = f"iqn.2010-10.org.openstack:bench-{vdi}"
                 targets = TgtTargets(Tgtadm(control_port=setup.tgtd.control_port))
-                targets.create(iqn, f"unix:{node_socket}:{vdi}")
+                targets.create(iqn, f"unix:{sock}:{vdi}")
                 stack.callback(targets.remove, iqn)
                 return iqn
-            why = ""
+            why: dict[str, str] = {}
             paths: list[_qemu_bench.Path] = []
             if args.jobs_scale:
                 with contextlib.ExitStack() as attached:
                     say("bench_gateway: preparing the jobs' VDIs")
-                    paths, why = job_paths(setup, {"direct": drivers["direct"],
-                                                   "tgt": drivers["direct"],
-                                                   "gateway": drivers["gateway"],
-                                                   "gw-unix": drivers["gw-unix"]}, attached,
-                                           unix_lu)
+                    relay_lu: Callable[[str], str] | None = None
+                    try:
+                        relay = stack.enter_context(_relay.plain_relay(  # outlives the LUs
+                            str(Path(tmp) / "socat.sock"), node_socket))
+                        relay_lu = functools.partial(unix_lu, sock=relay)
+                    except _relay.Unavailable as exc:
+                        why["the plain relay"] = str(exc)
+                    paths, qemu52_why = job_paths(setup, {"direct": drivers["direct"],
+                                                          "tgt": drivers["direct"],
+                                                          "gateway": drivers["gateway"],
+                                                          "gw-unix": drivers["gw-unix"]},
+                                                  attached, unix_lu, relay_lu)
+                    if qemu52_why:
+                        why["QEMU 5.2's own driver"] = qemu52_why
                     jobs = _qemu_bench.run_jobs(paths, args.rounds, args.jobs_scale,
                                                 progress=say)
             say("bench_gateway: convert/dd on fresh volumes")
