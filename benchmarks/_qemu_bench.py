@@ -122,6 +122,11 @@ def run_jobs(paths: Sequence[Path], rounds: int, scale: float = 1.0,
     return results
 
 
+def paired(results: Results, job: Job, a: str, b: str) -> list[tuple[float, float]]:
+    """Each round's rates of paths ``a`` and ``b`` for ``job``, side by side."""
+    return list(zip(results[(job.label, a)], results[(job.label, b)], strict=True))
+
+
 def added_latency(results: Results, slow: str, fast: str,
                   jobs: Sequence[Job] = JOBS) -> dict[str, float]:
     """Depth-1 job label -> median over rounds of the microseconds ``slow``
@@ -130,15 +135,14 @@ def added_latency(results: Results, slow: str, fast: str,
     for job in jobs:
         if job.depth != 1 or job.unit != "IOPS":
             continue
-        pairs = zip(results[(job.label, slow)], results[(job.label, fast)], strict=True)
-        added[job.label] = statistics.median(1e6 / s - 1e6 / f for s, f in pairs)
+        added[job.label] = statistics.median(
+            1e6 / s - 1e6 / f for s, f in paired(results, job, slow, fast))
     return added
 
 
 def paired_ratios(results: Results, job: Job, a: str, b: str) -> list[float]:
     """Each round's rate of path ``a`` over path ``b``'s in the same round."""
-    pairs = zip(results[(job.label, a)], results[(job.label, b)], strict=True)
-    return [x / y for x, y in pairs]
+    return [x / y for x, y in paired(results, job, a, b)]
 
 
 def table(results: Results, paths: Sequence[Path], ratios: Sequence[tuple[str, str]],

@@ -85,6 +85,7 @@ MiB = 1 << 20
 # between tgt and the node's socket costs before it does anything of ours.
 RATIOS = (("gateway", "tgt"), ("gw-unix", "tgt"), ("gw-unix", "tgt-unix"),
           ("tgt-unix", "tgt"), ("socat", "tgt-unix"), ("gw-unix", "socat"))
+DIRECT = ("tgt", "tgt-unix")  # tgt straight to the node: what the added latency is over
 
 
 def snapshot_stall(drivers: dict[str, SheepdogDriver], gateway: Gateway, cluster: list[str],
@@ -200,7 +201,7 @@ def print_jobs(results: _qemu_bench.Results, paths: list[_qemu_bench.Path], why:
     print(_qemu_bench.table(results, paths, RATIOS))
     keys = {p.key for p in paths}
     for slow, fast in RATIOS:
-        if slow in keys and fast in keys and fast != "socat" and slow != "tgt-unix":
+        if slow in keys and fast in keys and fast in DIRECT and slow not in DIRECT:
             added = _qemu_bench.added_latency(results, slow, fast)
             print(f"added latency per 4 KiB request, {slow} minus {fast} (1/IOPS, median of "
                   "the rounds): " + ", ".join(f"{label.split(',')[0]}: {us:.0f} us"
