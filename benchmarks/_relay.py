@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -33,23 +34,25 @@ def plain_relay(listen: str, node_socket: str, timeout: float = 10.0) -> Iterato
     socat = shutil.which("socat")
     if socat is None:
         raise Unavailable("no socat on PATH (Debian's package socat)")
-    proc = subprocess.Popen(
-        [socat, "-b", str(SOCAT_BUFFER), f"UNIX-LISTEN:{listen},fork,unlink-early",
-         f"UNIX-CONNECT:{node_socket}"],
-        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(listen):
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"socat exited ({proc.returncode}): {err[-300:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"socat did not listen on {listen} within {timeout:g} s")
-            time.sleep(0.02)
-        yield listen
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the children relaying tgt's connections too
-        proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+    # socat's errors go to a file: a pipe nobody reads during the run would
+    # block socat's children once it filled
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [socat, "-b", str(SOCAT_BUFFER), f"UNIX-LISTEN:{listen},fork,unlink-early",
+             f"UNIX-CONNECT:{node_socket}"],
+            stdin=subprocess.DEVNULL, stderr=errors, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while not os.path.exists(listen):
+                if proc.poll() is not None:
+                    errors.seek(0)
+                    said = errors.read().decode(errors="replace")
+                    raise RuntimeError(f"socat exited ({proc.returncode}): {said[-300:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"socat did not listen on {listen} within {timeout:g} s")
+                time.sleep(0.02)
+            yield listen
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the children relaying tgt's connections
+            proc.wait()
